@@ -1,0 +1,92 @@
+//! The command line: `throng serve`, `throng replay`.
+
+pub mod replay;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::ConfigError;
+
+/// throng — crowd-flow stream processor for large public events.
+#[derive(Debug, Parser)]
+#[command(name = "throng", version, about, long_about = "throng turns phone-location pings, people-counter \
+reports and metro gate reports into live H3 crowd heatmaps over event-time windows.\n\n\
+Run `throng serve` to start the server, `throng replay FILE --print` to run recorded feeds offline.")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: ingest over HTTP, event-time windows, health and metrics.
+    Serve(ServeArgs),
+    /// Replay recorded NDJSON feeds in event-time order through the engine, offline.
+    Replay(ReplayArgs),
+}
+
+/// Options shared by commands that read a configuration.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML, see README); every key has a default.
+    #[arg(long, short = 'c', env = "THRONG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Scenario folder (overrides the config's `scenario`).
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Loads the config (or the defaults) and applies overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(s) = &self.scenario {
+            cfg.scenario = s.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+/// `throng serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Where the server keeps what it must keep.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// HTTP address (API, dashboard, WebSockets).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+/// `throng replay`.
+#[derive(Debug, Args, Clone)]
+pub struct ReplayArgs {
+    /// NDJSON feed files (`-` for standard input), merged in event-time order.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print closed windows as NDJSON `hex_windows` rows on standard output.
+    #[arg(long)]
+    pub print: bool,
+}
+
+/// Checks a path exists, for friendlier errors.
+pub fn must_exist(p: &Path, what: &str) -> anyhow::Result<()> {
+    if p != Path::new("-") && !p.exists() {
+        anyhow::bail!("{what} {} does not exist", p.display());
+    }
+    Ok(())
+}

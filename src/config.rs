@@ -1,0 +1,332 @@
+//! `throng.toml`: every key has a default; an invalid file fails at start naming the key path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder with `segments.geojson`, `sensors.json`, `stations.json`.
+    pub scenario: PathBuf,
+    /// Event-time windowing.
+    pub window: WindowConfig,
+    /// H3 indexing.
+    pub h3: H3Config,
+    /// Pseudonymisation and publication limits.
+    pub privacy: PrivacyConfig,
+    /// Phone-location feeds.
+    pub lbs: LbsConfig,
+    /// Record acceptance rules common to every transport.
+    pub ingest: IngestConfig,
+    /// Cumulative register differencing.
+    pub registers: RegisterConfig,
+    /// Role tokens (enforced by the access-control layer).
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scenario: PathBuf::from("fixtures/bund"),
+            window: WindowConfig::default(),
+            h3: H3Config::default(),
+            privacy: PrivacyConfig::default(),
+            lbs: LbsConfig::default(),
+            ingest: IngestConfig::default(),
+            registers: RegisterConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// Event-time windowing for the H3 engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Window length.
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// A new window starts every `slide` (equal to `size`: tumbling windows).
+    #[serde(with = "humantime_serde")]
+    pub slide: Duration,
+    /// How far behind a source's newest event time the watermark trails.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// A source silent this long stops holding the watermark back.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            size: Duration::from_secs(60),
+            slide: Duration::from_secs(10),
+            allowed_lateness: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// H3 indexing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct H3Config {
+    /// Resolution of the heatmap cells (11: about 2,150 m² a cell).
+    pub resolution: u8,
+}
+
+impl Default for H3Config {
+    fn default() -> Self {
+        H3Config { resolution: 11 }
+    }
+}
+
+/// Pseudonymisation and the smallest count ever published.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Smallest count ever published; 0 or 1 publish all.
+    pub k: u32,
+    /// Key of the device pseudonym hash.
+    pub hash_key: String,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig { k: 10, hash_key: "change-me".into() }
+    }
+}
+
+/// Phone-location feeds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbsConfig {
+    /// Pings less accurate than this are rejected.
+    pub max_accuracy_m: f64,
+    /// People per device for sources not listed in `sources`.
+    pub default_scale: f64,
+    /// Per-provider settings, by the `source` field of the pings.
+    pub sources: BTreeMap<String, LbsSourceConfig>,
+}
+
+impl Default for LbsConfig {
+    fn default() -> Self {
+        LbsConfig { max_accuracy_m: 100.0, default_scale: 1.0, sources: BTreeMap::new() }
+    }
+}
+
+/// One LBS provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbsSourceConfig {
+    /// People each device stands for (1 / (market share × phone ownership)).
+    pub scale: f64,
+}
+
+/// Acceptance rules common to every transport.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Records this far past the server clock are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Longest accepted NDJSON line.
+    pub max_line_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_future: Duration::from_secs(300), max_line_bytes: 64 * 1024 }
+    }
+}
+
+/// Cumulative register differencing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisterConfig {
+    /// A delta faster than this (people per second per register) is a reset, not traffic.
+    pub max_rate_per_s: f64,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig { max_rate_per_s: 50.0 }
+    }
+}
+
+/// Role tokens.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// None configured: open demo mode, loopback only.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One named token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (shown in audit logs).
+    pub name: String,
+    /// `feed`, `viewer`, `organiser`, `analyst` or `admin`.
+    pub role: String,
+    /// The secret.
+    pub token: String,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;
+        Config::parse(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigError::Invalid { key: String::new(), reason: e.to_string() })?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid { key, reason: e.into_inner().message().to_string() }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations between keys that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| Err(ConfigError::Invalid { key: key.into(), reason });
+        let w = &self.window;
+        if w.slide.is_zero() || w.slide.subsec_nanos() % 1_000_000 != 0 {
+            return bad("window.slide", "must be a positive whole number of milliseconds".into());
+        }
+        if w.size < w.slide || w.size.as_millis() % w.slide.as_millis() != 0 {
+            return bad(
+                "window.size",
+                format!("must be a multiple of window.slide ({:?}), got {:?}", w.slide, w.size),
+            );
+        }
+        if w.size.as_millis() / w.slide.as_millis() > 1000 {
+            return bad("window.size", "at most 1000 slides per window".into());
+        }
+        if w.idle_timeout.is_zero() {
+            return bad("window.idle_timeout", "must be positive".into());
+        }
+        if self.h3.resolution > 15 {
+            return bad("h3.resolution", format!("{} is out of range 0..=15", self.h3.resolution));
+        }
+        if !(self.lbs.max_accuracy_m > 0.0) {
+            return bad("lbs.max_accuracy_m", "must be positive".into());
+        }
+        if !(self.lbs.default_scale.is_finite() && self.lbs.default_scale > 0.0) {
+            return bad("lbs.default_scale", "must be a positive number".into());
+        }
+        for (name, s) in &self.lbs.sources {
+            if !(s.scale.is_finite() && s.scale > 0.0) {
+                return bad(&format!("lbs.sources.{name}.scale"), "must be a positive number".into());
+            }
+        }
+        if !(self.registers.max_rate_per_s > 0.0) {
+            return bad("registers.max_rate_per_s", "must be positive".into());
+        }
+        if self.privacy.hash_key.is_empty() {
+            return bad("privacy.hash_key", "must not be empty".into());
+        }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if !["feed", "viewer", "organiser", "analyst", "admin"].contains(&t.role.as_str()) {
+                return bad(
+                    &format!("auth.tokens[{i}].role"),
+                    format!("unknown role `{}` (feed, viewer, organiser, analyst or admin)", t.role),
+                );
+            }
+            if t.token.len() < 8 {
+                return bad(&format!("auth.tokens[{i}].token"), "must be at least 8 characters".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Window slide in milliseconds.
+    pub fn slide_ms(&self) -> i64 {
+        self.window.slide.as_millis() as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_every_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.window.size, Duration::from_secs(60));
+        assert_eq!(c.window.slide, Duration::from_secs(10));
+        assert_eq!(c.h3.resolution, 11);
+        assert_eq!(c.privacy.k, 10);
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let c = Config::parse(
+            r#"scenario = "fixtures/bund"
+[window]
+size = "60s"
+slide = "10s"
+allowed_lateness = "5s"
+idle_timeout = "30s"
+[h3]
+resolution = 10
+[privacy]
+k = 5
+hash_key = "s3cret"
+[[auth.tokens]]
+name = "huangpu-command"
+role = "viewer"
+token = "abcdefghij"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.h3.resolution, 10);
+        assert_eq!(c.auth.tokens[0].name, "huangpu-command");
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let e = Config::parse("[window]\nsizee = \"1m\"\n").unwrap_err().to_string();
+        assert!(e.contains("window.sizee") || e.contains("sizee"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_path() {
+        let e = Config::parse("[window]\nslide = \"ten seconds\"\n").unwrap_err().to_string();
+        assert!(e.contains("window.slide"), "{e}");
+    }
+
+    #[test]
+    fn size_must_be_multiple_of_slide() {
+        let e = Config::parse("[window]\nsize = \"65s\"\n").unwrap_err().to_string();
+        assert!(e.contains("window.size"), "{e}");
+    }
+
+    #[test]
+    fn resolution_out_of_range_is_refused() {
+        let e = Config::parse("[h3]\nresolution = 16\n").unwrap_err().to_string();
+        assert!(e.contains("h3.resolution"), "{e}");
+    }
+
+    #[test]
+    fn unknown_role_is_refused() {
+        let e = Config::parse("[[auth.tokens]]\nname='a'\nrole='king'\ntoken='12345678'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.tokens[0].role"), "{e}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Chinese map datums to WGS-84: GCJ-02 (the state "offset" datum) and Baidu's BD-09.
+//!
+//! GCJ-02 is a published obfuscation of WGS-84 with no closed-form inverse; we invert it by fixed-point
+//! iteration, which converges to well under a centimetre in a few steps. Outside China the providers
+//! apply no offset, so neither do we.
+
+use std::f64::consts::PI;
+
+const A: f64 = 6_378_245.0; // Krasovsky 1940 semi-major axis, as GCJ-02 uses
+const EE: f64 = 0.006_693_421_622_965_943; // its first eccentricity squared
+const X_PI: f64 = PI * 3000.0 / 180.0;
+
+/// Coordinate reference system of an incoming position.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Crs {
+    /// GPS, OpenStreetMap: used as is.
+    Wgs84,
+    /// Chinese map and LBS providers.
+    Gcj02,
+    /// Baidu.
+    Bd09,
+}
+
+impl Crs {
+    /// Parses the `crs` field.
+    pub fn parse(s: &str) -> Option<Crs> {
+        match s.to_ascii_lowercase().as_str() {
+            "wgs84" | "wgs-84" => Some(Crs::Wgs84),
+            "gcj02" | "gcj-02" => Some(Crs::Gcj02),
+            "bd09" | "bd-09" => Some(Crs::Bd09),
+            _ => None,
+        }
+    }
+
+    /// Converts `(lat, lng)` in this CRS to WGS-84.
+    pub fn to_wgs84(self, lat: f64, lng: f64) -> (f64, f64) {
+        match self {
+            Crs::Wgs84 => (lat, lng),
+            Crs::Gcj02 => gcj02_to_wgs84(lat, lng),
+            Crs::Bd09 => {
+                let (la, ln) = bd09_to_gcj02(lat, lng);
+                gcj02_to_wgs84(la, ln)
+            }
+        }
+    }
+}
+
+fn out_of_china(lat: f64, lng: f64) -> bool {
+    !(72.004..=137.8347).contains(&lng) || !(0.8293..=55.8271).contains(&lat)
+}
+
+fn offset(lat: f64, lng: f64) -> (f64, f64) {
+    let (x, y) = (lng - 105.0, lat - 35.0);
+    let common = (20.0 * (6.0 * x * PI).sin() + 20.0 * (2.0 * x * PI).sin()) * 2.0 / 3.0;
+    let mut dlat = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * x.abs().sqrt();
+    dlat += common;
+    dlat += (20.0 * (y * PI).sin() + 40.0 * (y / 3.0 * PI).sin()) * 2.0 / 3.0;
+    dlat += (160.0 * (y / 12.0 * PI).sin() + 320.0 * (y * PI / 30.0).sin()) * 2.0 / 3.0;
+    let mut dlng = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * x.abs().sqrt();
+    dlng += common;
+    dlng += (20.0 * (x * PI).sin() + 40.0 * (x / 3.0 * PI).sin()) * 2.0 / 3.0;
+    dlng += (150.0 * (x / 12.0 * PI).sin() + 300.0 * (x / 30.0 * PI).sin()) * 2.0 / 3.0;
+    let rad = lat / 180.0 * PI;
+    let magic = 1.0 - EE * rad.sin() * rad.sin();
+    let sqrt_magic = magic.sqrt();
+    let dlat = (dlat * 180.0) / ((A * (1.0 - EE)) / (magic * sqrt_magic) * PI);
+    let dlng = (dlng * 180.0) / (A / sqrt_magic * rad.cos() * PI);
+    (dlat, dlng)
+}
+
+/// WGS-84 → GCJ-02 (the forward, exact definition).
+pub fn wgs84_to_gcj02(lat: f64, lng: f64) -> (f64, f64) {
+    if out_of_china(lat, lng) {
+        return (lat, lng);
+    }
+    let (dlat, dlng) = offset(lat, lng);
+    (lat + dlat, lng + dlng)
+}
+
+/// GCJ-02 → WGS-84 by fixed-point iteration on the forward transform.
+pub fn gcj02_to_wgs84(lat: f64, lng: f64) -> (f64, f64) {
+    if out_of_china(lat, lng) {
+        return (lat, lng);
+    }
+    let (mut wlat, mut wlng) = (lat, lng);
+    for _ in 0..10 {
+        let (glat, glng) = wgs84_to_gcj02(wlat, wlng);
+        let (elat, elng) = (glat - lat, glng - lng);
+        wlat -= elat;
+        wlng -= elng;
+        if elat.abs() < 1e-10 && elng.abs() < 1e-10 {
+            break;
+        }
+    }
+    (wlat, wlng)
+}
+
+/// BD-09 → GCJ-02 (Baidu's published inverse).
+pub fn bd09_to_gcj02(lat: f64, lng: f64) -> (f64, f64) {
+    let x = lng - 0.0065;
+    let y = lat - 0.006;
+    let z = (x * x + y * y).sqrt() - 0.00002 * (y * X_PI).sin();
+    let theta = y.atan2(x) - 0.000003 * (x * X_PI).cos();
+    (z * theta.sin(), z * theta.cos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // (wgs lat, wgs lng, gcj lat, gcj lng): the reference pairs published with the eviltransform
+    // libraries, cross-checked across their Python, Go and PHP ports.
+    const PAIRS: [(f64, f64, f64, f64); 3] = [
+        (31.1774276, 121.5272106, 31.17530398364597, 121.531541859215), // Shanghai
+        (22.543847, 113.912316, 22.540796131694766, 113.9171764808363), // Shenzhen
+        (39.911954, 116.377817, 39.91334545536069, 116.38404722455657), // Beijing
+    ];
+
+    #[test]
+    fn wgs_to_gcj_matches_reference_pairs() {
+        for (wlat, wlng, glat, glng) in PAIRS {
+            let (la, ln) = wgs84_to_gcj02(wlat, wlng);
+            assert!((la - glat).abs() < 1e-9 && (ln - glng).abs() < 1e-9, "{la},{ln}");
+        }
+    }
+
+    #[test]
+    fn gcj_to_wgs_recovers_reference_pairs() {
+        for (wlat, wlng, glat, glng) in PAIRS {
+            let (la, ln) = Crs::Gcj02.to_wgs84(glat, glng);
+            // 1e-7 degrees is about a centimetre.
+            assert!((la - wlat).abs() < 1e-7 && (ln - wlng).abs() < 1e-7, "{la},{ln}");
+        }
+    }
+
+    #[test]
+    fn bd09_matches_the_published_baidu_formula() {
+        // coordtransform's documented example: bd09togcj02(116.404, 39.915). (Some libraries, e.g.
+        // eviltransform, use a variant with π in place of π·3000/180, which differs by ~10 m.)
+        let (la, ln) = bd09_to_gcj02(39.915, 116.404);
+        assert!((la - 39.90865673957631).abs() < 1e-12 && (ln - 116.39762729119315).abs() < 1e-12);
+        let (wla, wln) = Crs::Bd09.to_wgs84(39.915, 116.404);
+        let (gla, gln) = wgs84_to_gcj02(wla, wln);
+        assert!((gla - la).abs() < 1e-9 && (gln - ln).abs() < 1e-9, "BD-09 → WGS-84 goes through GCJ-02");
+    }
+
+    #[test]
+    fn wgs_to_gcj_matches_coordtransform_example() {
+        let (la, ln) = wgs84_to_gcj02(39.915, 116.404);
+        assert!((la - 39.91640428150164).abs() < 1e-9 && (ln - 116.41024449916938).abs() < 1e-9);
+    }
+
+    #[test]
+    fn offset_on_the_bund_is_hundreds_of_metres() {
+        let (la, ln) = wgs84_to_gcj02(31.2405, 121.4832);
+        let metres = ((la - 31.2405) * 111_000.0).hypot((ln - 121.4832) * 95_000.0);
+        assert!((300.0..800.0).contains(&metres), "{metres}");
+    }
+
+    #[test]
+    fn outside_china_is_untouched() {
+        assert_eq!(Crs::Gcj02.to_wgs84(40.75, -73.99), (40.75, -73.99));
+    }
+
+    #[test]
+    fn crs_names_parse() {
+        assert_eq!(Crs::parse("GCJ02"), Some(Crs::Gcj02));
+        assert_eq!(Crs::parse("bd09"), Some(Crs::Bd09));
+        assert_eq!(Crs::parse("wgs84"), Some(Crs::Wgs84));
+        assert_eq!(Crs::parse("utm"), None);
+    }
+}

@@ -1,0 +1,134 @@
+//! Interned feed sources: `counter`, `gate`, and one `lbs/<provider>` per LBS provider.
+//!
+//! Sources drive the watermark and carry the LBS scale factor (people per device). Provider names come
+//! from input, so the table is capped: past `MAX_SOURCES` new names share one `lbs/(other)` entry.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::config::LbsConfig;
+use crate::model::SourceId;
+
+/// Counter reports' source.
+pub const COUNTER: SourceId = SourceId(0);
+/// Gate reports' source.
+pub const GATE: SourceId = SourceId(1);
+/// Most distinct sources kept apart.
+pub const MAX_SOURCES: usize = 256;
+
+#[derive(Debug)]
+struct Inner {
+    names: Vec<String>,
+    scales: Vec<f64>,
+    index: HashMap<String, SourceId>,
+}
+
+/// The shared source table.
+#[derive(Debug)]
+pub struct Sources {
+    inner: RwLock<Inner>,
+    default_scale: f64,
+    configured: HashMap<String, f64>,
+}
+
+impl Sources {
+    /// A table with the fixed sources and the configured LBS providers.
+    pub fn new(cfg: &LbsConfig) -> Sources {
+        let inner = Inner {
+            names: vec!["counter".into(), "gate".into()],
+            scales: vec![1.0, 1.0],
+            index: HashMap::new(),
+        };
+        let s = Sources {
+            inner: RwLock::new(inner),
+            default_scale: cfg.default_scale,
+            configured: cfg.sources.iter().map(|(k, v)| (k.clone(), v.scale)).collect(),
+        };
+        for name in cfg.sources.keys() {
+            s.lbs(Some(name));
+        }
+        s
+    }
+
+    /// The source id of an LBS provider (the `source` field; absent = `lbs`).
+    pub fn lbs(&self, provider: Option<&str>) -> SourceId {
+        let provider = provider.unwrap_or("");
+        if let Some(id) = self.read().index.get(provider) {
+            return *id;
+        }
+        let mut w = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = w.index.get(provider) {
+            return *id;
+        }
+        let full = w.names.len() >= MAX_SOURCES;
+        let (key, name) = if full {
+            ("\u{0}other", "lbs/(other)".to_string())
+        } else if provider.is_empty() {
+            ("", "lbs".to_string())
+        } else {
+            (provider, format!("lbs/{provider}"))
+        };
+        if let Some(id) = w.index.get(key) {
+            return *id;
+        }
+        let id = SourceId(w.names.len() as u16);
+        let scale = self.configured.get(provider).copied().unwrap_or(self.default_scale);
+        w.names.push(name);
+        w.scales.push(scale);
+        w.index.insert(key.to_string(), id);
+        id
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A source's display name.
+    pub fn name(&self, id: SourceId) -> String {
+        self.read().names.get(id.0 as usize).cloned().unwrap_or_else(|| format!("source#{}", id.0))
+    }
+
+    /// People per device for each source, indexed by `SourceId`.
+    pub fn scales(&self) -> Vec<f64> {
+        self.read().scales.clone()
+    }
+
+    /// Number of sources so far.
+    pub fn len(&self) -> usize {
+        self.read().names.len()
+    }
+
+    /// Always false: the fixed sources exist from the start.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LbsSourceConfig;
+
+    #[test]
+    fn providers_get_their_configured_scale() {
+        let mut cfg = LbsConfig::default();
+        cfg.sources.insert("carrier-a".into(), LbsSourceConfig { scale: 2.5 });
+        let s = Sources::new(&cfg);
+        let a = s.lbs(Some("carrier-a"));
+        let b = s.lbs(Some("app-x"));
+        assert_eq!(s.scales()[a.0 as usize], 2.5);
+        assert_eq!(s.scales()[b.0 as usize], 1.0);
+        assert_eq!(s.name(a), "lbs/carrier-a");
+        assert_eq!(s.lbs(Some("carrier-a")), a);
+    }
+
+    #[test]
+    fn table_is_capped() {
+        let s = Sources::new(&LbsConfig::default());
+        for i in 0..1000 {
+            s.lbs(Some(&format!("p{i}")));
+        }
+        assert!(s.len() <= MAX_SOURCES + 1);
+        assert_eq!(s.name(s.lbs(Some("p999"))), "lbs/(other)");
+    }
+}

@@ -1,0 +1,16 @@
+//! throng: a crowd-flow stream processor for large public events.
+//!
+//! Data flows one way: `ingest` (feeds → validated, pseudonymised, H3-indexed records) →
+//! `window` (event-time hopping windows per cell → Arrow batches) → downstream stages
+//! (segment tiers, live push, history). `pipeline` wires parser and engine for offline use;
+//! `app` runs the server; `api` holds its HTTP routes; `cli` the command line.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod model;
+pub mod pipeline;
+pub mod window;

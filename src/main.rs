@@ -1,0 +1,32 @@
+//! The `throng` binary: parses the command line, sets up logging, runs the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use throng::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Replay(args) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            throng::cli::replay::run(&args, &mut out).map(|_| ())
+        }
+        Command::Serve(args) => throng::app::serve_blocking(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("throng: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The record model shared by every stage: typed ids and the parsed, pseudonymised records.
+//!
+//! Nothing here holds a raw device string: by the time a record exists, its device is a keyed hash.
+
+use std::fmt;
+
+/// Event time: milliseconds since the Unix epoch, UTC.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventTime(pub i64);
+
+impl EventTime {
+    /// Milliseconds since the Unix epoch.
+    pub const fn millis(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for EventTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+/// An H3 cell: the same 64-bit value as the H3 C library's index.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct CellId(pub u64);
+
+impl CellId {
+    /// The h3o view of this cell (always valid: a `CellId` is only built from an h3o cell).
+    pub fn index(self) -> Option<h3o::CellIndex> {
+        h3o::CellIndex::try_from(self.0).ok()
+    }
+}
+
+impl From<h3o::CellIndex> for CellId {
+    fn from(c: h3o::CellIndex) -> Self {
+        CellId(u64::from(c))
+    }
+}
+
+impl fmt::Display for CellId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+/// A device pseudonym: a keyed hash of the provider's device string.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceId(pub u64);
+
+/// A feed source, interned (see `ingest::sources`): `lbs/<provider>`, `counter` or `gate`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceId(pub u16);
+
+/// Index of a sensor in the sensor registry.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SensorIdx(pub u32);
+
+/// A cumulative register's identity: a counter sensor, or a station's gate.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RegisterKey(pub u64);
+
+/// The three kinds of feed record.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Phone-location ping.
+    Lbs,
+    /// Camera people-counter report.
+    Counter,
+    /// Metro fare-gate report.
+    Gate,
+}
+
+impl Kind {
+    /// The `kind` string used on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Lbs => "lbs",
+            Kind::Counter => "counter",
+            Kind::Gate => "gate",
+        }
+    }
+}
+
+/// A parsed, validated record, ready for the window engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// When it happened.
+    pub ts: EventTime,
+    /// Which feed source it came from (drives the watermark).
+    pub source: SourceId,
+    /// The H3 cell it is counted in (the ping's position, or the sensor's / gate's location).
+    pub cell: CellId,
+    /// What it says.
+    pub body: Body,
+}
+
+/// The kind-specific part of a record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// A device was seen in `cell`.
+    Ping { device: DeviceId },
+    /// People crossing a counter line during the period ending at `ts`.
+    CounterInterval { inn: u32, out: u32, period_ms: Option<u32> },
+    /// A counter's running totals.
+    CounterCumulative { register: RegisterKey, in_total: u64, out_total: u64 },
+    /// A direct headcount of a zone.
+    Occupancy { sensor: SensorIdx, people: u32 },
+    /// Gate entries and exits during the period ending at `ts`.
+    GateInterval { entries: u32, exits: u32, period_ms: Option<u32> },
+    /// One tap at a gate.
+    GateTap { exit: bool },
+    /// A gate's running totals.
+    GateCumulative { register: RegisterKey, entries_total: u64, exits_total: u64 },
+}
+
+impl Body {
+    /// The feed kind this body belongs to.
+    pub const fn kind(&self) -> Kind {
+        match self {
+            Body::Ping { .. } => Kind::Lbs,
+            Body::CounterInterval { .. } | Body::CounterCumulative { .. } | Body::Occupancy { .. } => {
+                Kind::Counter
+            }
+            Body::GateInterval { .. } | Body::GateTap { .. } | Body::GateCumulative { .. } => Kind::Gate,
+        }
+    }
+}

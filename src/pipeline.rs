@@ -1,0 +1,56 @@
+//! The offline pipeline: configuration → parser + engine, shared by `replay`, `serve` and the benches.
+
+use std::sync::Arc;
+
+use h3o::Resolution;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::ingest::{Parser, Pseudonymiser, Registry, Sources};
+use crate::window::Engine;
+
+/// A parser and the engine it feeds, built from one configuration.
+pub struct Pipeline {
+    /// Parses and validates records.
+    pub parser: Parser,
+    /// Aggregates them into windows.
+    pub engine: Engine,
+    /// The shared source table.
+    pub sources: Arc<Sources>,
+}
+
+/// The configured H3 resolution as h3o's type (validated by `Config::validate`).
+pub fn resolution(cfg: &Config) -> Resolution {
+    Resolution::try_from(cfg.h3.resolution).unwrap_or(Resolution::Eleven)
+}
+
+impl Pipeline {
+    /// Loads the scenario's registries and builds the parser and engine.
+    pub fn from_config(cfg: &Config) -> Result<Pipeline> {
+        let res = resolution(cfg);
+        let registry = Registry::load_dir(&cfg.scenario, res)?;
+        Ok(Pipeline::with_registry(cfg, Arc::new(registry)))
+    }
+
+    /// Builds the parser and engine over an already loaded registry.
+    pub fn with_registry(cfg: &Config, registry: Arc<Registry>) -> Pipeline {
+        let sources = Arc::new(Sources::new(&cfg.lbs));
+        let parser = Parser::new(
+            registry,
+            Pseudonymiser::new(&cfg.privacy.hash_key),
+            sources.clone(),
+            resolution(cfg),
+            cfg.lbs.max_accuracy_m,
+            cfg.ingest.max_future.as_millis() as i64,
+        );
+        let engine = Engine::new(&cfg.window, &cfg.registers, sources.scales());
+        Pipeline { parser, engine, sources }
+    }
+
+    /// Brings the engine's scale factors up to date when new sources appeared.
+    pub fn refresh_scales(&mut self) {
+        if self.engine.scales_known() != self.sources.len() {
+            self.engine.set_scales(self.sources.scales());
+        }
+    }
+}

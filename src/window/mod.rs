@@ -1,0 +1,10 @@
+//! Event-time windows: records → per-cell aggregates per hopping window → Arrow batches.
+//! No I/O here; the caller passes the clock in.
+
+pub mod batch;
+pub mod engine;
+pub mod registers;
+pub mod watermark;
+
+pub use batch::{json_rows, to_record_batch, HEX_WINDOWS_SCHEMA};
+pub use engine::{Engine, EngineStats, HexRow, HexWindow, LateRecord};

@@ -1,0 +1,59 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The repository root (fixtures live there).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the real `throng` binary with a bounded time.
+pub fn throng(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_throng"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn throng");
+    // Read the pipes on another thread so a chatty child never blocks on a full pipe.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("throng {args:?} did not finish in 120 s");
+        }
+    }
+}
+
+/// A small deterministic PRNG (xorshift), so tests need no extra crate and repeat exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next raw value.
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in [a, b).
+    pub fn range(&mut self, a: f64, b: f64) -> f64 {
+        a + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (b - a)
+    }
+}
