@@ -26,7 +26,10 @@ const INGEST_QUEUE_BATCHES: usize = 256;
 
 /// Wall-clock milliseconds since the epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every server in the process).
@@ -120,7 +123,11 @@ pub async fn start(cfg: Config, listen: SocketAddr) -> anyhow::Result<Server> {
     let (latest_tx, latest_rx) = watch::channel(None);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let Pipeline { parser, engine, sources } = pipe;
+    let Pipeline {
+        parser,
+        engine,
+        sources,
+    } = pipe;
     tracker.spawn(run_engine(engine, sources, rx, health_tx, latest_tx));
     let handles = Handles {
         parser,
@@ -130,12 +137,16 @@ pub async fn start(cfg: Config, listen: SocketAddr) -> anyhow::Result<Server> {
         metrics: metrics_handle(),
         config: cfg.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let router = crate::api::router(handles);
     let t = token.clone();
     tracker.spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(t.cancelled_owned()).await;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(t.cancelled_owned())
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed.");
         }
@@ -144,7 +155,11 @@ pub async fn start(cfg: Config, listen: SocketAddr) -> anyhow::Result<Server> {
         tracing::warn!("NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only.");
     }
     tracing::info!(%addr, scenario = %cfg.scenario.display(), "Listening.");
-    Ok(Server { addr, token, tracker })
+    Ok(Server {
+        addr,
+        token,
+        tracker,
+    })
 }
 
 async fn run_engine(
@@ -194,7 +209,11 @@ fn publish(
     let now = now_ms();
     let wm = engine.watermark().current();
     let stats = engine.stats().clone();
-    metrics::gauge!("throng_watermark_lag_seconds").set(if wm == i64::MIN { 0.0 } else { (now - wm) as f64 / 1000.0 });
+    metrics::gauge!("throng_watermark_lag_seconds").set(if wm == i64::MIN {
+        0.0
+    } else {
+        (now - wm) as f64 / 1000.0
+    });
     metrics::counter!("throng_windows_closed_total").absolute(stats.windows_closed);
     metrics::counter!("throng_register_resets_total").absolute(stats.register_resets);
     metrics::gauge!("throng_window_device_entries").set(engine.device_entries() as f64);
@@ -238,11 +257,17 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let server = start(cfg, args.listen).await?;
-        println!("throng is serving on http://{}/ (health: /api/health, metrics: /metrics)", server.addr);
+        println!(
+            "throng is serving on http://{}/ (health: /api/health, metrics: /metrics)",
+            server.addr
+        );
         shutdown_signal().await;
         tracing::info!("Shutting down.");
         server.shutdown().await

@@ -100,7 +100,10 @@ pub struct PrivacyConfig {
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
-        PrivacyConfig { k: 10, hash_key: "change-me".into() }
+        PrivacyConfig {
+            k: 10,
+            hash_key: "change-me".into(),
+        }
     }
 }
 
@@ -118,7 +121,11 @@ pub struct LbsConfig {
 
 impl Default for LbsConfig {
     fn default() -> Self {
-        LbsConfig { max_accuracy_m: 100.0, default_scale: 1.0, sources: BTreeMap::new() }
+        LbsConfig {
+            max_accuracy_m: 100.0,
+            default_scale: 1.0,
+            sources: BTreeMap::new(),
+        }
     }
 }
 
@@ -143,7 +150,10 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { max_future: Duration::from_secs(300), max_line_bytes: 64 * 1024 }
+        IngestConfig {
+            max_future: Duration::from_secs(300),
+            max_line_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -157,7 +167,9 @@ pub struct RegisterConfig {
 
 impl Default for RegisterConfig {
     fn default() -> Self {
-        RegisterConfig { max_rate_per_s: 50.0 }
+        RegisterConfig {
+            max_rate_per_s: 50.0,
+        }
     }
 }
 
@@ -184,18 +196,25 @@ pub struct TokenConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
         Config::parse(&text).map_err(|e| e.in_file(path))
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::de::Deserializer::parse(text)
-            .map_err(|e| ConfigError::Invalid { key: String::new(), reason: e.to_string() })?;
+        let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
+            key: String::new(),
+            reason: e.to_string(),
+        })?;
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::Invalid { key, reason: e.into_inner().message().to_string() }
+            ConfigError::Invalid {
+                key,
+                reason: e.into_inner().message().to_string(),
+            }
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -203,15 +222,26 @@ impl Config {
 
     /// Checks the relations between keys that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: String| Err(ConfigError::Invalid { key: key.into(), reason });
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                reason,
+            })
+        };
         let w = &self.window;
-        if w.slide.is_zero() || w.slide.subsec_nanos() % 1_000_000 != 0 {
-            return bad("window.slide", "must be a positive whole number of milliseconds".into());
+        if w.slide.is_zero() || !w.slide.subsec_nanos().is_multiple_of(1_000_000) {
+            return bad(
+                "window.slide",
+                "must be a positive whole number of milliseconds".into(),
+            );
         }
-        if w.size < w.slide || w.size.as_millis() % w.slide.as_millis() != 0 {
+        if w.size < w.slide || !w.size.as_millis().is_multiple_of(w.slide.as_millis()) {
             return bad(
                 "window.size",
-                format!("must be a multiple of window.slide ({:?}), got {:?}", w.slide, w.size),
+                format!(
+                    "must be a multiple of window.slide ({:?}), got {:?}",
+                    w.slide, w.size
+                ),
             );
         }
         if w.size.as_millis() / w.slide.as_millis() > 1000 {
@@ -221,9 +251,12 @@ impl Config {
             return bad("window.idle_timeout", "must be positive".into());
         }
         if self.h3.resolution > 15 {
-            return bad("h3.resolution", format!("{} is out of range 0..=15", self.h3.resolution));
+            return bad(
+                "h3.resolution",
+                format!("{} is out of range 0..=15", self.h3.resolution),
+            );
         }
-        if !(self.lbs.max_accuracy_m > 0.0) {
+        if !(self.lbs.max_accuracy_m.is_finite() && self.lbs.max_accuracy_m > 0.0) {
             return bad("lbs.max_accuracy_m", "must be positive".into());
         }
         if !(self.lbs.default_scale.is_finite() && self.lbs.default_scale > 0.0) {
@@ -231,10 +264,13 @@ impl Config {
         }
         for (name, s) in &self.lbs.sources {
             if !(s.scale.is_finite() && s.scale > 0.0) {
-                return bad(&format!("lbs.sources.{name}.scale"), "must be a positive number".into());
+                return bad(
+                    &format!("lbs.sources.{name}.scale"),
+                    "must be a positive number".into(),
+                );
             }
         }
-        if !(self.registers.max_rate_per_s > 0.0) {
+        if !(self.registers.max_rate_per_s.is_finite() && self.registers.max_rate_per_s > 0.0) {
             return bad("registers.max_rate_per_s", "must be positive".into());
         }
         if self.privacy.hash_key.is_empty() {
@@ -244,11 +280,17 @@ impl Config {
             if !["feed", "viewer", "organiser", "analyst", "admin"].contains(&t.role.as_str()) {
                 return bad(
                     &format!("auth.tokens[{i}].role"),
-                    format!("unknown role `{}` (feed, viewer, organiser, analyst or admin)", t.role),
+                    format!(
+                        "unknown role `{}` (feed, viewer, organiser, analyst or admin)",
+                        t.role
+                    ),
                 );
             }
             if t.token.len() < 8 {
-                return bad(&format!("auth.tokens[{i}].token"), "must be at least 8 characters".into());
+                return bad(
+                    &format!("auth.tokens[{i}].token"),
+                    "must be at least 8 characters".into(),
+                );
             }
         }
         Ok(())
@@ -300,25 +342,33 @@ token = "abcdefghij"
 
     #[test]
     fn unknown_key_names_its_path() {
-        let e = Config::parse("[window]\nsizee = \"1m\"\n").unwrap_err().to_string();
+        let e = Config::parse("[window]\nsizee = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("window.sizee") || e.contains("sizee"), "{e}");
     }
 
     #[test]
     fn bad_duration_names_its_path() {
-        let e = Config::parse("[window]\nslide = \"ten seconds\"\n").unwrap_err().to_string();
+        let e = Config::parse("[window]\nslide = \"ten seconds\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("window.slide"), "{e}");
     }
 
     #[test]
     fn size_must_be_multiple_of_slide() {
-        let e = Config::parse("[window]\nsize = \"65s\"\n").unwrap_err().to_string();
+        let e = Config::parse("[window]\nsize = \"65s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("window.size"), "{e}");
     }
 
     #[test]
     fn resolution_out_of_range_is_refused() {
-        let e = Config::parse("[h3]\nresolution = 16\n").unwrap_err().to_string();
+        let e = Config::parse("[h3]\nresolution = 16\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("h3.resolution"), "{e}");
     }
 

@@ -104,17 +104,33 @@ pub enum Body {
     /// A device was seen in `cell`.
     Ping { device: DeviceId },
     /// People crossing a counter line during the period ending at `ts`.
-    CounterInterval { inn: u32, out: u32, period_ms: Option<u32> },
+    CounterInterval {
+        inn: u32,
+        out: u32,
+        period_ms: Option<u32>,
+    },
     /// A counter's running totals.
-    CounterCumulative { register: RegisterKey, in_total: u64, out_total: u64 },
+    CounterCumulative {
+        register: RegisterKey,
+        in_total: u64,
+        out_total: u64,
+    },
     /// A direct headcount of a zone.
     Occupancy { sensor: SensorIdx, people: u32 },
     /// Gate entries and exits during the period ending at `ts`.
-    GateInterval { entries: u32, exits: u32, period_ms: Option<u32> },
+    GateInterval {
+        entries: u32,
+        exits: u32,
+        period_ms: Option<u32>,
+    },
     /// One tap at a gate.
     GateTap { exit: bool },
     /// A gate's running totals.
-    GateCumulative { register: RegisterKey, entries_total: u64, exits_total: u64 },
+    GateCumulative {
+        register: RegisterKey,
+        entries_total: u64,
+        exits_total: u64,
+    },
 }
 
 impl Body {
@@ -122,10 +138,12 @@ impl Body {
     pub const fn kind(&self) -> Kind {
         match self {
             Body::Ping { .. } => Kind::Lbs,
-            Body::CounterInterval { .. } | Body::CounterCumulative { .. } | Body::Occupancy { .. } => {
-                Kind::Counter
+            Body::CounterInterval { .. }
+            | Body::CounterCumulative { .. }
+            | Body::Occupancy { .. } => Kind::Counter,
+            Body::GateInterval { .. } | Body::GateTap { .. } | Body::GateCumulative { .. } => {
+                Kind::Gate
             }
-            Body::GateInterval { .. } | Body::GateTap { .. } | Body::GateCumulative { .. } => Kind::Gate,
         }
     }
 }

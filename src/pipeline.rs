@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use h3o::Resolution;
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::ingest::{Parser, Pseudonymiser, Registry, Sources};
-use crate::window::Engine;
+use crate::window::{to_record_batch, Engine};
 
 /// A parser and the engine it feeds, built from one configuration.
 pub struct Pipeline {
@@ -44,7 +45,44 @@ impl Pipeline {
             cfg.ingest.max_future.as_millis() as i64,
         );
         let engine = Engine::new(&cfg.window, &cfg.registers, sources.scales());
-        Pipeline { parser, engine, sources }
+        Pipeline {
+            parser,
+            engine,
+            sources,
+        }
+    }
+
+    /// Runs NDJSON bytes (in arrival order) through parser and engine, flushing at the end; each
+    /// closed window is handed to `on_window` as a `hex_windows` batch. Returns (accepted, rejected).
+    /// Processing time is the newest event time seen, as in offline replay.
+    pub fn process_ndjson(
+        &mut self,
+        bytes: &[u8],
+        mut on_window: impl FnMut(RecordBatch),
+    ) -> Result<(u64, u64)> {
+        let (mut ok, mut bad) = (0u64, 0u64);
+        let mut now = i64::MIN;
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            match self.parser.parse_line(line, None) {
+                Ok(rec) => {
+                    ok += 1;
+                    now = now.max(rec.ts.millis());
+                    self.engine.ingest(&rec, now);
+                    for w in self.engine.advance(now) {
+                        on_window(to_record_batch(&w)?);
+                    }
+                }
+                Err(_) => bad += 1,
+            }
+        }
+        self.refresh_scales();
+        for w in self.engine.flush() {
+            on_window(to_record_batch(&w)?);
+        }
+        Ok((ok, bad))
     }
 
     /// Brings the engine's scale factors up to date when new sources appeared.

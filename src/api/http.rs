@@ -59,14 +59,24 @@ async fn ingest(State(h): State<Handles>, body: Bytes) -> Result<Response, ApiEr
             continue;
         }
         if line.len() > max_line {
-            rejected.push(Rejected { line: i + 1, error: format!("line is {} bytes, over the {max_line}-byte limit", line.len()) });
+            rejected.push(Rejected {
+                line: i + 1,
+                error: format!(
+                    "line is {} bytes, over the {max_line}-byte limit",
+                    line.len()
+                ),
+            });
             continue;
         }
         match h.parser.parse_line(line, Some(now)) {
             Ok(r) => accepted.push(r),
             Err(e) => {
-                metrics::counter!("throng_ingest_rejected_total", "reason" => e.code.as_str()).increment(1);
-                rejected.push(Rejected { line: i + 1, error: e.to_string() });
+                metrics::counter!("throng_ingest_rejected_total", "reason" => e.code.as_str())
+                    .increment(1);
+                rejected.push(Rejected {
+                    line: i + 1,
+                    error: e.to_string(),
+                });
             }
         }
     }
@@ -75,13 +85,13 @@ async fn ingest(State(h): State<Handles>, body: Bytes) -> Result<Response, ApiEr
         // All or nothing: one batch into a bounded queue; when it is full, nothing is taken.
         match h.ingest.try_send(accepted) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: "ingest queue full: nothing from this request was taken; retry after the delay".into(),
-                    retry_after: Some(1),
-                })
-            }
+            Err(TrySendError::Full(_)) => return Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message:
+                    "ingest queue full: nothing from this request was taken; retry after the delay"
+                        .into(),
+                retry_after: Some(1),
+            }),
             Err(TrySendError::Closed(_)) => {
                 return Err(ApiError {
                     status: StatusCode::SERVICE_UNAVAILABLE,
@@ -92,7 +102,10 @@ async fn ingest(State(h): State<Handles>, body: Bytes) -> Result<Response, ApiEr
         }
         metrics::counter!("throng_ingest_records_total").increment(n as u64);
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": n, "rejected": rejected})))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": n, "rejected": rejected})),
+    )
         .into_response())
 }
 
@@ -102,5 +115,8 @@ async fn health(State(h): State<Handles>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(h): State<Handles>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        h.metrics.render(),
+    )
 }

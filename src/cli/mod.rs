@@ -12,9 +12,14 @@ use crate::error::ConfigError;
 
 /// throng — crowd-flow stream processor for large public events.
 #[derive(Debug, Parser)]
-#[command(name = "throng", version, about, long_about = "throng turns phone-location pings, people-counter \
+#[command(
+    name = "throng",
+    version,
+    about,
+    long_about = "throng turns phone-location pings, people-counter \
 reports and metro gate reports into live H3 crowd heatmaps over event-time windows.\n\n\
-Run `throng serve` to start the server, `throng replay FILE --print` to run recorded feeds offline.")]
+Run `throng serve` to start the server, `throng replay FILE --print` to run recorded feeds offline."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

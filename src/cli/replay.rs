@@ -37,7 +37,10 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
     let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
     let mut summary = ReplaySummary::default();
     let mut now = i64::MIN;
-    let emit = |windows: Vec<HexWindow>, summary: &mut ReplaySummary, out: &mut dyn Write| -> anyhow::Result<()> {
+    let emit = |windows: Vec<HexWindow>,
+                summary: &mut ReplaySummary,
+                out: &mut dyn Write|
+     -> anyhow::Result<()> {
         for w in windows {
             summary.windows += 1;
             let batch = to_record_batch(&w)?;

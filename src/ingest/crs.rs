@@ -120,7 +120,10 @@ mod tests {
     fn wgs_to_gcj_matches_reference_pairs() {
         for (wlat, wlng, glat, glng) in PAIRS {
             let (la, ln) = wgs84_to_gcj02(wlat, wlng);
-            assert!((la - glat).abs() < 1e-9 && (ln - glng).abs() < 1e-9, "{la},{ln}");
+            assert!(
+                (la - glat).abs() < 1e-9 && (ln - glng).abs() < 1e-9,
+                "{la},{ln}"
+            );
         }
     }
 
@@ -129,7 +132,10 @@ mod tests {
         for (wlat, wlng, glat, glng) in PAIRS {
             let (la, ln) = Crs::Gcj02.to_wgs84(glat, glng);
             // 1e-7 degrees is about a centimetre.
-            assert!((la - wlat).abs() < 1e-7 && (ln - wlng).abs() < 1e-7, "{la},{ln}");
+            assert!(
+                (la - wlat).abs() < 1e-7 && (ln - wlng).abs() < 1e-7,
+                "{la},{ln}"
+            );
         }
     }
 
@@ -141,7 +147,10 @@ mod tests {
         assert!((la - 39.90865673957631).abs() < 1e-12 && (ln - 116.39762729119315).abs() < 1e-12);
         let (wla, wln) = Crs::Bd09.to_wgs84(39.915, 116.404);
         let (gla, gln) = wgs84_to_gcj02(wla, wln);
-        assert!((gla - la).abs() < 1e-9 && (gln - ln).abs() < 1e-9, "BD-09 → WGS-84 goes through GCJ-02");
+        assert!(
+            (gla - la).abs() < 1e-9 && (gln - ln).abs() < 1e-9,
+            "BD-09 → WGS-84 goes through GCJ-02"
+        );
     }
 
     #[test]

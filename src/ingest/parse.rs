@@ -78,7 +78,11 @@ impl fmt::Display for Reject {
 }
 
 fn reject(field: &str, code: RejectCode, reason: impl Into<String>) -> Reject {
-    Reject { field: field.into(), reason: reason.into(), code }
+    Reject {
+        field: field.into(),
+        reason: reason.into(),
+        code,
+    }
 }
 
 fn missing(field: &str) -> Reject {
@@ -177,7 +181,14 @@ impl Parser {
         max_accuracy_m: f64,
         max_future_ms: i64,
     ) -> Parser {
-        Parser { registry, pseudo, sources, res, max_accuracy_m, max_future_ms }
+        Parser {
+            registry,
+            pseudo,
+            sources,
+            res,
+            max_accuracy_m,
+            max_future_ms,
+        }
     }
 
     /// The source table records are interned in.
@@ -205,7 +216,10 @@ impl Parser {
                 return Err(reject(
                     "kind",
                     RejectCode::Value,
-                    format!("unknown kind {:?} (expected \"lbs\", \"counter\" or \"gate\")", truncate(other)),
+                    format!(
+                        "unknown kind {:?} (expected \"lbs\", \"counter\" or \"gate\")",
+                        truncate(other)
+                    ),
                 ))
             }
         };
@@ -218,7 +232,9 @@ impl Parser {
             return Err(reject(
                 "ts",
                 RejectCode::Value,
-                format!("{ts} is before the year 2000: send milliseconds since the epoch, not seconds"),
+                format!(
+                    "{ts} is before the year 2000: send milliseconds since the epoch, not seconds"
+                ),
             ));
         }
         if let Some(now) = now_ms {
@@ -252,26 +268,44 @@ impl Parser {
             return Err(reject(
                 "device",
                 RejectCode::Value,
-                format!("{} bytes long, at most {MAX_DEVICE_BYTES} allowed", device.len()),
+                format!(
+                    "{} bytes long, at most {MAX_DEVICE_BYTES} allowed",
+                    device.len()
+                ),
             ));
         }
         let lat = raw.lat.ok_or_else(|| missing("lat"))?;
         let lng = raw.lng.ok_or_else(|| missing("lng"))?;
         if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
-            return Err(reject("lat", RejectCode::Value, format!("{lat} is outside -90..90")));
+            return Err(reject(
+                "lat",
+                RejectCode::Value,
+                format!("{lat} is outside -90..90"),
+            ));
         }
         if !lng.is_finite() || !(-180.0..=180.0).contains(&lng) {
-            return Err(reject("lng", RejectCode::Value, format!("{lng} is outside -180..180")));
+            return Err(reject(
+                "lng",
+                RejectCode::Value,
+                format!("{lng} is outside -180..180"),
+            ));
         }
         if let Some(acc) = raw.accuracy_m {
             if !acc.is_finite() || acc < 0.0 {
-                return Err(reject("accuracy_m", RejectCode::Value, format!("{acc} is not a distance")));
+                return Err(reject(
+                    "accuracy_m",
+                    RejectCode::Value,
+                    format!("{acc} is not a distance"),
+                ));
             }
             if acc > self.max_accuracy_m {
                 return Err(reject(
                     "accuracy_m",
                     RejectCode::Value,
-                    format!("{acc} m is worse than the accepted maximum of {} m", self.max_accuracy_m),
+                    format!(
+                        "{acc} m is worse than the accepted maximum of {} m",
+                        self.max_accuracy_m
+                    ),
                 ));
             }
         }
@@ -291,7 +325,12 @@ impl Parser {
             .to_cell(self.res);
         let device = self.pseudo.pseudonym(&device);
         let source = self.sources.lbs(raw.source.as_deref());
-        Ok(Record { ts, source, cell: CellId::from(cell), body: Body::Ping { device } })
+        Ok(Record {
+            ts,
+            source,
+            cell: CellId::from(cell),
+            body: Body::Ping { device },
+        })
     }
 
     fn counter(&self, raw: Raw, ts: EventTime) -> Result<Record, Reject> {
@@ -300,13 +339,19 @@ impl Parser {
             reject(
                 "sensor",
                 RejectCode::Unregistered,
-                format!("unknown sensor {:?}: register it in the scenario's sensors.json", truncate(id)),
+                format!(
+                    "unknown sensor {:?}: register it in the scenario's sensors.json",
+                    truncate(id)
+                ),
             )
         })?;
         let interval = raw.inn.is_some() || raw.out.is_some();
         let cumulative = raw.in_total.is_some() || raw.out_total.is_some();
         let occupancy = raw.occupancy.is_some();
-        let shapes = [interval, cumulative, occupancy].iter().filter(|b| **b).count();
+        let shapes = [interval, cumulative, occupancy]
+            .iter()
+            .filter(|b| **b)
+            .count();
         if shapes > 1 {
             return Err(reject(
                 "",
@@ -331,10 +376,16 @@ impl Parser {
                 return Err(reject(
                     "occupancy",
                     RejectCode::Value,
-                    format!("sensor {:?} is a line counter, not a zone: it cannot report occupancy", sensor.id),
+                    format!(
+                        "sensor {:?} is a line counter, not a zone: it cannot report occupancy",
+                        sensor.id
+                    ),
                 ));
             }
-            Body::Occupancy { sensor: idx, people: count("occupancy", raw.occupancy)? }
+            Body::Occupancy {
+                sensor: idx,
+                people: count("occupancy", raw.occupancy)?,
+            }
         } else {
             return Err(reject(
                 "in",
@@ -342,7 +393,12 @@ impl Parser {
                 "no counts: expected `in`/`out`, `in_total`/`out_total` or `occupancy`",
             ));
         };
-        Ok(Record { ts, source: COUNTER, cell, body })
+        Ok(Record {
+            ts,
+            source: COUNTER,
+            cell,
+            body,
+        })
     }
 
     fn gate(&self, raw: Raw, ts: EventTime) -> Result<Record, Reject> {
@@ -352,7 +408,10 @@ impl Parser {
             reject(
                 "station",
                 RejectCode::Unregistered,
-                format!("unknown station {:?}: register it in the scenario's stations.json", truncate(id)),
+                format!(
+                    "unknown station {:?}: register it in the scenario's stations.json",
+                    truncate(id)
+                ),
             )
         })?;
         let interval = raw.entries.is_some() || raw.exits.is_some();
@@ -398,14 +457,23 @@ impl Parser {
                 "no counts: expected `entries`/`exits`, `entries_total`/`exits_total` or a tap's `dir`",
             ));
         };
-        Ok(Record { ts, source: GATE, cell, body })
+        Ok(Record {
+            ts,
+            source: GATE,
+            cell,
+            body,
+        })
     }
 }
 
 fn count(field: &str, v: Option<u64>) -> Result<u32, Reject> {
     let v = v.unwrap_or(0);
     if v > MAX_COUNT {
-        return Err(reject(field, RejectCode::Value, format!("{v} is implausibly large for one report")));
+        return Err(reject(
+            field,
+            RejectCode::Value,
+            format!("{v} is implausibly large for one report"),
+        ));
     }
     Ok(v as u32)
 }
@@ -413,8 +481,14 @@ fn count(field: &str, v: Option<u64>) -> Result<u32, Reject> {
 fn period(p: Option<f64>) -> Result<Option<u32>, Reject> {
     match p {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Some((s * 1000.0).round() as u32)),
-        Some(s) => Err(reject("period_s", RejectCode::Value, format!("{s} is not a period of 0–86400 s"))),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
+            Ok(Some((s * 1000.0).round() as u32))
+        }
+        Some(s) => Err(reject(
+            "period_s",
+            RejectCode::Value,
+            format!("{s} is not a period of 0–86400 s"),
+        )),
     }
 }
 
@@ -441,7 +515,11 @@ fn explain(line: &[u8]) -> Reject {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t,
         Err(e) => {
-            return reject("", RejectCode::Syntax, format!("not valid UTF-8 at byte {}", e.valid_up_to()))
+            return reject(
+                "",
+                RejectCode::Syntax,
+                format!("not valid UTF-8 at byte {}", e.valid_up_to()),
+            )
         }
     };
     let value: serde_json::Value = match serde_json::from_str(text) {
@@ -449,7 +527,11 @@ fn explain(line: &[u8]) -> Reject {
         Err(e) => return reject("", RejectCode::Syntax, format!("not valid JSON: {e}")),
     };
     if !value.is_object() {
-        return reject("", RejectCode::Syntax, "not a JSON object: each line must be one record {...}");
+        return reject(
+            "",
+            RejectCode::Syntax,
+            "not a JSON object: each line must be one record {...}",
+        );
     }
     let mut de = serde_json::Deserializer::from_str(text);
     match serde_path_to_error::deserialize::<_, Raw>(&mut de) {
@@ -457,7 +539,11 @@ fn explain(line: &[u8]) -> Reject {
         Err(e) => {
             let field = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let reason = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+            let reason = inner
+                .split(" at line ")
+                .next()
+                .unwrap_or(&inner)
+                .to_string();
             reject(&field, RejectCode::Type, reason)
         }
     }
@@ -485,8 +571,10 @@ mod tests {
             period_s: Some(10.0),
             width_m: None,
         };
-        reg.add_sensor(sensor("bund-cam-07", SensorKind::Line), res).unwrap();
-        reg.add_sensor(sensor("chenyi-zone", SensorKind::Zone), res).unwrap();
+        reg.add_sensor(sensor("bund-cam-07", SensorKind::Line), res)
+            .unwrap();
+        reg.add_sensor(sensor("chenyi-zone", SensorKind::Zone), res)
+            .unwrap();
         reg.add_station(
             Station {
                 id: "east-nanjing-road".into(),
@@ -517,65 +605,135 @@ mod tests {
     }
 
     fn ok(line: &str) -> Record {
-        parser().parse_line(line.as_bytes(), Some(NOW)).unwrap_or_else(|e| panic!("{line}: {e}"))
+        parser()
+            .parse_line(line.as_bytes(), Some(NOW))
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
     }
 
     fn err(line: &str) -> Reject {
-        parser().parse_line(line.as_bytes(), Some(NOW)).expect_err(line)
+        parser()
+            .parse_line(line.as_bytes(), Some(NOW))
+            .expect_err(line)
     }
 
     #[test]
     fn lbs_ping_is_indexed_and_pseudonymised() {
-        let r = ok(r#"{"kind":"lbs","ts":1767196798120,"device":"9f2c","lat":31.24053,"lng":121.48532,"accuracy_m":18,"source":"carrier-a"}"#);
-        let expect = LatLng::new(31.24053, 121.48532).unwrap().to_cell(Resolution::Eleven);
+        let r = ok(
+            r#"{"kind":"lbs","ts":1767196798120,"device":"9f2c","lat":31.24053,"lng":121.48532,"accuracy_m":18,"source":"carrier-a"}"#,
+        );
+        let expect = LatLng::new(31.24053, 121.48532)
+            .unwrap()
+            .to_cell(Resolution::Eleven);
         assert_eq!(r.cell, CellId::from(expect));
         assert_eq!(r.ts, EventTime(1767196798120));
-        assert_eq!(r.body, Body::Ping { device: Pseudonymiser::new("test-key").pseudonym("9f2c") });
-        assert!(!format!("{r:?}").contains("9f2c"), "raw device must not survive parsing");
+        assert_eq!(
+            r.body,
+            Body::Ping {
+                device: Pseudonymiser::new("test-key").pseudonym("9f2c")
+            }
+        );
+        assert!(
+            !format!("{r:?}").contains("9f2c"),
+            "raw device must not survive parsing"
+        );
     }
 
     #[test]
     fn rfc3339_and_epoch_ms_agree() {
-        let a = ok(r#"{"kind":"lbs","ts":"2025-12-31T23:59:58.120+08:00","device":"d","lat":31.24,"lng":121.48}"#);
+        let a = ok(
+            r#"{"kind":"lbs","ts":"2025-12-31T23:59:58.120+08:00","device":"d","lat":31.24,"lng":121.48}"#,
+        );
         assert_eq!(a.ts, EventTime(1767196798120));
     }
 
     #[test]
     fn gcj02_and_bd09_points_are_moved_to_wgs84() {
         let (glat, glng) = crate::ingest::crs::wgs84_to_gcj02(31.2405, 121.4832);
-        let g = ok(&format!(r#"{{"kind":"lbs","ts":1767196798120,"device":"d","lat":{glat},"lng":{glng},"crs":"gcj02"}}"#));
-        let w = ok(r#"{"kind":"lbs","ts":1767196798120,"device":"d","lat":31.2405,"lng":121.4832}"#);
+        let g = ok(&format!(
+            r#"{{"kind":"lbs","ts":1767196798120,"device":"d","lat":{glat},"lng":{glng},"crs":"gcj02"}}"#
+        ));
+        let w =
+            ok(r#"{"kind":"lbs","ts":1767196798120,"device":"d","lat":31.2405,"lng":121.4832}"#);
         assert_eq!(g.cell, w.cell);
-        let raw = ok(&format!(r#"{{"kind":"lbs","ts":1767196798120,"device":"d","lat":{glat},"lng":{glng}}}"#));
-        assert_ne!(raw.cell, w.cell, "an unconverted GCJ-02 point lands hundreds of metres away");
+        let raw = ok(&format!(
+            r#"{{"kind":"lbs","ts":1767196798120,"device":"d","lat":{glat},"lng":{glng}}}"#
+        ));
+        assert_ne!(
+            raw.cell, w.cell,
+            "an unconverted GCJ-02 point lands hundreds of metres away"
+        );
     }
 
     #[test]
     fn counter_shapes() {
-        let r = ok(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":37,"out":12,"period_s":10}"#);
-        assert_eq!(r.body, Body::CounterInterval { inn: 37, out: 12, period_ms: Some(10_000) });
-        let r = ok(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in_total":103422,"out_total":99813}"#);
-        assert!(matches!(r.body, Body::CounterCumulative { in_total: 103422, out_total: 99813, .. }));
-        let r = ok(r#"{"kind":"counter","ts":1767196800000,"sensor":"chenyi-zone","occupancy":812}"#);
+        let r = ok(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":37,"out":12,"period_s":10}"#,
+        );
+        assert_eq!(
+            r.body,
+            Body::CounterInterval {
+                inn: 37,
+                out: 12,
+                period_ms: Some(10_000)
+            }
+        );
+        let r = ok(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in_total":103422,"out_total":99813}"#,
+        );
+        assert!(matches!(
+            r.body,
+            Body::CounterCumulative {
+                in_total: 103422,
+                out_total: 99813,
+                ..
+            }
+        ));
+        let r =
+            ok(r#"{"kind":"counter","ts":1767196800000,"sensor":"chenyi-zone","occupancy":812}"#);
         assert!(matches!(r.body, Body::Occupancy { people: 812, .. }));
         assert_eq!(r.source, COUNTER);
     }
 
     #[test]
     fn gate_shapes() {
-        let r = ok(r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","gate":"exit-3","entries":0,"exits":57,"period_s":10}"#);
-        assert_eq!(r.body, Body::GateInterval { entries: 0, exits: 57, period_ms: Some(10_000) });
-        let tap = ok(r#"{"kind":"gate","ts":1767196800120,"station":"east-nanjing-road","gate":"G12","dir":"out"}"#);
+        let r = ok(
+            r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","gate":"exit-3","entries":0,"exits":57,"period_s":10}"#,
+        );
+        assert_eq!(
+            r.body,
+            Body::GateInterval {
+                entries: 0,
+                exits: 57,
+                period_ms: Some(10_000)
+            }
+        );
+        let tap = ok(
+            r#"{"kind":"gate","ts":1767196800120,"station":"east-nanjing-road","gate":"G12","dir":"out"}"#,
+        );
         assert_eq!(tap.body, Body::GateTap { exit: true });
-        assert_ne!(r.cell, tap.cell, "exit-3 counts at its own location, G12 at the station's");
-        let r = ok(r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","gate":"G12","entries_total":88213,"exits_total":90150}"#);
-        assert!(matches!(r.body, Body::GateCumulative { entries_total: 88213, exits_total: 90150, .. }));
+        assert_ne!(
+            r.cell, tap.cell,
+            "exit-3 counts at its own location, G12 at the station's"
+        );
+        let r = ok(
+            r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","gate":"G12","entries_total":88213,"exits_total":90150}"#,
+        );
+        assert!(matches!(
+            r.body,
+            Body::GateCumulative {
+                entries_total: 88213,
+                exits_total: 90150,
+                ..
+            }
+        ));
         assert_eq!(r.source, GATE);
     }
 
     #[test]
     fn unknown_fields_are_ignored() {
-        ok(r#"{"kind":"lbs","ts":1767196798120,"device":"d","lat":31.24,"lng":121.48,"speed":3.2,"extra":{"a":[1]}}"#);
+        ok(
+            r#"{"kind":"lbs","ts":1767196798120,"device":"d","lat":31.24,"lng":121.48,"speed":3.2,"extra":{"a":[1]}}"#,
+        );
     }
 
     fn assert_reject(line: &str, field: &str, words: &str) {
@@ -588,39 +746,137 @@ mod tests {
     fn each_rejection_names_its_field() {
         let p = r#""kind":"lbs","device":"d""#;
         assert_reject(r#"{"ts":1767196798120}"#, "kind", "missing");
-        assert_reject(r#"{"kind":"wifi","ts":1767196798120}"#, "kind", "unknown kind");
+        assert_reject(
+            r#"{"kind":"wifi","ts":1767196798120}"#,
+            "kind",
+            "unknown kind",
+        );
         assert_reject(&format!(r#"{{{p},"lat":31,"lng":121}}"#), "ts", "missing");
-        assert_reject(&format!(r#"{{{p},"ts":1767196798,"lat":31,"lng":121}}"#), "ts", "not seconds");
-        assert_reject(&format!(r#"{{{p},"ts":"yesterday","lat":31,"lng":121}}"#), "ts", "RFC 3339");
-        assert_reject(&format!(r#"{{{p},"ts":1767197800000,"lat":31,"lng":121}}"#), "ts", "ahead of the server clock");
-        assert_reject(&format!(r#"{{{p},"ts":1767196798120,"lat":95,"lng":121}}"#), "lat", "outside -90..90");
-        assert_reject(&format!(r#"{{{p},"ts":1767196798120,"lat":31,"lng":-190}}"#), "lng", "outside -180..180");
-        assert_reject(&format!(r#"{{{p},"ts":1767196798120,"lng":121}}"#), "lat", "missing");
-        assert_reject(&format!(r#"{{{p},"ts":1767196798120,"lat":"31.2","lng":121}}"#), "lat", "invalid type");
-        assert_reject(&format!(r#"{{{p},"ts":1767196798120,"lat":31,"lng":121,"accuracy_m":900}}"#), "accuracy_m", "worse than");
-        assert_reject(&format!(r#"{{{p},"ts":1767196798120,"lat":31,"lng":121,"crs":"utm"}}"#), "crs", "unknown");
-        assert_reject(r#"{"kind":"lbs","ts":1767196798120,"lat":31,"lng":121}"#, "device", "missing");
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767196798,"lat":31,"lng":121}}"#),
+            "ts",
+            "not seconds",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":"yesterday","lat":31,"lng":121}}"#),
+            "ts",
+            "RFC 3339",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767197800000,"lat":31,"lng":121}}"#),
+            "ts",
+            "ahead of the server clock",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767196798120,"lat":95,"lng":121}}"#),
+            "lat",
+            "outside -90..90",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767196798120,"lat":31,"lng":-190}}"#),
+            "lng",
+            "outside -180..180",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767196798120,"lng":121}}"#),
+            "lat",
+            "missing",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767196798120,"lat":"31.2","lng":121}}"#),
+            "lat",
+            "invalid type",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767196798120,"lat":31,"lng":121,"accuracy_m":900}}"#),
+            "accuracy_m",
+            "worse than",
+        );
+        assert_reject(
+            &format!(r#"{{{p},"ts":1767196798120,"lat":31,"lng":121,"crs":"utm"}}"#),
+            "crs",
+            "unknown",
+        );
+        assert_reject(
+            r#"{"kind":"lbs","ts":1767196798120,"lat":31,"lng":121}"#,
+            "device",
+            "missing",
+        );
         let long = "x".repeat(200);
-        assert_reject(&format!(r#"{{"kind":"lbs","device":"{long}","ts":1767196798120,"lat":31,"lng":121}}"#), "device", "at most 128");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"nope","in":1}"#, "sensor", "unknown sensor");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"in":1}"#, "sensor", "missing");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":-3}"#, "in", "invalid value");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07"}"#, "in", "no counts");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":1,"in_total":5}"#, "", "mixes shapes");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in_total":5}"#, "out_total", "missing");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","occupancy":5}"#, "occupancy", "not a zone");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":1,"period_s":0}"#, "period_s", "not a period");
-        assert_reject(r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":5000000}"#, "in", "implausibly");
-        assert_reject(r#"{"kind":"gate","ts":1767196800000,"station":"nowhere","dir":"in"}"#, "station", "unknown station");
-        assert_reject(r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","gate":"G1","dir":"up"}"#, "dir", "neither");
-        assert_reject(r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","entries_total":1,"exits_total":2}"#, "gate", "missing");
+        assert_reject(
+            &format!(r#"{{"kind":"lbs","device":"{long}","ts":1767196798120,"lat":31,"lng":121}}"#),
+            "device",
+            "at most 128",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"nope","in":1}"#,
+            "sensor",
+            "unknown sensor",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"in":1}"#,
+            "sensor",
+            "missing",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":-3}"#,
+            "in",
+            "invalid value",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07"}"#,
+            "in",
+            "no counts",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":1,"in_total":5}"#,
+            "",
+            "mixes shapes",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in_total":5}"#,
+            "out_total",
+            "missing",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","occupancy":5}"#,
+            "occupancy",
+            "not a zone",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":1,"period_s":0}"#,
+            "period_s",
+            "not a period",
+        );
+        assert_reject(
+            r#"{"kind":"counter","ts":1767196800000,"sensor":"bund-cam-07","in":5000000}"#,
+            "in",
+            "implausibly",
+        );
+        assert_reject(
+            r#"{"kind":"gate","ts":1767196800000,"station":"nowhere","dir":"in"}"#,
+            "station",
+            "unknown station",
+        );
+        assert_reject(
+            r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","gate":"G1","dir":"up"}"#,
+            "dir",
+            "neither",
+        );
+        assert_reject(
+            r#"{"kind":"gate","ts":1767196800000,"station":"east-nanjing-road","entries_total":1,"exits_total":2}"#,
+            "gate",
+            "missing",
+        );
     }
 
     #[test]
     fn broken_lines_say_what_is_wrong() {
         assert!(err("{\"kind\":").reason.contains("not valid JSON"));
         assert!(err("[1,2]").reason.contains("not a JSON object"));
-        let e = parser().parse_line(b"{\"kind\":\"lbs\xff\"}", None).unwrap_err();
+        let e = parser()
+            .parse_line(b"{\"kind\":\"lbs\xff\"}", None)
+            .unwrap_err();
         assert!(e.reason.contains("UTF-8"), "{e}");
         assert_eq!(e.code, RejectCode::Syntax);
     }

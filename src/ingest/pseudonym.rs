@@ -30,7 +30,10 @@ impl Pseudonymiser {
         let mut k1 = [0u8; 8];
         k0.copy_from_slice(&key[..8]);
         k1.copy_from_slice(&key[8..16]);
-        Pseudonymiser { k0: u64::from_le_bytes(k0), k1: u64::from_le_bytes(k1) }
+        Pseudonymiser {
+            k0: u64::from_le_bytes(k0),
+            k1: u64::from_le_bytes(k1),
+        }
     }
 
     /// The pseudonym of a device string.
@@ -56,6 +59,9 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_key() {
-        assert_eq!(format!("{:?}", Pseudonymiser::new("secret")), "Pseudonymiser(<key hidden>)");
+        assert_eq!(
+            format!("{:?}", Pseudonymiser::new("secret")),
+            "Pseudonymiser(<key hidden>)"
+        );
     }
 }

@@ -108,7 +108,11 @@ pub struct Registry {
 }
 
 fn read_entries<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RegistryError> {
-    let whole = |problem: String| RegistryError { file: path.to_owned(), entry: "the file".into(), problem };
+    let whole = |problem: String| RegistryError {
+        file: path.to_owned(),
+        entry: "the file".into(),
+        problem,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
     let mut de = serde_json::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -124,7 +128,11 @@ fn read_entries<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Reg
         } else {
             format!("field `{field}`: {}", e.inner())
         };
-        RegistryError { file: path.to_owned(), entry, problem }
+        RegistryError {
+            file: path.to_owned(),
+            entry,
+            problem,
+        }
     })
 }
 
@@ -135,7 +143,9 @@ fn cell_at(lat: f64, lng: f64, res: Resolution) -> Result<CellId, String> {
     if !lng.is_finite() || !(-180.0..=180.0).contains(&lng) {
         return Err(format!("lng {lng} is outside -180..180"));
     }
-    LatLng::new(lat, lng).map(|ll| CellId::from(ll.to_cell(res))).map_err(|e| e.to_string())
+    LatLng::new(lat, lng)
+        .map(|ll| CellId::from(ll.to_cell(res)))
+        .map_err(|e| e.to_string())
 }
 
 impl Registry {
@@ -151,16 +161,22 @@ impl Registry {
     }
 
     /// Loads the given registry files.
-    pub fn load(sensors: Option<&Path>, stations: Option<&Path>, res: Resolution) -> Result<Registry, RegistryError> {
+    pub fn load(
+        sensors: Option<&Path>,
+        stations: Option<&Path>,
+        res: Resolution,
+    ) -> Result<Registry, RegistryError> {
         let mut reg = Registry::default();
         if let Some(path) = sensors {
             for (i, s) in read_entries::<Sensor>(path)?.into_iter().enumerate() {
-                reg.add_sensor(s, res).map_err(|problem| entry_err(path, i, problem))?;
+                reg.add_sensor(s, res)
+                    .map_err(|problem| entry_err(path, i, problem))?;
             }
         }
         if let Some(path) = stations {
             for (i, s) in read_entries::<Station>(path)?.into_iter().enumerate() {
-                reg.add_station(s, res).map_err(|problem| entry_err(path, i, problem))?;
+                reg.add_station(s, res)
+                    .map_err(|problem| entry_err(path, i, problem))?;
             }
         }
         Ok(reg)
@@ -181,7 +197,8 @@ impl Registry {
             }
         }
         let cell = cell_at(s.lat, s.lng, res).map_err(|e| format!("{tag} {e}"))?;
-        self.sensor_index.insert(s.id.clone(), SensorIdx(self.sensors.len() as u32));
+        self.sensor_index
+            .insert(s.id.clone(), SensorIdx(self.sensors.len() as u32));
         self.sensor_cells.push(cell);
         self.sensors.push(s);
         Ok(())
@@ -194,7 +211,9 @@ impl Registry {
             return Err("`id` is empty".into());
         }
         if self.station_index.contains_key(&s.id) {
-            return Err(format!("{tag} duplicate id: each station id must be unique"));
+            return Err(format!(
+                "{tag} duplicate id: each station id must be unique"
+            ));
         }
         let idx = self.stations.len();
         let cell = cell_at(s.lat, s.lng, res).map_err(|e| format!("{tag} {e}"))?;
@@ -213,7 +232,11 @@ impl Registry {
     /// Looks a sensor up by id.
     pub fn sensor(&self, id: &str) -> Option<(SensorIdx, &Sensor, CellId)> {
         let idx = *self.sensor_index.get(id)?;
-        Some((idx, &self.sensors[idx.0 as usize], self.sensor_cells[idx.0 as usize]))
+        Some((
+            idx,
+            &self.sensors[idx.0 as usize],
+            self.sensor_cells[idx.0 as usize],
+        ))
     }
 
     /// Looks a station up by id: its index and the cell a gate of it counts in.
@@ -237,7 +260,11 @@ impl Registry {
 }
 
 fn entry_err(path: &Path, i: usize, problem: String) -> RegistryError {
-    RegistryError { file: PathBuf::from(path), entry: format!("entry {i}"), problem }
+    RegistryError {
+        file: PathBuf::from(path),
+        entry: format!("entry {i}"),
+        problem,
+    }
 }
 
 #[cfg(test)]
@@ -262,31 +289,45 @@ mod tests {
         assert!(r.sensor("cam-1").is_some());
         let (_, station_cell) = r.station_gate_cell("enr", Some("G12")).unwrap();
         let (_, exit_cell) = r.station_gate_cell("enr", Some("exit-3")).unwrap();
-        assert_ne!(station_cell, exit_cell, "an exit counts at its own location");
+        assert_ne!(
+            station_cell, exit_cell,
+            "an exit counts at its own location"
+        );
     }
 
     #[test]
     fn bad_latitude_names_file_entry_and_problem() {
         let s = file(r#"[{"id":"ok","lat":31,"lng":121},{"id":"cam-9","lat":95,"lng":121}]"#);
-        let e = Registry::load(Some(s.path()), None, Resolution::Eleven).unwrap_err().to_string();
+        let e = Registry::load(Some(s.path()), None, Resolution::Eleven)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&s.path().display().to_string()), "{e}");
-        assert!(e.contains("entry 1") && e.contains("cam-9") && e.contains("lat 95"), "{e}");
+        assert!(
+            e.contains("entry 1") && e.contains("cam-9") && e.contains("lat 95"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_field() {
         let s = file(r#"[{"id":"ok","lat":31,"lng":121},{"id":"x","lat":"north","lng":121}]"#);
-        let e = Registry::load(Some(s.path()), None, Resolution::Eleven).unwrap_err().to_string();
+        let e = Registry::load(Some(s.path()), None, Resolution::Eleven)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("entry 1") && e.contains("field `lat`"), "{e}");
     }
 
     #[test]
     fn duplicate_and_unknown_keys_are_refused() {
         let s = file(r#"[{"id":"a","lat":31,"lng":121},{"id":"a","lat":31,"lng":121}]"#);
-        let e = Registry::load(Some(s.path()), None, Resolution::Eleven).unwrap_err().to_string();
+        let e = Registry::load(Some(s.path()), None, Resolution::Eleven)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("duplicate"), "{e}");
         let s = file(r#"[{"id":"a","lat":31,"lng":121,"segmnet":"x"}]"#);
-        let e = Registry::load(Some(s.path()), None, Resolution::Eleven).unwrap_err().to_string();
+        let e = Registry::load(Some(s.path()), None, Resolution::Eleven)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("segmnet"), "{e}");
     }
 }

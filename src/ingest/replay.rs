@@ -48,16 +48,26 @@ pub struct Replay {
 
 impl Replay {
     /// Opens every file (`-` is standard input).
-    pub fn open(paths: &[PathBuf], parser: Parser, max_line_bytes: usize) -> std::io::Result<Replay> {
+    pub fn open(
+        paths: &[PathBuf],
+        parser: Parser,
+        max_line_bytes: usize,
+    ) -> std::io::Result<Replay> {
         let mut files = Vec::new();
         for p in paths {
             let reader: Box<dyn BufRead + Send> = if p == Path::new("-") {
                 Box::new(BufReader::new(std::io::stdin()))
             } else {
-                let f = File::open(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+                let f = File::open(p)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
                 Box::new(BufReader::with_capacity(1 << 16, f))
             };
-            files.push(FileFeed { path: p.clone(), reader, line_no: 0, buf: Vec::with_capacity(512) });
+            files.push(FileFeed {
+                path: p.clone(),
+                reader,
+                line_no: 0,
+                buf: Vec::with_capacity(512),
+            });
         }
         let n = files.len();
         let mut r = Replay {
@@ -93,7 +103,11 @@ impl Replay {
                     line: f.line_no,
                     reject: Reject {
                         field: String::new(),
-                        reason: format!("line is {} bytes, over the {}-byte limit", line.len(), self.max_line_bytes),
+                        reason: format!(
+                            "line is {} bytes, over the {}-byte limit",
+                            line.len(),
+                            self.max_line_bytes
+                        ),
                         code: super::RejectCode::Value,
                     },
                 });
@@ -105,7 +119,11 @@ impl Replay {
                     self.pending[i] = Some(rec);
                     return Ok(());
                 }
-                Err(reject) => self.bad.push(BadLine { file: f.path.clone(), line: f.line_no, reject }),
+                Err(reject) => self.bad.push(BadLine {
+                    file: f.path.clone(),
+                    line: f.line_no,
+                    reject,
+                }),
             }
         }
     }

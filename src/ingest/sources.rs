@@ -42,7 +42,11 @@ impl Sources {
         let s = Sources {
             inner: RwLock::new(inner),
             default_scale: cfg.default_scale,
-            configured: cfg.sources.iter().map(|(k, v)| (k.clone(), v.scale)).collect(),
+            configured: cfg
+                .sources
+                .iter()
+                .map(|(k, v)| (k.clone(), v.scale))
+                .collect(),
         };
         for name in cfg.sources.keys() {
             s.lbs(Some(name));
@@ -72,7 +76,11 @@ impl Sources {
             return *id;
         }
         let id = SourceId(w.names.len() as u16);
-        let scale = self.configured.get(provider).copied().unwrap_or(self.default_scale);
+        let scale = self
+            .configured
+            .get(provider)
+            .copied()
+            .unwrap_or(self.default_scale);
         w.names.push(name);
         w.scales.push(scale);
         w.index.insert(key.to_string(), id);
@@ -85,7 +93,11 @@ impl Sources {
 
     /// A source's display name.
     pub fn name(&self, id: SourceId) -> String {
-        self.read().names.get(id.0 as usize).cloned().unwrap_or_else(|| format!("source#{}", id.0))
+        self.read()
+            .names
+            .get(id.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("source#{}", id.0))
     }
 
     /// People per device for each source, indexed by `SourceId`.
@@ -112,7 +124,8 @@ mod tests {
     #[test]
     fn providers_get_their_configured_scale() {
         let mut cfg = LbsConfig::default();
-        cfg.sources.insert("carrier-a".into(), LbsSourceConfig { scale: 2.5 });
+        cfg.sources
+            .insert("carrier-a".into(), LbsSourceConfig { scale: 2.5 });
         let s = Sources::new(&cfg);
         let a = s.lbs(Some("carrier-a"));
         let b = s.lbs(Some("app-x"));

@@ -3,7 +3,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -11,7 +12,11 @@ use arrow::error::ArrowError;
 use super::engine::HexWindow;
 
 fn ts_field(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    )
 }
 
 /// The `hex_windows` table schema (CONTRACT.md, plus `occupancy`).
@@ -42,7 +47,10 @@ pub fn to_record_batch(w: &HexWindow) -> Result<RecordBatch, ArrowError> {
     let mut people = Vec::with_capacity(n);
     let mut density = Vec::with_capacity(n);
     for r in &w.rows {
-        let idx = r.cell.index().ok_or_else(|| ArrowError::InvalidArgumentError(format!("bad cell {}", r.cell)))?;
+        let idx = r
+            .cell
+            .index()
+            .ok_or_else(|| ArrowError::InvalidArgumentError(format!("bad cell {}", r.cell)))?;
         h3.push(idx.to_string());
         res.push(u8::from(idx.resolution()) as i32);
         let p = r.people();
@@ -50,7 +58,9 @@ pub fn to_record_batch(w: &HexWindow) -> Result<RecordBatch, ArrowError> {
         density.push(p / idx.area_m2());
     }
     let col_u = |f: fn(&super::engine::HexRow) -> u64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(w.rows.iter().map(|r| f(r) as i64)))
+        Arc::new(Int64Array::from_iter_values(
+            w.rows.iter().map(|r| f(r) as i64),
+        ))
     };
     let ts = |v: i64| -> ArrayRef {
         Arc::new(TimestampMillisecondArray::from(vec![v; n]).with_timezone("UTC"))
@@ -66,7 +76,9 @@ pub fn to_record_batch(w: &HexWindow) -> Result<RecordBatch, ArrowError> {
             col_u(|r| r.lbs_devices),
             col_u(|r| r.counter_in),
             col_u(|r| r.counter_out),
-            Arc::new(Int64Array::from_iter(w.rows.iter().map(|r| r.occupancy.map(|o| o as i64)))),
+            Arc::new(Int64Array::from_iter(
+                w.rows.iter().map(|r| r.occupancy.map(|o| o as i64)),
+            )),
             col_u(|r| r.gate_entries),
             col_u(|r| r.gate_exits),
             Arc::new(Float64Array::from(people)),
@@ -94,11 +106,16 @@ pub fn json_rows(batch: &RecordBatch) -> Result<Vec<String>, ArrowError> {
             } else if let Some(a) = col.as_any().downcast_ref::<Int32Array>() {
                 a.value(r).into()
             } else if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
-                serde_json::Number::from_f64(a.value(r)).map(Into::into).unwrap_or(serde_json::Value::Null)
+                serde_json::Number::from_f64(a.value(r))
+                    .map(Into::into)
+                    .unwrap_or(serde_json::Value::Null)
             } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
                 a.value(r).into()
             } else {
-                return Err(ArrowError::NotYetImplemented(format!("JSON of {}", field.data_type())));
+                return Err(ArrowError::NotYetImplemented(format!(
+                    "JSON of {}",
+                    field.data_type()
+                )));
             };
             line.push_str(&v.to_string());
         }
@@ -117,11 +134,19 @@ mod tests {
 
     #[test]
     fn a_window_becomes_a_batch_and_json_rows() {
-        let cell = h3o::LatLng::new(31.2405, 121.4832).unwrap().to_cell(h3o::Resolution::Eleven);
+        let cell = h3o::LatLng::new(31.2405, 121.4832)
+            .unwrap()
+            .to_cell(h3o::Resolution::Eleven);
         let w = HexWindow {
             start: EventTime(1_000),
             end: EventTime(61_000),
-            rows: vec![HexRow { cell: CellId::from(cell), lbs_devices: 3, lbs_people: 6.0, counter_in: 2, ..Default::default() }],
+            rows: vec![HexRow {
+                cell: CellId::from(cell),
+                lbs_devices: 3,
+                lbs_people: 6.0,
+                counter_in: 2,
+                ..Default::default()
+            }],
             is_final: true,
         };
         let b = to_record_batch(&w).unwrap();

@@ -161,7 +161,10 @@ impl Engine {
             n: size / slide,
             panes: BTreeMap::new(),
             next_close: i64::MIN,
-            watermark: Watermark::new(w.allowed_lateness.as_millis() as i64, w.idle_timeout.as_millis() as i64),
+            watermark: Watermark::new(
+                w.allowed_lateness.as_millis() as i64,
+                w.idle_timeout.as_millis() as i64,
+            ),
             registers: Registers::new(r.max_rate_per_s),
             scales,
             late: Vec::new(),
@@ -217,15 +220,32 @@ impl Engine {
                 gate_exits: exit as u64,
                 ..Default::default()
             }),
-            Body::CounterCumulative { register, in_total, out_total } => {
-                match self.registers.observe(register, ts, in_total, out_total) {
-                    Delta::Counted(a, b) => Some(Flows { counter_in: a, counter_out: b, ..Default::default() }),
-                    _ => return self.sync_register_stats(),
-                }
-            }
-            Body::GateCumulative { register, entries_total, exits_total } => {
-                match self.registers.observe(register, ts, entries_total, exits_total) {
-                    Delta::Counted(a, b) => Some(Flows { gate_entries: a, gate_exits: b, ..Default::default() }),
+            Body::CounterCumulative {
+                register,
+                in_total,
+                out_total,
+            } => match self.registers.observe(register, ts, in_total, out_total) {
+                Delta::Counted(a, b) => Some(Flows {
+                    counter_in: a,
+                    counter_out: b,
+                    ..Default::default()
+                }),
+                _ => return self.sync_register_stats(),
+            },
+            Body::GateCumulative {
+                register,
+                entries_total,
+                exits_total,
+            } => {
+                match self
+                    .registers
+                    .observe(register, ts, entries_total, exits_total)
+                {
+                    Delta::Counted(a, b) => Some(Flows {
+                        gate_entries: a,
+                        gate_exits: b,
+                        ..Default::default()
+                    }),
                     _ => return self.sync_register_stats(),
                 }
             }
@@ -255,7 +275,11 @@ impl Engine {
         let p = self.panes.entry(pane).or_default();
         match rec.body {
             Body::Ping { device } => {
-                let seen = Seen { ts: at, cell: rec.cell, source: rec.source };
+                let seen = Seen {
+                    ts: at,
+                    cell: rec.cell,
+                    source: rec.source,
+                };
                 p.devices
                     .entry(device)
                     .and_modify(|s| {
@@ -266,7 +290,11 @@ impl Engine {
                     .or_insert(seen);
             }
             Body::Occupancy { sensor, people } => {
-                let h = Headcount { ts: at, cell: rec.cell, people };
+                let h = Headcount {
+                    ts: at,
+                    cell: rec.cell,
+                    people,
+                };
                 p.zones
                     .entry(sensor)
                     .and_modify(|z| {
@@ -338,26 +366,41 @@ impl Engine {
 
     fn build(&self, s: i64, is_final: bool) -> HexWindow {
         let mut cells: FxHashMap<CellId, HexRow> = FxHashMap::default();
-        let first = self.panes.range(s..s + self.n).map(|(_, p)| p.devices.len()).max().unwrap_or(0);
-        let mut seen: FxHashSet<DeviceId> = FxHashSet::with_capacity_and_hasher(first * 2, Default::default());
+        let first = self
+            .panes
+            .range(s..s + self.n)
+            .map(|(_, p)| p.devices.len())
+            .max()
+            .unwrap_or(0);
+        let mut seen: FxHashSet<DeviceId> =
+            FxHashSet::with_capacity_and_hasher(first * 2, Default::default());
         let mut zones_seen: FxHashSet<SensorIdx> = FxHashSet::default();
         // Newest pane first: a device's first sighting is its latest ping in the window.
         for (_, pane) in self.panes.range(s..s + self.n).rev() {
             for (dev, e) in &pane.devices {
                 if seen.insert(*dev) {
-                    let row = cells.entry(e.cell).or_insert_with(|| HexRow { cell: e.cell, ..Default::default() });
+                    let row = cells.entry(e.cell).or_insert_with(|| HexRow {
+                        cell: e.cell,
+                        ..Default::default()
+                    });
                     row.lbs_devices += 1;
                     row.lbs_people += self.scales.get(e.source.0 as usize).copied().unwrap_or(1.0);
                 }
             }
             for (sensor, z) in &pane.zones {
                 if zones_seen.insert(*sensor) {
-                    let row = cells.entry(z.cell).or_insert_with(|| HexRow { cell: z.cell, ..Default::default() });
+                    let row = cells.entry(z.cell).or_insert_with(|| HexRow {
+                        cell: z.cell,
+                        ..Default::default()
+                    });
                     *row.occupancy.get_or_insert(0) += z.people as u64;
                 }
             }
             for (cell, f) in &pane.flows {
-                let row = cells.entry(*cell).or_insert_with(|| HexRow { cell: *cell, ..Default::default() });
+                let row = cells.entry(*cell).or_insert_with(|| HexRow {
+                    cell: *cell,
+                    ..Default::default()
+                });
                 row.counter_in += f.counter_in;
                 row.counter_out += f.counter_out;
                 row.gate_entries += f.gate_entries;
@@ -425,11 +468,22 @@ mod tests {
     }
 
     fn engine(size: u64, slide: u64) -> Engine {
-        Engine::new(&cfg(size, slide), &RegisterConfig::default(), vec![1.0, 1.0, 2.0, 4.0])
+        Engine::new(
+            &cfg(size, slide),
+            &RegisterConfig::default(),
+            vec![1.0, 1.0, 2.0, 4.0],
+        )
     }
 
     fn ping(ts: i64, dev: u64, cell: u64, source: u16) -> Record {
-        Record { ts: EventTime(ts), source: SourceId(source), cell: CellId(cell), body: Body::Ping { device: DeviceId(dev) } }
+        Record {
+            ts: EventTime(ts),
+            source: SourceId(source),
+            cell: CellId(cell),
+            body: Body::Ping {
+                device: DeviceId(dev),
+            },
+        }
     }
 
     fn counter(ts: i64, cell: u64, inn: u32, out: u32) -> Record {
@@ -437,7 +491,11 @@ mod tests {
             ts: EventTime(ts),
             source: SourceId(0),
             cell: CellId(cell),
-            body: Body::CounterInterval { inn, out, period_ms: Some(10_000) },
+            body: Body::CounterInterval {
+                inn,
+                out,
+                period_ms: Some(10_000),
+            },
         }
     }
 
@@ -452,7 +510,9 @@ mod tests {
         let ws = e.flush();
         let starts: Vec<i64> = ws.iter().map(|w| w.start.0 - T0).collect();
         assert_eq!(starts, vec![-30_000, -20_000, -10_000, 0, 10_000, 20_000]);
-        assert!(ws.iter().all(|w| w.end.0 - w.start.0 == 60_000 && w.is_final));
+        assert!(ws
+            .iter()
+            .all(|w| w.end.0 - w.start.0 == 60_000 && w.is_final));
     }
 
     #[test]
@@ -500,11 +560,27 @@ mod tests {
         e.ingest(&ping(T0 + 1_000, 1, 7, 2), 0); // scale 2
         e.ingest(&ping(T0 + 1_000, 2, 7, 3), 0); // scale 4
         e.ingest(
-            &Record { ts: EventTime(T0 + 2_000), source: SourceId(0), cell: CellId(8), body: Body::Occupancy { sensor: SensorIdx(0), people: 30 } },
+            &Record {
+                ts: EventTime(T0 + 2_000),
+                source: SourceId(0),
+                cell: CellId(8),
+                body: Body::Occupancy {
+                    sensor: SensorIdx(0),
+                    people: 30,
+                },
+            },
             0,
         );
         e.ingest(
-            &Record { ts: EventTime(T0 + 9_000), source: SourceId(0), cell: CellId(8), body: Body::Occupancy { sensor: SensorIdx(0), people: 20 } },
+            &Record {
+                ts: EventTime(T0 + 9_000),
+                source: SourceId(0),
+                cell: CellId(8),
+                body: Body::Occupancy {
+                    sensor: SensorIdx(0),
+                    people: 20,
+                },
+            },
             0,
         );
         e.ingest(&ping(T0 + 1_000, 3, 8, 2), 0);
@@ -523,13 +599,21 @@ mod tests {
         let ws = e.flush();
         assert_eq!(ws.len(), 1);
         assert_eq!(ws[0].start.0, T0);
-        assert_eq!((ws[0].rows[0].counter_in, ws[0].rows[0].counter_out), (37, 12));
+        assert_eq!(
+            (ws[0].rows[0].counter_in, ws[0].rows[0].counter_out),
+            (37, 12)
+        );
     }
 
     #[test]
     fn gate_taps_and_registers_with_a_reset() {
         let mut e = engine(60, 60);
-        let tap = |ts, exit| Record { ts: EventTime(T0 + ts), source: SourceId(1), cell: CellId(5), body: Body::GateTap { exit } };
+        let tap = |ts, exit| Record {
+            ts: EventTime(T0 + ts),
+            source: SourceId(1),
+            cell: CellId(5),
+            body: Body::GateTap { exit },
+        };
         e.ingest(&tap(1_000, true), 0);
         e.ingest(&tap(2_000, true), 0);
         e.ingest(&tap(3_000, false), 0);
@@ -537,7 +621,11 @@ mod tests {
             ts: EventTime(T0 + ts),
             source: SourceId(1),
             cell: CellId(6),
-            body: Body::GateCumulative { register: RegisterKey(1), entries_total: a, exits_total: b },
+            body: Body::GateCumulative {
+                register: RegisterKey(1),
+                entries_total: a,
+                exits_total: b,
+            },
         };
         e.ingest(&reg(0, 88_213, 90_150), 0);
         e.ingest(&reg(10_000, 88_220, 90_190), 0);
@@ -556,7 +644,10 @@ mod tests {
         let mut e = engine(60, 60);
         e.ingest(&ping(T0 + 1_000, 1, 7, 2), 0);
         e.ingest(&ping(T0 + 64_000, 2, 7, 2), 0);
-        assert!(e.advance(0).is_empty(), "watermark 59 s: window [0, 60) still open");
+        assert!(
+            e.advance(0).is_empty(),
+            "watermark 59 s: window [0, 60) still open"
+        );
         e.ingest(&ping(T0 + 65_000, 3, 7, 2), 0);
         let ws = e.advance(0);
         assert_eq!(ws.len(), 1, "watermark 60 s closes [0, 60)");
@@ -567,7 +658,10 @@ mod tests {
     fn late_rows_are_counted_kept_and_still_fill_open_windows() {
         let mut e = engine(60, 10);
         e.ingest(&ping(T0 + 200_000, 1, 7, 2), 0);
-        assert!(e.advance(0).is_empty(), "watermark T0+195 s: windows from T0+140 s are open");
+        assert!(
+            e.advance(0).is_empty(),
+            "watermark T0+195 s: windows from T0+140 s are open"
+        );
         // 40 s behind: its oldest windows closed, its newest still open.
         e.ingest(&ping(T0 + 160_000, 2, 8, 2), 0);
         // 10 minutes behind: every window it belongs to is closed.
@@ -579,7 +673,10 @@ mod tests {
         assert_eq!(e.watermark().sources()[2].late, 2, "counted per source");
         assert_eq!(late[1].windows_missed, 6);
         let ws = e.flush();
-        assert!(ws.iter().any(|w| row(w, 8).is_some()), "partly late ping fills its open windows");
+        assert!(
+            ws.iter().any(|w| row(w, 8).is_some()),
+            "partly late ping fills its open windows"
+        );
         assert!(ws.iter().all(|w| row(w, 9).is_none()));
     }
 
@@ -589,10 +686,17 @@ mod tests {
         // Source 2 stops at T0+10 s; source 3 goes on.
         e.ingest(&ping(T0 + 10_000, 1, 7, 2), 1_000);
         e.ingest(&ping(T0 + 70_000, 2, 7, 3), 1_000);
-        assert!(e.advance(2_000).is_empty(), "source 2 still active: watermark T0+5 s");
+        assert!(
+            e.advance(2_000).is_empty(),
+            "source 2 still active: watermark T0+5 s"
+        );
         e.ingest(&ping(T0 + 90_000, 3, 7, 3), 40_000);
         let ws = e.advance(40_000);
-        assert_eq!(ws.len(), 1, "source 2 idle for 39 s: watermark follows source 3");
+        assert_eq!(
+            ws.len(),
+            1,
+            "source 2 idle for 39 s: watermark follows source 3"
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub struct Registers {
 impl Registers {
     /// A register table allowing at most `max_rate_per_s` people per second per direction.
     pub fn new(max_rate_per_s: f64) -> Registers {
-        Registers { max_rate_per_s, ..Default::default() }
+        Registers {
+            max_rate_per_s,
+            ..Default::default()
+        }
     }
 
     /// Differences a reading `(a, b)` taken at `ts` against the register's previous one.

@@ -31,14 +31,25 @@ pub struct Watermark {
 impl Watermark {
     /// A watermark with nothing seen yet.
     pub fn new(lateness_ms: i64, idle_ms: i64) -> Watermark {
-        Watermark { sources: Vec::new(), lateness_ms, idle_ms, current: i64::MIN }
+        Watermark {
+            sources: Vec::new(),
+            lateness_ms,
+            idle_ms,
+            current: i64::MIN,
+        }
     }
 
     /// Notes a record from `source` with event time `ts`, seen at processing time `now`.
     pub fn observe(&mut self, source: SourceId, ts: i64, now: i64) -> &mut SourceClock {
         let i = source.0 as usize;
         if i >= self.sources.len() {
-            self.sources.resize(i + 1, SourceClock { max_event: i64::MIN, ..Default::default() });
+            self.sources.resize(
+                i + 1,
+                SourceClock {
+                    max_event: i64::MIN,
+                    ..Default::default()
+                },
+            );
         }
         let c = &mut self.sources[i];
         c.max_event = c.max_event.max(ts);
@@ -107,7 +118,11 @@ mod tests {
         w.observe(SourceId(1), 100_000, 0);
         assert_eq!(w.advance(10_000), 55_000);
         w.observe(SourceId(1), 140_000, 40_000);
-        assert_eq!(w.advance(40_000), 135_000, "source 0 silent for 40 s > idle timeout");
+        assert_eq!(
+            w.advance(40_000),
+            135_000,
+            "source 0 silent for 40 s > idle timeout"
+        );
     }
 
     #[test]

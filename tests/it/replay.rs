@@ -22,9 +22,20 @@ struct Expect {
 }
 
 enum Ev {
-    Ping { ts: i64, dev: u32, cell: u64 },
+    Ping {
+        ts: i64,
+        dev: u32,
+        cell: u64,
+    },
     /// Flow counted at `at` (already shifted for interval shapes).
-    Flow { at: i64, cell: u64, cin: u64, cout: u64, gin: u64, gout: u64 },
+    Flow {
+        at: i64,
+        cell: u64,
+        cin: u64,
+        cout: u64,
+        gin: u64,
+        gout: u64,
+    },
 }
 
 fn cell(lat: f64, lng: f64) -> u64 {
@@ -55,7 +66,9 @@ fn replay_print_rows_match_an_independent_count() {
     }
     let end = ts;
     // A bad line in the middle must be reported, not stop the replay.
-    pings.push_str("{\"kind\":\"lbs\",\"ts\":1767193300000,\"device\":\"x\",\"lat\":95,\"lng\":121.48}\n");
+    pings.push_str(
+        "{\"kind\":\"lbs\",\"ts\":1767193300000,\"device\":\"x\",\"lat\":95,\"lng\":121.48}\n",
+    );
 
     // Counters and gates in a second file: interval counts every 10 s, a cumulative register with a
     // reset, and taps.
@@ -69,21 +82,63 @@ fn replay_print_rows_match_an_independent_count() {
     while t <= end {
         let (a, b) = (rng.below(40), rng.below(30));
         writeln!(feeds, r#"{{"kind":"counter","ts":{t},"sensor":"enr-xizang-cam","in":{a},"out":{b},"period_s":10}}"#).unwrap();
-        events.push(Ev::Flow { at: t - 1, cell: enr, cin: a, cout: b, gin: 0, gout: 0 });
+        events.push(Ev::Flow {
+            at: t - 1,
+            cell: enr,
+            cin: a,
+            cout: b,
+            gin: 0,
+            gout: 0,
+        });
         let reset = t == T0 + 120_000;
         let prev = total;
-        total = if reset { (5, 2) } else { (total.0 + rng.below(50), total.1 + rng.below(50)) };
-        writeln!(feeds, r#"{{"kind":"counter","ts":{t},"sensor":"bund-cam-07","in_total":{},"out_total":{}}}"#, total.0, total.1).unwrap();
+        total = if reset {
+            (5, 2)
+        } else {
+            (total.0 + rng.below(50), total.1 + rng.below(50))
+        };
+        writeln!(
+            feeds,
+            r#"{{"kind":"counter","ts":{t},"sensor":"bund-cam-07","in_total":{},"out_total":{}}}"#,
+            total.0, total.1
+        )
+        .unwrap();
         if t > T0 + 10_000 && !reset {
-            events.push(Ev::Flow { at: t - 1, cell: bund, cin: total.0 - prev.0, cout: total.1 - prev.1, gin: 0, gout: 0 });
+            events.push(Ev::Flow {
+                at: t - 1,
+                cell: bund,
+                cin: total.0 - prev.0,
+                cout: total.1 - prev.1,
+                gin: 0,
+                gout: 0,
+            });
         }
         let exits = rng.below(60);
         writeln!(feeds, r#"{{"kind":"gate","ts":{t},"station":"east-nanjing-road","gate":"exit-3","entries":0,"exits":{exits},"period_s":10}}"#).unwrap();
-        events.push(Ev::Flow { at: t - 1, cell: exit3, cin: 0, cout: 0, gin: 0, gout: exits });
+        events.push(Ev::Flow {
+            at: t - 1,
+            cell: exit3,
+            cin: 0,
+            cout: 0,
+            gin: 0,
+            gout: exits,
+        });
         let tap = t + 4_321;
         let out = rng.below(2) == 1;
-        writeln!(feeds, r#"{{"kind":"gate","ts":{tap},"station":"east-nanjing-road","gate":"G12","dir":"{}"}}"#, if out { "out" } else { "in" }).unwrap();
-        events.push(Ev::Flow { at: tap, cell: station, cin: 0, cout: 0, gin: (!out) as u64, gout: out as u64 });
+        writeln!(
+            feeds,
+            r#"{{"kind":"gate","ts":{tap},"station":"east-nanjing-road","gate":"G12","dir":"{}"}}"#,
+            if out { "out" } else { "in" }
+        )
+        .unwrap();
+        events.push(Ev::Flow {
+            at: tap,
+            cell: station,
+            cin: 0,
+            cout: 0,
+            gin: (!out) as u64,
+            gout: out as u64,
+        });
         t += 10_000;
     }
     let f1 = dir.path().join("pings.ndjson");
@@ -93,7 +148,14 @@ fn replay_print_rows_match_an_independent_count() {
 
     // Independent count: every window [s, s+60 s) with s a multiple of 10 s.
     let mut expect: BTreeMap<(i64, u64), Expect> = BTreeMap::new();
-    let max_at = events.iter().map(|e| match e { Ev::Ping { ts, .. } => *ts, Ev::Flow { at, .. } => *at }).max().unwrap();
+    let max_at = events
+        .iter()
+        .map(|e| match e {
+            Ev::Ping { ts, .. } => *ts,
+            Ev::Flow { at, .. } => *at,
+        })
+        .max()
+        .unwrap();
     let mut s = (T0 - SIZE).div_euclid(SLIDE) * SLIDE;
     while s <= max_at {
         let mut latest: HashMap<u32, (i64, u64)> = HashMap::new();
@@ -105,7 +167,14 @@ fn replay_print_rows_match_an_independent_count() {
                         *l = (ts, cell);
                     }
                 }
-                Ev::Flow { at, cell, cin, cout, gin, gout } if at >= s && at < s + SIZE => {
+                Ev::Flow {
+                    at,
+                    cell,
+                    cin,
+                    cout,
+                    gin,
+                    gout,
+                } if at >= s && at < s + SIZE => {
                     let x = expect.entry((s, cell)).or_default();
                     x.counter_in += cin;
                     x.counter_out += cout;
@@ -121,10 +190,20 @@ fn replay_print_rows_match_an_independent_count() {
         s += SLIDE;
     }
 
-    let out = throng(&["replay", f1.to_str().unwrap(), f2.to_str().unwrap(), "--print", "--scenario", "fixtures/bund"]);
+    let out = throng(&[
+        "replay",
+        f1.to_str().unwrap(),
+        f2.to_str().unwrap(),
+        "--print",
+        "--scenario",
+        "fixtures/bund",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "replay failed: {stderr}");
-    assert!(stderr.contains("pings.ndjson:3001") && stderr.contains("field `lat`"), "bad line reported with file:line: {stderr}");
+    assert!(
+        stderr.contains("pings.ndjson:3001") && stderr.contains("field `lat`"),
+        "bad line reported with file:line: {stderr}"
+    );
 
     let mut got: BTreeMap<(i64, u64), Expect> = BTreeMap::new();
     let mut last_start = i64::MIN;
@@ -146,7 +225,10 @@ fn replay_print_rows_match_an_independent_count() {
         };
         // Default scale is 1 person per device and no zone sensor reports here.
         assert_eq!(v["people"].as_f64().unwrap(), row.lbs_devices as f64);
-        assert!(got.insert((start, cell), row).is_none(), "one row per window and cell");
+        assert!(
+            got.insert((start, cell), row).is_none(),
+            "one row per window and cell"
+        );
     }
     assert_eq!(got.len(), expect.len(), "same set of (window, cell) rows");
     for (k, e) in &expect {
@@ -168,7 +250,13 @@ fn an_invalid_config_fails_at_start_naming_the_key() {
     std::fs::write(&cfg, "[window]\nslide = \"7 parsecs\"\n").unwrap();
     let feed = dir.path().join("f.ndjson");
     std::fs::write(&feed, "").unwrap();
-    let out = throng(&["replay", feed.to_str().unwrap(), "--print", "--config", cfg.to_str().unwrap()]);
+    let out = throng(&[
+        "replay",
+        feed.to_str().unwrap(),
+        "--print",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("window.slide"), "{err}");
