@@ -55,11 +55,7 @@ fn naive(bytes: &[u8]) -> u64 {
     let mut acc = 0u64;
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let p: NaivePing = serde_json::from_slice(line).unwrap();
-        acc ^= u64::from(
-            LatLng::new(p.lat, p.lng)
-                .unwrap()
-                .to_cell(Resolution::Eleven),
-        );
+        acc ^= u64::from(LatLng::new(p.lat, p.lng).unwrap().to_cell(Resolution::Eleven));
     }
     acc
 }

@@ -152,14 +152,12 @@ pub async fn start(cfg: Config, listen: SocketAddr) -> anyhow::Result<Server> {
         }
     });
     if cfg.auth.tokens.is_empty() {
-        tracing::warn!("NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only.");
+        tracing::warn!(
+            "NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only."
+        );
     }
     tracing::info!(%addr, scenario = %cfg.scenario.display(), "Listening.");
-    Ok(Server {
-        addr,
-        token,
-        tracker,
-    })
+    Ok(Server { addr, token, tracker })
 }
 
 async fn run_engine(
@@ -259,9 +257,7 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let server = start(cfg, args.listen).await?;
         println!(

@@ -167,9 +167,7 @@ pub struct RegisterConfig {
 
 impl Default for RegisterConfig {
     fn default() -> Self {
-        RegisterConfig {
-            max_rate_per_s: 50.0,
-        }
+        RegisterConfig { max_rate_per_s: 50.0 }
     }
 }
 
@@ -366,9 +364,7 @@ token = "abcdefghij"
 
     #[test]
     fn resolution_out_of_range_is_refused() {
-        let e = Config::parse("[h3]\nresolution = 16\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[h3]\nresolution = 16\n").unwrap_err().to_string();
         assert!(e.contains("h3.resolution"), "{e}");
     }
 

@@ -7,19 +7,13 @@ use std::path::PathBuf;
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// A key is invalid (`key` is its path, e.g. `window.slide`).
     #[error("invalid config{}: {reason}", if key.is_empty() { String::new() } else { format!(" key `{key}`") })]
     Invalid { key: String, reason: String },
     /// The same, located in a file.
     #[error("{path}: {inner}")]
-    InFile {
-        path: PathBuf,
-        inner: Box<ConfigError>,
-    },
+    InFile { path: PathBuf, inner: Box<ConfigError> },
 }
 
 impl ConfigError {
@@ -55,10 +49,7 @@ pub enum Error {
     Registry(#[from] RegistryError),
     /// Reading or writing a file.
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     /// Building Arrow batches.
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),

@@ -59,6 +59,10 @@ pub struct SourceId(pub u16);
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SensorIdx(pub u32);
 
+/// A feed point: a counter sensor or a registered station exit, with the segment it feeds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PointIdx(pub u32);
+
 /// A cumulative register's identity: a counter sensor, or a station's gate.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RegisterKey(pub u64);
@@ -94,6 +98,8 @@ pub struct Record {
     pub source: SourceId,
     /// The H3 cell it is counted in (the ping's position, or the sensor's / gate's location).
     pub cell: CellId,
+    /// The counter or station exit it came from (None for pings and unregistered gates).
+    pub point: Option<PointIdx>,
     /// What it says.
     pub body: Body,
 }
@@ -138,12 +144,10 @@ impl Body {
     pub const fn kind(&self) -> Kind {
         match self {
             Body::Ping { .. } => Kind::Lbs,
-            Body::CounterInterval { .. }
-            | Body::CounterCumulative { .. }
-            | Body::Occupancy { .. } => Kind::Counter,
-            Body::GateInterval { .. } | Body::GateTap { .. } | Body::GateCumulative { .. } => {
-                Kind::Gate
+            Body::CounterInterval { .. } | Body::CounterCumulative { .. } | Body::Occupancy { .. } => {
+                Kind::Counter
             }
+            Body::GateInterval { .. } | Body::GateTap { .. } | Body::GateCumulative { .. } => Kind::Gate,
         }
     }
 }

@@ -61,18 +61,14 @@ async fn ingest(State(h): State<Handles>, body: Bytes) -> Result<Response, ApiEr
         if line.len() > max_line {
             rejected.push(Rejected {
                 line: i + 1,
-                error: format!(
-                    "line is {} bytes, over the {max_line}-byte limit",
-                    line.len()
-                ),
+                error: format!("line is {} bytes, over the {max_line}-byte limit", line.len()),
             });
             continue;
         }
         match h.parser.parse_line(line, Some(now)) {
             Ok(r) => accepted.push(r),
             Err(e) => {
-                metrics::counter!("throng_ingest_rejected_total", "reason" => e.code.as_str())
-                    .increment(1);
+                metrics::counter!("throng_ingest_rejected_total", "reason" => e.code.as_str()).increment(1);
                 rejected.push(Rejected {
                     line: i + 1,
                     error: e.to_string(),
@@ -85,13 +81,14 @@ async fn ingest(State(h): State<Handles>, body: Bytes) -> Result<Response, ApiEr
         // All or nothing: one batch into a bounded queue; when it is full, nothing is taken.
         match h.ingest.try_send(accepted) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message:
-                    "ingest queue full: nothing from this request was taken; retry after the delay"
+            Err(TrySendError::Full(_)) => {
+                return Err(ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "ingest queue full: nothing from this request was taken; retry after the delay"
                         .into(),
-                retry_after: Some(1),
-            }),
+                    retry_after: Some(1),
+                })
+            }
             Err(TrySendError::Closed(_)) => {
                 return Err(ApiError {
                     status: StatusCode::SERVICE_UNAVAILABLE,

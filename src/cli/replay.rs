@@ -37,21 +37,19 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
     let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
     let mut summary = ReplaySummary::default();
     let mut now = i64::MIN;
-    let emit = |windows: Vec<HexWindow>,
-                summary: &mut ReplaySummary,
-                out: &mut dyn Write|
-     -> anyhow::Result<()> {
-        for w in windows {
-            summary.windows += 1;
-            let batch = to_record_batch(&w)?;
-            for row in json_rows(&batch)? {
-                summary.rows += 1;
-                out.write_all(row.as_bytes())?;
-                out.write_all(b"\n")?;
+    let emit =
+        |windows: Vec<HexWindow>, summary: &mut ReplaySummary, out: &mut dyn Write| -> anyhow::Result<()> {
+            for w in windows {
+                summary.windows += 1;
+                let batch = to_record_batch(&w)?;
+                for row in json_rows(&batch)? {
+                    summary.rows += 1;
+                    out.write_all(row.as_bytes())?;
+                    out.write_all(b"\n")?;
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     while let Some(rec) = replay.next_record()? {
         // Offline, processing time is the newest event time seen: a source idles once the others
         // have run `idle_timeout` of event time past it.

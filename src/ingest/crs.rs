@@ -120,10 +120,7 @@ mod tests {
     fn wgs_to_gcj_matches_reference_pairs() {
         for (wlat, wlng, glat, glng) in PAIRS {
             let (la, ln) = wgs84_to_gcj02(wlat, wlng);
-            assert!(
-                (la - glat).abs() < 1e-9 && (ln - glng).abs() < 1e-9,
-                "{la},{ln}"
-            );
+            assert!((la - glat).abs() < 1e-9 && (ln - glng).abs() < 1e-9, "{la},{ln}");
         }
     }
 
@@ -132,10 +129,7 @@ mod tests {
         for (wlat, wlng, glat, glng) in PAIRS {
             let (la, ln) = Crs::Gcj02.to_wgs84(glat, glng);
             // 1e-7 degrees is about a centimetre.
-            assert!(
-                (la - wlat).abs() < 1e-7 && (ln - wlng).abs() < 1e-7,
-                "{la},{ln}"
-            );
+            assert!((la - wlat).abs() < 1e-7 && (ln - wlng).abs() < 1e-7, "{la},{ln}");
         }
     }
 

@@ -117,7 +117,9 @@ impl<'de> Deserialize<'de> for Ts {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Ts, E> {
                 Ok(Ts(chrono::DateTime::parse_from_rfc3339(v)
                     .map(|t| t.timestamp_millis())
-                    .map_err(|_| "is not an RFC 3339 time with an offset (e.g. 2026-12-31T23:59:58.120+08:00)")))
+                    .map_err(|_| {
+                        "is not an RFC 3339 time with an offset (e.g. 2026-12-31T23:59:58.120+08:00)"
+                    })))
             }
         }
         d.deserialize_any(V)
@@ -232,9 +234,7 @@ impl Parser {
             return Err(reject(
                 "ts",
                 RejectCode::Value,
-                format!(
-                    "{ts} is before the year 2000: send milliseconds since the epoch, not seconds"
-                ),
+                format!("{ts} is before the year 2000: send milliseconds since the epoch, not seconds"),
             ));
         }
         if let Some(now) = now_ms {
@@ -268,10 +268,7 @@ impl Parser {
             return Err(reject(
                 "device",
                 RejectCode::Value,
-                format!(
-                    "{} bytes long, at most {MAX_DEVICE_BYTES} allowed",
-                    device.len()
-                ),
+                format!("{} bytes long, at most {MAX_DEVICE_BYTES} allowed", device.len()),
             ));
         }
         let lat = raw.lat.ok_or_else(|| missing("lat"))?;
@@ -329,13 +326,14 @@ impl Parser {
             ts,
             source,
             cell: CellId::from(cell),
+            point: None,
             body: Body::Ping { device },
         })
     }
 
     fn counter(&self, raw: Raw, ts: EventTime) -> Result<Record, Reject> {
         let id = raw.sensor.as_deref().ok_or_else(|| missing("sensor"))?;
-        let (idx, sensor, cell) = self.registry.sensor(id).ok_or_else(|| {
+        let (idx, sensor, cell, point) = self.registry.sensor(id).ok_or_else(|| {
             reject(
                 "sensor",
                 RejectCode::Unregistered,
@@ -348,10 +346,7 @@ impl Parser {
         let interval = raw.inn.is_some() || raw.out.is_some();
         let cumulative = raw.in_total.is_some() || raw.out_total.is_some();
         let occupancy = raw.occupancy.is_some();
-        let shapes = [interval, cumulative, occupancy]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let shapes = [interval, cumulative, occupancy].iter().filter(|b| **b).count();
         if shapes > 1 {
             return Err(reject(
                 "",
@@ -397,6 +392,7 @@ impl Parser {
             ts,
             source: COUNTER,
             cell,
+            point: Some(point),
             body,
         })
     }
@@ -404,7 +400,7 @@ impl Parser {
     fn gate(&self, raw: Raw, ts: EventTime) -> Result<Record, Reject> {
         let id = raw.station.as_deref().ok_or_else(|| missing("station"))?;
         let gate = raw.gate.as_deref();
-        let (station, cell) = self.registry.station_gate_cell(id, gate).ok_or_else(|| {
+        let (station, cell, point) = self.registry.station_gate_cell(id, gate).ok_or_else(|| {
             reject(
                 "station",
                 RejectCode::Unregistered,
@@ -461,6 +457,7 @@ impl Parser {
             ts,
             source: GATE,
             cell,
+            point,
             body,
         })
     }
@@ -481,9 +478,7 @@ fn count(field: &str, v: Option<u64>) -> Result<u32, Reject> {
 fn period(p: Option<f64>) -> Result<Option<u32>, Reject> {
     match p {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
-            Ok(Some((s * 1000.0).round() as u32))
-        }
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Some((s * 1000.0).round() as u32)),
         Some(s) => Err(reject(
             "period_s",
             RejectCode::Value,
@@ -539,11 +534,7 @@ fn explain(line: &[u8]) -> Reject {
         Err(e) => {
             let field = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let reason = inner
-                .split(" at line ")
-                .next()
-                .unwrap_or(&inner)
-                .to_string();
+            let reason = inner.split(" at line ").next().unwrap_or(&inner).to_string();
             reject(&field, RejectCode::Type, reason)
         }
     }
@@ -611,9 +602,7 @@ mod tests {
     }
 
     fn err(line: &str) -> Reject {
-        parser()
-            .parse_line(line.as_bytes(), Some(NOW))
-            .expect_err(line)
+        parser().parse_line(line.as_bytes(), Some(NOW)).expect_err(line)
     }
 
     #[test]
@@ -652,8 +641,7 @@ mod tests {
         let g = ok(&format!(
             r#"{{"kind":"lbs","ts":1767196798120,"device":"d","lat":{glat},"lng":{glng},"crs":"gcj02"}}"#
         ));
-        let w =
-            ok(r#"{"kind":"lbs","ts":1767196798120,"device":"d","lat":31.2405,"lng":121.4832}"#);
+        let w = ok(r#"{"kind":"lbs","ts":1767196798120,"device":"d","lat":31.2405,"lng":121.4832}"#);
         assert_eq!(g.cell, w.cell);
         let raw = ok(&format!(
             r#"{{"kind":"lbs","ts":1767196798120,"device":"d","lat":{glat},"lng":{glng}}}"#
@@ -688,8 +676,7 @@ mod tests {
                 ..
             }
         ));
-        let r =
-            ok(r#"{"kind":"counter","ts":1767196800000,"sensor":"chenyi-zone","occupancy":812}"#);
+        let r = ok(r#"{"kind":"counter","ts":1767196800000,"sensor":"chenyi-zone","occupancy":812}"#);
         assert!(matches!(r.body, Body::Occupancy { people: 812, .. }));
         assert_eq!(r.source, COUNTER);
     }
@@ -746,11 +733,7 @@ mod tests {
     fn each_rejection_names_its_field() {
         let p = r#""kind":"lbs","device":"d""#;
         assert_reject(r#"{"ts":1767196798120}"#, "kind", "missing");
-        assert_reject(
-            r#"{"kind":"wifi","ts":1767196798120}"#,
-            "kind",
-            "unknown kind",
-        );
+        assert_reject(r#"{"kind":"wifi","ts":1767196798120}"#, "kind", "unknown kind");
         assert_reject(&format!(r#"{{{p},"lat":31,"lng":121}}"#), "ts", "missing");
         assert_reject(
             &format!(r#"{{{p},"ts":1767196798,"lat":31,"lng":121}}"#),
@@ -874,9 +857,7 @@ mod tests {
     fn broken_lines_say_what_is_wrong() {
         assert!(err("{\"kind\":").reason.contains("not valid JSON"));
         assert!(err("[1,2]").reason.contains("not a JSON object"));
-        let e = parser()
-            .parse_line(b"{\"kind\":\"lbs\xff\"}", None)
-            .unwrap_err();
+        let e = parser().parse_line(b"{\"kind\":\"lbs\xff\"}", None).unwrap_err();
         assert!(e.reason.contains("UTF-8"), "{e}");
         assert_eq!(e.code, RejectCode::Syntax);
     }

@@ -10,7 +10,7 @@ use h3o::{LatLng, Resolution};
 use serde::Deserialize;
 
 use crate::error::RegistryError;
-use crate::model::{CellId, SensorIdx};
+use crate::model::{CellId, PointIdx, SensorIdx};
 
 /// What a counter measures.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -95,6 +95,23 @@ pub struct Station {
     pub period_s: Option<f64>,
 }
 
+/// A place where people are counted directly: a counter or a station exit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedPoint {
+    /// `counter:<sensor>` or `gate:<station>/<exit>`.
+    pub id: String,
+    /// The road segment it feeds or measures.
+    pub segment: Option<String>,
+    /// Nominal reporting period (staleness is judged against it).
+    pub period_s: Option<f64>,
+    /// Counter or gate.
+    pub gate: bool,
+    /// A zone counter (reports occupancy of its segment).
+    pub zone: bool,
+    /// Effective width of the counting line, metres.
+    pub width_m: Option<f64>,
+}
+
 /// Registered sensors and stations, with their cells precomputed.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -104,7 +121,9 @@ pub struct Registry {
     stations: Vec<Station>,
     station_cells: Vec<CellId>,
     station_index: HashMap<String, usize>,
-    exit_cells: HashMap<(usize, String), CellId>,
+    exit_cells: HashMap<(usize, String), (CellId, PointIdx)>,
+    points: Vec<FeedPoint>,
+    sensor_points: Vec<PointIdx>,
 }
 
 fn read_entries<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RegistryError> {
@@ -199,6 +218,15 @@ impl Registry {
         let cell = cell_at(s.lat, s.lng, res).map_err(|e| format!("{tag} {e}"))?;
         self.sensor_index
             .insert(s.id.clone(), SensorIdx(self.sensors.len() as u32));
+        self.sensor_points.push(PointIdx(self.points.len() as u32));
+        self.points.push(FeedPoint {
+            id: format!("counter:{}", s.id),
+            segment: s.segment.clone(),
+            period_s: s.period_s,
+            gate: false,
+            zone: s.kind == SensorKind::Zone,
+            width_m: s.width_m,
+        });
         self.sensor_cells.push(cell);
         self.sensors.push(s);
         Ok(())
@@ -211,17 +239,25 @@ impl Registry {
             return Err("`id` is empty".into());
         }
         if self.station_index.contains_key(&s.id) {
-            return Err(format!(
-                "{tag} duplicate id: each station id must be unique"
-            ));
+            return Err(format!("{tag} duplicate id: each station id must be unique"));
         }
         let idx = self.stations.len();
         let cell = cell_at(s.lat, s.lng, res).map_err(|e| format!("{tag} {e}"))?;
         for (j, x) in s.exits.iter().enumerate() {
             let c = cell_at(x.lat, x.lng, res).map_err(|e| format!("{tag} exits[{j}] {e}"))?;
-            if self.exit_cells.insert((idx, x.id.clone()), c).is_some() {
+            if s.exits[..j].iter().any(|e| e.id == x.id) {
                 return Err(format!("{tag} exits[{j}] duplicate exit id {:?}", x.id));
             }
+            let point = PointIdx(self.points.len() as u32);
+            self.points.push(FeedPoint {
+                id: format!("gate:{}/{}", s.id, x.id),
+                segment: x.segment.clone(),
+                period_s: s.period_s,
+                gate: true,
+                zone: false,
+                width_m: None,
+            });
+            self.exit_cells.insert((idx, x.id.clone()), (c, point));
         }
         self.station_index.insert(s.id.clone(), idx);
         self.station_cells.push(cell);
@@ -229,23 +265,30 @@ impl Registry {
         Ok(())
     }
 
-    /// Looks a sensor up by id.
-    pub fn sensor(&self, id: &str) -> Option<(SensorIdx, &Sensor, CellId)> {
+    /// Looks a sensor up by id: its index, entry, cell and feed point.
+    pub fn sensor(&self, id: &str) -> Option<(SensorIdx, &Sensor, CellId, PointIdx)> {
         let idx = *self.sensor_index.get(id)?;
-        Some((
-            idx,
-            &self.sensors[idx.0 as usize],
-            self.sensor_cells[idx.0 as usize],
-        ))
+        let i = idx.0 as usize;
+        Some((idx, &self.sensors[i], self.sensor_cells[i], self.sensor_points[i]))
     }
 
-    /// Looks a station up by id: its index and the cell a gate of it counts in.
-    pub fn station_gate_cell(&self, station: &str, gate: Option<&str>) -> Option<(usize, CellId)> {
+    /// Looks a station up by id: its index, the cell a gate of it counts in, and the feed point when
+    /// the gate is a registered exit.
+    pub fn station_gate_cell(
+        &self,
+        station: &str,
+        gate: Option<&str>,
+    ) -> Option<(usize, CellId, Option<PointIdx>)> {
         let idx = *self.station_index.get(station)?;
-        let cell = gate
-            .and_then(|g| self.exit_cells.get(&(idx, g.to_owned())).copied())
-            .unwrap_or(self.station_cells[idx]);
-        Some((idx, cell))
+        match gate.and_then(|g| self.exit_cells.get(&(idx, g.to_owned()))) {
+            Some(&(cell, point)) => Some((idx, cell, Some(point))),
+            None => Some((idx, self.station_cells[idx], None)),
+        }
+    }
+
+    /// Every feed point, indexed by `PointIdx`.
+    pub fn points(&self) -> &[FeedPoint] {
+        &self.points
     }
 
     /// All registered sensors.
@@ -287,12 +330,15 @@ mod tests {
         );
         let r = Registry::load(Some(s.path()), Some(t.path()), Resolution::Eleven).unwrap();
         assert!(r.sensor("cam-1").is_some());
-        let (_, station_cell) = r.station_gate_cell("enr", Some("G12")).unwrap();
-        let (_, exit_cell) = r.station_gate_cell("enr", Some("exit-3")).unwrap();
-        assert_ne!(
-            station_cell, exit_cell,
-            "an exit counts at its own location"
+        let (_, station_cell, none) = r.station_gate_cell("enr", Some("G12")).unwrap();
+        let (_, exit_cell, point) = r.station_gate_cell("enr", Some("exit-3")).unwrap();
+        assert!(none.is_none());
+        let p = &r.points()[point.unwrap().0 as usize];
+        assert_eq!(
+            (p.id.as_str(), p.segment.as_deref()),
+            ("gate:enr/exit-3", Some("enr-west"))
         );
+        assert_ne!(station_cell, exit_cell, "an exit counts at its own location");
     }
 
     #[test]

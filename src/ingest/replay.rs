@@ -48,11 +48,7 @@ pub struct Replay {
 
 impl Replay {
     /// Opens every file (`-` is standard input).
-    pub fn open(
-        paths: &[PathBuf],
-        parser: Parser,
-        max_line_bytes: usize,
-    ) -> std::io::Result<Replay> {
+    pub fn open(paths: &[PathBuf], parser: Parser, max_line_bytes: usize) -> std::io::Result<Replay> {
         let mut files = Vec::new();
         for p in paths {
             let reader: Box<dyn BufRead + Send> = if p == Path::new("-") {

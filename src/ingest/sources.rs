@@ -42,11 +42,7 @@ impl Sources {
         let s = Sources {
             inner: RwLock::new(inner),
             default_scale: cfg.default_scale,
-            configured: cfg
-                .sources
-                .iter()
-                .map(|(k, v)| (k.clone(), v.scale))
-                .collect(),
+            configured: cfg.sources.iter().map(|(k, v)| (k.clone(), v.scale)).collect(),
         };
         for name in cfg.sources.keys() {
             s.lbs(Some(name));

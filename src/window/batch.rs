@@ -58,13 +58,10 @@ pub fn to_record_batch(w: &HexWindow) -> Result<RecordBatch, ArrowError> {
         density.push(p / idx.area_m2());
     }
     let col_u = |f: fn(&super::engine::HexRow) -> u64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(
-            w.rows.iter().map(|r| f(r) as i64),
-        ))
+        Arc::new(Int64Array::from_iter_values(w.rows.iter().map(|r| f(r) as i64)))
     };
-    let ts = |v: i64| -> ArrayRef {
-        Arc::new(TimestampMillisecondArray::from(vec![v; n]).with_timezone("UTC"))
-    };
+    let ts =
+        |v: i64| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(vec![v; n]).with_timezone("UTC")) };
     RecordBatch::try_new(
         HEX_WINDOWS_SCHEMA.clone(),
         vec![
@@ -147,6 +144,7 @@ mod tests {
                 counter_in: 2,
                 ..Default::default()
             }],
+            points: vec![],
             is_final: true,
         };
         let b = to_record_batch(&w).unwrap();

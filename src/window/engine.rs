@@ -19,7 +19,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::registers::{Delta, Registers};
 use super::watermark::Watermark;
 use crate::config::{RegisterConfig, WindowConfig};
-use crate::model::{Body, CellId, DeviceId, EventTime, Kind, Record, SensorIdx, SourceId};
+use crate::model::{Body, CellId, DeviceId, EventTime, Kind, PointIdx, Record, SensorIdx, SourceId};
 
 /// One device's latest ping within a pane.
 #[derive(Debug, Clone, Copy)]
@@ -46,11 +46,36 @@ struct Headcount {
     people: u32,
 }
 
+/// What one feed point (counter, station exit) reported within a pane.
+#[derive(Debug, Clone, Copy, Default)]
+struct PointPane {
+    inflow: u64,
+    outflow: u64,
+    last_ts: i64,
+    occupancy: Option<(i64, u32)>,
+}
+
 #[derive(Debug, Default)]
 struct Pane {
     devices: FxHashMap<DeviceId, Seen>,
     flows: FxHashMap<CellId, Flows>,
     zones: FxHashMap<SensorIdx, Headcount>,
+    points: FxHashMap<PointIdx, PointPane>,
+}
+
+/// One feed point's totals over a window: what the segments stage uses for flow and staleness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointWindow {
+    /// The counter or station exit.
+    pub point: PointIdx,
+    /// People into its segment (counter `in`, gate exits: out of the station, into the street).
+    pub inflow: u64,
+    /// People out of its segment (counter `out`, gate entries: off the street into the station).
+    pub outflow: u64,
+    /// Its latest occupancy report in the window (zone counters).
+    pub occupancy: Option<u32>,
+    /// Event time of its newest report in the window.
+    pub last_ts: i64,
 }
 
 /// One cell's aggregates over a window.
@@ -96,6 +121,8 @@ pub struct HexWindow {
     pub end: EventTime,
     /// One row per cell with any data, ordered by cell.
     pub rows: Vec<HexRow>,
+    /// One entry per feed point that reported in the window, ordered by point.
+    pub points: Vec<PointWindow>,
     /// False for a provisional snapshot of an open window.
     pub is_final: bool,
 }
@@ -236,19 +263,14 @@ impl Engine {
                 register,
                 entries_total,
                 exits_total,
-            } => {
-                match self
-                    .registers
-                    .observe(register, ts, entries_total, exits_total)
-                {
-                    Delta::Counted(a, b) => Some(Flows {
-                        gate_entries: a,
-                        gate_exits: b,
-                        ..Default::default()
-                    }),
-                    _ => return self.sync_register_stats(),
-                }
-            }
+            } => match self.registers.observe(register, ts, entries_total, exits_total) {
+                Delta::Counted(a, b) => Some(Flows {
+                    gate_entries: a,
+                    gate_exits: b,
+                    ..Default::default()
+                }),
+                _ => return self.sync_register_stats(),
+            },
         };
         let pane = at.div_euclid(self.slide);
         let oldest_window = pane - self.n + 1;
@@ -273,6 +295,19 @@ impl Engine {
             }
         }
         let p = self.panes.entry(pane).or_default();
+        if let Some(point) = rec.point {
+            let pp = p.points.entry(point).or_default();
+            pp.last_ts = pp.last_ts.max(ts);
+            if let Some(f) = &flows {
+                pp.inflow += f.counter_in + f.gate_exits;
+                pp.outflow += f.counter_out + f.gate_entries;
+            }
+            if let Body::Occupancy { people, .. } = rec.body {
+                if pp.occupancy.is_none_or(|(t, _)| at >= t) {
+                    pp.occupancy = Some((at, people));
+                }
+            }
+        }
         match rec.body {
             Body::Ping { device } => {
                 let seen = Seen {
@@ -409,10 +444,37 @@ impl Engine {
         }
         let mut rows: Vec<HexRow> = cells.into_values().collect();
         rows.sort_unstable_by_key(|r| r.cell);
+        let mut points: BTreeMap<PointIdx, (PointWindow, i64)> = BTreeMap::new();
+        for (_, pane) in self.panes.range(s..s + self.n) {
+            for (idx, pp) in &pane.points {
+                let (w, occ_ts) = points.entry(*idx).or_insert_with(|| {
+                    (
+                        PointWindow {
+                            point: *idx,
+                            inflow: 0,
+                            outflow: 0,
+                            occupancy: None,
+                            last_ts: i64::MIN,
+                        },
+                        i64::MIN,
+                    )
+                });
+                w.inflow += pp.inflow;
+                w.outflow += pp.outflow;
+                w.last_ts = w.last_ts.max(pp.last_ts);
+                if let Some((t, o)) = pp.occupancy {
+                    if t >= *occ_ts {
+                        *occ_ts = t;
+                        w.occupancy = Some(o);
+                    }
+                }
+            }
+        }
         HexWindow {
             start: EventTime(s * self.slide),
             end: EventTime(s * self.slide + self.size),
             rows,
+            points: points.into_values().map(|(w, _)| w).collect(),
             is_final,
         }
     }
@@ -480,6 +542,7 @@ mod tests {
             ts: EventTime(ts),
             source: SourceId(source),
             cell: CellId(cell),
+            point: None,
             body: Body::Ping {
                 device: DeviceId(dev),
             },
@@ -491,6 +554,7 @@ mod tests {
             ts: EventTime(ts),
             source: SourceId(0),
             cell: CellId(cell),
+            point: Some(PointIdx(3)),
             body: Body::CounterInterval {
                 inn,
                 out,
@@ -510,9 +574,7 @@ mod tests {
         let ws = e.flush();
         let starts: Vec<i64> = ws.iter().map(|w| w.start.0 - T0).collect();
         assert_eq!(starts, vec![-30_000, -20_000, -10_000, 0, 10_000, 20_000]);
-        assert!(ws
-            .iter()
-            .all(|w| w.end.0 - w.start.0 == 60_000 && w.is_final));
+        assert!(ws.iter().all(|w| w.end.0 - w.start.0 == 60_000 && w.is_final));
     }
 
     #[test]
@@ -564,6 +626,7 @@ mod tests {
                 ts: EventTime(T0 + 2_000),
                 source: SourceId(0),
                 cell: CellId(8),
+                point: None,
                 body: Body::Occupancy {
                     sensor: SensorIdx(0),
                     people: 30,
@@ -576,6 +639,7 @@ mod tests {
                 ts: EventTime(T0 + 9_000),
                 source: SourceId(0),
                 cell: CellId(8),
+                point: None,
                 body: Body::Occupancy {
                     sensor: SensorIdx(0),
                     people: 20,
@@ -599,10 +663,7 @@ mod tests {
         let ws = e.flush();
         assert_eq!(ws.len(), 1);
         assert_eq!(ws[0].start.0, T0);
-        assert_eq!(
-            (ws[0].rows[0].counter_in, ws[0].rows[0].counter_out),
-            (37, 12)
-        );
+        assert_eq!((ws[0].rows[0].counter_in, ws[0].rows[0].counter_out), (37, 12));
     }
 
     #[test]
@@ -612,6 +673,7 @@ mod tests {
             ts: EventTime(T0 + ts),
             source: SourceId(1),
             cell: CellId(5),
+            point: None,
             body: Body::GateTap { exit },
         };
         e.ingest(&tap(1_000, true), 0);
@@ -621,6 +683,7 @@ mod tests {
             ts: EventTime(T0 + ts),
             source: SourceId(1),
             cell: CellId(6),
+            point: Some(PointIdx(9)),
             body: Body::GateCumulative {
                 register: RegisterKey(1),
                 entries_total: a,
@@ -636,6 +699,12 @@ mod tests {
         assert_eq!((r5.gate_entries, r5.gate_exits), (1, 2));
         let r6 = row(w, 6).unwrap();
         assert_eq!((r6.gate_entries, r6.gate_exits), (7 + 10, 40 + 4));
+        let p = &w.points[0];
+        assert_eq!(
+            (p.inflow, p.outflow, p.last_ts),
+            (44, 17, T0 + 30_000),
+            "exits flow into the street"
+        );
         assert_eq!(e.stats().register_resets, 1);
     }
 
@@ -692,11 +761,7 @@ mod tests {
         );
         e.ingest(&ping(T0 + 90_000, 3, 7, 3), 40_000);
         let ws = e.advance(40_000);
-        assert_eq!(
-            ws.len(),
-            1,
-            "source 2 idle for 39 s: watermark follows source 3"
-        );
+        assert_eq!(ws.len(), 1, "source 2 idle for 39 s: watermark follows source 3");
     }
 
     #[test]

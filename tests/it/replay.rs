@@ -60,15 +60,17 @@ fn replay_print_rows_match_an_independent_count() {
             let (glat, glng) = throng::ingest::crs::wgs84_to_gcj02(lat, lng);
             writeln!(pings, r#"{{"kind":"lbs","ts":{ts},"device":"phone-{dev}","lat":{glat},"lng":{glng},"crs":"gcj02","source":"carrier-a"}}"#).unwrap();
         } else {
-            writeln!(pings, r#"{{"kind":"lbs","ts":{ts},"device":"phone-{dev}","lat":{lat},"lng":{lng},"accuracy_m":12}}"#).unwrap();
+            writeln!(
+                pings,
+                r#"{{"kind":"lbs","ts":{ts},"device":"phone-{dev}","lat":{lat},"lng":{lng},"accuracy_m":12}}"#
+            )
+            .unwrap();
         }
         events.push(Ev::Ping { ts, dev, cell: c });
     }
     let end = ts;
     // A bad line in the middle must be reported, not stop the replay.
-    pings.push_str(
-        "{\"kind\":\"lbs\",\"ts\":1767193300000,\"device\":\"x\",\"lat\":95,\"lng\":121.48}\n",
-    );
+    pings.push_str("{\"kind\":\"lbs\",\"ts\":1767193300000,\"device\":\"x\",\"lat\":95,\"lng\":121.48}\n");
 
     // Counters and gates in a second file: interval counts every 10 s, a cumulative register with a
     // reset, and taps.
@@ -81,7 +83,11 @@ fn replay_print_rows_match_an_independent_count() {
     let mut total = (100_000u64, 90_000u64);
     while t <= end {
         let (a, b) = (rng.below(40), rng.below(30));
-        writeln!(feeds, r#"{{"kind":"counter","ts":{t},"sensor":"enr-xizang-cam","in":{a},"out":{b},"period_s":10}}"#).unwrap();
+        writeln!(
+            feeds,
+            r#"{{"kind":"counter","ts":{t},"sensor":"enr-xizang-cam","in":{a},"out":{b},"period_s":10}}"#
+        )
+        .unwrap();
         events.push(Ev::Flow {
             at: t - 1,
             cell: enr,

@@ -59,9 +59,7 @@ async fn ingest_accepts_good_lines_rejects_bad_ones_and_windows_close_on_idle() 
     cfg.window.slide = Duration::from_secs(1);
     cfg.window.allowed_lateness = Duration::from_millis(100);
     cfg.window.idle_timeout = Duration::from_millis(300);
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let now = app::now_ms();
     let body = format!(
         "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"a\",\"lat\":31.2405,\"lng\":121.4832}}\n\
@@ -75,35 +73,23 @@ async fn ingest_accepts_good_lines_rejects_bad_ones_and_windows_close_on_idle() 
     let rejected = v["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 2);
     assert_eq!(rejected[0]["line"], 2);
-    assert!(rejected[0]["error"]
-        .as_str()
-        .unwrap()
-        .contains("field `lat`"));
+    assert!(rejected[0]["error"].as_str().unwrap().contains("field `lat`"));
     assert_eq!(rejected[1]["line"], 3);
 
     // Every source goes idle; the watermark follows the clock and the window closes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let h: serde_json::Value =
-            serde_json::from_str(&get(server.addr, "/api/health").await).unwrap();
+        let h: serde_json::Value = serde_json::from_str(&get(server.addr, "/api/health").await).unwrap();
         if h["engine"]["windows_closed"].as_u64().unwrap_or(0) >= 1 {
             let sources = h["engine"]["sources"].as_array().unwrap();
-            assert!(sources
-                .iter()
-                .any(|s| s["source"] == "lbs" && s["records"] == 1));
+            assert!(sources.iter().any(|s| s["source"] == "lbs" && s["records"] == 1));
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "window never closed: {h}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "window never closed: {h}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = get(server.addr, "/metrics").await;
     assert!(metrics.contains("throng_windows_closed_total"), "{metrics}");
-    assert!(
-        metrics.contains("throng_ingest_rejected_total"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("throng_ingest_rejected_total"), "{metrics}");
     server.shutdown().await.unwrap();
 }
