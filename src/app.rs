@@ -14,11 +14,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::ingest::Sources;
 use crate::model::{EventTime, Record, SourceId};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{resolution, Pipeline};
+use crate::risk::{Alert, Board, Risk, SegmentMap, ThresholdStore};
 use crate::window::{Engine, HexWindow};
 
 /// Batches of parsed records waiting for the engine.
@@ -93,12 +97,39 @@ pub struct Handles {
     pub metrics: PrometheusHandle,
     /// Config in force.
     pub config: Arc<Config>,
+    /// Segment statuses, history and alerts.
+    pub board: Arc<RwLock<Board>>,
+    /// The segments in force (swapped on reload).
+    pub segments: Arc<RwLock<Arc<SegmentMap>>>,
+    /// Organiser thresholds.
+    pub store: Arc<RwLock<ThresholdStore>>,
+    /// Requests to the pipeline task.
+    pub control: mpsc::Sender<Control>,
+}
+
+/// Requests to the pipeline task.
+#[derive(Debug)]
+pub enum Control {
+    /// Re-read the segments file; the reply says how many segments are in force.
+    ReloadSegments(tokio::sync::oneshot::Sender<Result<usize, String>>),
+}
+
+/// Loads the scenario's segments (an empty map when the scenario has none).
+pub fn load_segments(cfg: &Config) -> Result<SegmentMap, String> {
+    let path = cfg.scenario.join("segments.geojson");
+    if !path.exists() {
+        tracing::warn!(path = %path.display(), "No segments file: segment tiers are off.");
+        return Ok(SegmentMap::default());
+    }
+    SegmentMap::load(&path, resolution(cfg)).map_err(|e| e.to_string())
 }
 
 /// A running server.
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Requests to the pipeline task (segment reload).
+    pub control: mpsc::Sender<Control>,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -114,21 +145,56 @@ impl Server {
     }
 }
 
-/// Starts the server on `listen` (port 0: an ephemeral port, see `Server::addr`).
-pub async fn start(cfg: Config, listen: SocketAddr) -> anyhow::Result<Server> {
+/// Starts the server on `listen` (port 0: an ephemeral port, see `Server::addr`), keeping its files
+/// in `data_dir`.
+pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<Server> {
     let cfg = Arc::new(cfg);
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
+    let map = Arc::new(
+        load_segments(&cfg)
+            .map_err(anyhow::Error::msg)
+            .context("loading segments")?,
+    );
+    let store = Arc::new(RwLock::new(
+        ThresholdStore::open(Some(data_dir))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("loading thresholds")?,
+    ));
+    let risk = Risk::new(
+        map.clone(),
+        pipe.registry.points().to_vec(),
+        cfg.risk.clone(),
+        store.clone(),
+        cfg.window.size.as_millis() as i64,
+    );
     let (tx, rx) = mpsc::channel(INGEST_QUEUE_BATCHES);
+    let (control_tx, control_rx) = mpsc::channel(8);
     let (health_tx, health_rx) = watch::channel(Health::default());
     let (latest_tx, latest_rx) = watch::channel(None);
+    let board = Arc::new(RwLock::new(Board::default()));
+    let segments = Arc::new(RwLock::new(map));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let Pipeline {
         parser,
         engine,
         sources,
+        ..
     } = pipe;
-    tracker.spawn(run_engine(engine, sources, rx, health_tx, latest_tx));
+    let stage = Stage {
+        engine,
+        risk,
+        sources,
+        health: health_tx,
+        latest: latest_tx,
+        board: board.clone(),
+        segments: segments.clone(),
+        cfg: cfg.clone(),
+        alerts_file: data_dir.join("alerts.ndjson"),
+        last_eval_end: i64::MIN,
+    };
+    tracker.spawn(stage.run(rx, control_rx));
     let handles = Handles {
         parser,
         ingest: tx,
@@ -136,6 +202,10 @@ pub async fn start(cfg: Config, listen: SocketAddr) -> anyhow::Result<Server> {
         latest: latest_rx,
         metrics: metrics_handle(),
         config: cfg.clone(),
+        board,
+        segments,
+        store,
+        control: control_tx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -156,54 +226,154 @@ pub async fn start(cfg: Config, listen: SocketAddr) -> anyhow::Result<Server> {
             "NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only."
         );
     }
-    tracing::info!(%addr, scenario = %cfg.scenario.display(), "Listening.");
-    Ok(Server { addr, token, tracker })
+    tracing::info!(%addr, scenario = %cfg.scenario.display(), data_dir = %data_dir.display(), "Listening.");
+    Ok(Server {
+        addr,
+        control: control_tx,
+        token,
+        tracker,
+    })
 }
 
-async fn run_engine(
-    mut engine: Engine,
+/// The single owner of engine and segment state.
+struct Stage {
+    engine: Engine,
+    risk: Risk,
     sources: Arc<Sources>,
-    mut rx: mpsc::Receiver<Vec<Record>>,
     health: watch::Sender<Health>,
     latest: watch::Sender<Option<Arc<HexWindow>>>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(b) => {
-                    let now = now_ms();
-                    for r in &b {
-                        engine.ingest(r, now);
-                    }
-                }
-                None => break,
-            },
-            _ = tick.tick() => {}
-        }
-        if engine.scales_known() != sources.len() {
-            engine.set_scales(sources.scales());
-        }
-        let closed = engine.advance(now_ms());
-        publish(&mut engine, &sources, closed, &health, &latest);
-    }
-    let closed = engine.flush();
-    publish(&mut engine, &sources, closed, &health, &latest);
-    tracing::info!("Engine drained and flushed.");
+    board: Arc<RwLock<Board>>,
+    segments: Arc<RwLock<Arc<SegmentMap>>>,
+    cfg: Arc<Config>,
+    alerts_file: PathBuf,
+    last_eval_end: i64,
 }
 
-fn publish(
+impl Stage {
+    async fn run(mut self, mut rx: mpsc::Receiver<Vec<Record>>, mut control: mpsc::Receiver<Control>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(b) => {
+                        let now = now_ms();
+                        for r in &b {
+                            self.engine.ingest(r, now);
+                        }
+                    }
+                    None => break,
+                },
+                Some(c) = control.recv() => self.control(c),
+                _ = tick.tick() => {}
+            }
+            if self.engine.scales_known() != self.sources.len() {
+                self.engine.set_scales(self.sources.scales());
+            }
+            let closed = self.engine.advance(now_ms());
+            self.publish(closed);
+        }
+        let closed = self.engine.flush();
+        self.publish(closed);
+        tracing::info!("Engine drained and flushed.");
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::ReloadSegments(reply) => {
+                let result = load_segments(&self.cfg).map(|m| {
+                    let m = Arc::new(m);
+                    let n = m.segments().len();
+                    self.risk.reload(m.clone());
+                    let keep: std::collections::HashSet<String> =
+                        m.segments().iter().map(|s| s.id.0.clone()).collect();
+                    self.board
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|id| keep.contains(id));
+                    *self.segments.write().unwrap_or_else(|p| p.into_inner()) = m;
+                    n
+                });
+                match &result {
+                    Ok(n) => tracing::info!(segments = n, "Segments reloaded; window state kept."),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Segments reload failed; the old segments stay in force.")
+                    }
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn evaluate(&mut self, w: &HexWindow) {
+        let (statuses, alerts) = self.risk.evaluate(w);
+        self.last_eval_end = self.last_eval_end.max(w.end.0);
+        if !alerts.is_empty() {
+            persist_alerts(&self.alerts_file, &alerts);
+            for a in &alerts {
+                tracing::warn!(segment = %a.segment_id, from = a.from_tier, to = a.to_tier, reason = %a.reason, "Tier change.");
+            }
+            metrics::counter!("throng_alerts_total").increment(alerts.len() as u64);
+        }
+        self.board
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .publish(statuses, &alerts);
+    }
+
+    fn publish(&mut self, closed: Vec<HexWindow>) {
+        let slide = self.cfg.slide_ms();
+        let size = self.cfg.window.size.as_millis() as i64;
+        let had_windows = !closed.is_empty();
+        for w in closed {
+            tracing::debug!(start = %w.start, cells = w.rows.len(), "Closed window.");
+            self.evaluate(&w);
+            self.latest.send_replace(Some(Arc::new(w)));
+        }
+        // Feeds silent but the clock moving: evaluate the empty window so segments turn degraded
+        // instead of showing their last tier forever.
+        let wm = self.engine.watermark().current();
+        if !had_windows && self.last_eval_end != i64::MIN && wm != i64::MIN {
+            let end = wm.div_euclid(slide) * slide;
+            if end >= self.last_eval_end + slide {
+                let empty = HexWindow {
+                    start: EventTime(end - size),
+                    end: EventTime(end),
+                    rows: Vec::new(),
+                    points: Vec::new(),
+                    is_final: true,
+                };
+                self.evaluate(&empty);
+            }
+        }
+        publish_health(&mut self.engine, &self.sources, &self.health, &self.latest);
+    }
+}
+
+fn persist_alerts(path: &Path, alerts: &[Alert]) {
+    use std::io::Write;
+    let mut buf = Vec::new();
+    for a in alerts {
+        if serde_json::to_writer(&mut buf, a).is_ok() {
+            buf.push(b'\n');
+        }
+    }
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(&buf));
+    if let Err(e) = written {
+        tracing::error!(error = %e, path = %path.display(), "Could not append alerts.");
+    }
+}
+
+fn publish_health(
     engine: &mut Engine,
     sources: &Sources,
-    closed: Vec<HexWindow>,
     health: &watch::Sender<Health>,
     latest: &watch::Sender<Option<Arc<HexWindow>>>,
 ) {
-    for w in closed {
-        tracing::debug!(start = %w.start, cells = w.rows.len(), "Closed window.");
-        latest.send_replace(Some(Arc::new(w)));
-    }
     let now = now_ms();
     let wm = engine.watermark().current();
     let stats = engine.stats().clone();
@@ -255,11 +425,10 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let server = start(cfg, args.listen).await?;
+        let server = start(cfg, args.listen, &args.data_dir).await?;
+        spawn_sighup_reload(server.control.clone());
         println!(
             "throng is serving on http://{}/ (health: /api/health, metrics: /metrics)",
             server.addr
@@ -268,6 +437,23 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("Shutting down.");
         server.shutdown().await
     })
+}
+
+/// SIGHUP re-reads the segments file, like the reload API.
+fn spawn_sighup_reload(control: mpsc::Sender<Control>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if control.send(Control::ReloadSegments(tx)).await.is_err() {
+                return;
+            }
+            let _ = rx.await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

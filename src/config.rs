@@ -28,6 +28,8 @@ pub struct Config {
     pub registers: RegisterConfig,
     /// Role tokens (enforced by the access-control layer).
     pub auth: AuthConfig,
+    /// Segment risk tiers.
+    pub risk: RiskConfig,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             registers: RegisterConfig::default(),
             auth: AuthConfig::default(),
+            risk: RiskConfig::default(),
         }
     }
 }
@@ -171,6 +174,39 @@ impl Default for RegisterConfig {
     }
 }
 
+/// Segment risk tiers (CROWD-SAFETY.md defaults; per segment via the GeoJSON `thresholds`
+/// property and `PUT /api/segments/{id}/thresholds`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// Default entry levels of every tier.
+    pub thresholds: crate::risk::Thresholds,
+    /// Leave a tier only when every trigger is this fraction below its entry level.
+    pub hysteresis: f64,
+    /// Consecutive evaluations before escalating (critical is immediate).
+    pub dwell: u32,
+    /// How long the calmer condition must last before de-escalating.
+    #[serde(with = "humantime_serde")]
+    pub calm_period: Duration,
+    /// A source silent for more than this × its nominal period makes its segment `degraded`.
+    pub stale_factor: f64,
+    /// Windows in the trend's least-squares fit.
+    pub trend_windows: usize,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        RiskConfig {
+            thresholds: crate::risk::Thresholds::default(),
+            hysteresis: 0.15,
+            dwell: 2,
+            calm_period: Duration::from_secs(300),
+            stale_factor: 3.0,
+            trend_windows: 6,
+        }
+    }
+}
+
 /// Role tokens.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -270,6 +306,21 @@ impl Config {
         }
         if !(self.registers.max_rate_per_s.is_finite() && self.registers.max_rate_per_s > 0.0) {
             return bad("registers.max_rate_per_s", "must be positive".into());
+        }
+        if let Err(e) = self.risk.thresholds.validate() {
+            return bad(
+                &format!("risk.thresholds.{}", e.split(':').next().unwrap_or("")),
+                e,
+            );
+        }
+        if !(0.0..1.0).contains(&self.risk.hysteresis) {
+            return bad("risk.hysteresis", "must be in [0, 1)".into());
+        }
+        if self.risk.dwell == 0 {
+            return bad("risk.dwell", "must be at least 1".into());
+        }
+        if !(self.risk.stale_factor.is_finite() && self.risk.stale_factor > 0.0) {
+            return bad("risk.stale_factor", "must be positive".into());
         }
         if self.privacy.hash_key.is_empty() {
             return bad("privacy.hash_key", "must not be empty".into());

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: `ingest` (feeds → validated, pseudonymised, H3-indexed records) →
 //! `window` (event-time hopping windows per cell → Arrow batches) → downstream stages
-//! (segment tiers, live push, history). `pipeline` wires parser and engine for offline use;
+//! `risk` (cells → road segments → tiers and alerts) → live push and history. `pipeline` wires parser and engine for offline use;
 //! `app` runs the server; `api` holds its HTTP routes; `cli` the command line.
 
 pub mod api;
@@ -13,4 +13,5 @@ pub mod error;
 pub mod ingest;
 pub mod model;
 pub mod pipeline;
+pub mod risk;
 pub mod window;

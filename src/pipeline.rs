@@ -18,6 +18,8 @@ pub struct Pipeline {
     pub engine: Engine,
     /// The shared source table.
     pub sources: Arc<Sources>,
+    /// Sensors, stations and their feed points.
+    pub registry: Arc<Registry>,
 }
 
 /// The configured H3 resolution as h3o's type (validated by `Config::validate`).
@@ -37,7 +39,7 @@ impl Pipeline {
     pub fn with_registry(cfg: &Config, registry: Arc<Registry>) -> Pipeline {
         let sources = Arc::new(Sources::new(&cfg.lbs));
         let parser = Parser::new(
-            registry,
+            registry.clone(),
             Pseudonymiser::new(&cfg.privacy.hash_key),
             sources.clone(),
             resolution(cfg),
@@ -49,6 +51,7 @@ impl Pipeline {
             parser,
             engine,
             sources,
+            registry,
         }
     }
 

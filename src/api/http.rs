@@ -1,16 +1,19 @@
 //! The HTTP surface: ingest, health, metrics.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::app::{now_ms, Handles};
+use super::auth::{authorize, roles};
+use crate::app::{now_ms, Control, Handles};
+use crate::risk::{thresholds_for, ThresholdPatch};
+use std::collections::HashMap;
 
 /// Largest ingest body accepted.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -20,6 +23,17 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error with a status and a message the caller can act on.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -37,6 +51,12 @@ pub fn router(h: Handles) -> Router {
     Router::new()
         .route("/api/ingest", post(ingest))
         .route("/api/health", get(health))
+        .route("/api/segments", get(segments))
+        .route("/api/segments/reload", post(reload_segments))
+        .route("/api/segments/{id}", get(segment))
+        .route("/api/segments/{id}/thresholds", put(put_thresholds))
+        .route("/api/thresholds/audit", get(audit))
+        .route("/api/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(h)
@@ -48,7 +68,18 @@ struct Rejected {
     error: String,
 }
 
-async fn ingest(State(h): State<Handles>, body: Bytes) -> Result<Response, ApiError> {
+async fn ingest(
+    State(h): State<Handles>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::FEED,
+    )?;
     let now = now_ms();
     let max_line = h.config.ingest.max_line_bytes;
     let mut accepted = Vec::new();
@@ -116,4 +147,179 @@ async fn metrics(State(h): State<Handles>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         h.metrics.render(),
     )
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn lock<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every segment with its thresholds in force and its latest status (null before any window).
+fn segment_list(h: &Handles) -> Vec<serde_json::Value> {
+    let map = lock(&h.segments).clone();
+    let board = lock(&h.board);
+    map.segments()
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| {
+            let th = thresholds_for(&map, &h.config.risk, &h.store, i);
+            match board.latest().iter().find(|s| s.id == seg.id.0) {
+                Some(st) => {
+                    let mut v = serde_json::to_value(st).unwrap_or_default();
+                    v["thresholds"] = serde_json::to_value(th).unwrap_or_default();
+                    v
+                }
+                None => json!({
+                    "id": seg.id.0, "name": seg.name, "kind": seg.kind, "area_m2": seg.area_m2,
+                    "people": null, "density": null, "flow": null, "tier": null, "trend": null,
+                    "degraded": null, "thresholds": th,
+                }),
+            }
+        })
+        .collect()
+}
+
+async fn segments(
+    State(h): State<Handles>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::VIEW,
+    )?;
+    Ok(Json(segment_list(&h)).into_response())
+}
+
+async fn segment(
+    State(h): State<Handles>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::VIEW,
+    )?;
+    let mut v = segment_list(&h)
+        .into_iter()
+        .find(|v| v["id"] == id.as_str())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no segment {id:?}")))?;
+    v["history"] = serde_json::to_value(lock(&h.board).history(&id)).unwrap_or_default();
+    Ok(Json(v).into_response())
+}
+
+async fn put_thresholds(
+    State(h): State<Handles>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::ORGANISE,
+    )?;
+    let patch: ThresholdPatch = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid thresholds: {e} (keys: capacity, density, flow, capacity_share, time_to_high_min; levels: medium, high, critical)"),
+        )
+    })?;
+    let map = lock(&h.segments).clone();
+    let i = map
+        .index(&id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no segment {id:?}")))?;
+    let current = thresholds_for(&map, &h.config.risk, &h.store, i);
+    let mut store = h.store.write().unwrap_or_else(|p| p.into_inner());
+    let new = store
+        .update(&id, current, &patch, &who.name, &who.role, now_ms())
+        .map_err(|e| match e {
+            crate::risk::thresholds::StoreError::Invalid(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("invalid thresholds: {m}"))
+            }
+            crate::risk::thresholds::StoreError::Io { .. } => {
+                tracing::error!(error = %e, "Could not persist thresholds.");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not persist the thresholds",
+                )
+            }
+        })?;
+    tracing::info!(segment = %id, by = %who.name, role = %who.role, "Thresholds changed.");
+    Ok(Json(json!({"segment_id": id, "thresholds": new, "old": current})).into_response())
+}
+
+async fn audit(
+    State(h): State<Handles>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::ORGANISE,
+    )?;
+    let entries = lock(&h.store).audit();
+    Ok(Json(entries).into_response())
+}
+
+async fn reload_segments(
+    State(h): State<Handles>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::ADMIN,
+    )?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let unavailable = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "pipeline is shutting down");
+    h.control
+        .send(Control::ReloadSegments(tx))
+        .await
+        .map_err(|_| unavailable())?;
+    match rx.await.map_err(|_| unavailable())? {
+        Ok(n) => Ok(Json(json!({"reloaded": true, "segments": n})).into_response()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("segments file rejected, old segments kept: {e}"),
+        )),
+    }
+}
+
+async fn alerts(
+    State(h): State<Handles>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::VIEW,
+    )?;
+    let since = match q.get("since") {
+        None => i64::MIN,
+        Some(s) => s
+            .parse::<i64>()
+            .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("since={s:?}: expected epoch milliseconds or RFC 3339"),
+                )
+            })?,
+    };
+    Ok(Json(lock(&h.board).alerts_since(since)).into_response())
 }

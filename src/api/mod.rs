@@ -1,5 +1,6 @@
 //! HTTP routes (axum): handlers extract, make one call, map the result.
 
-mod http;
+pub mod auth;
+pub mod http;
 
 pub use http::router;

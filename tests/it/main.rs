@@ -1,5 +1,8 @@
 //! End-to-end tests through throng's real interfaces (the binary, HTTP). One binary, many modules.
 
+mod http;
 mod replay;
+mod scenario;
+mod segments;
 mod serve;
 mod support;

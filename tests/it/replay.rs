@@ -74,10 +74,23 @@ fn replay_print_rows_match_an_independent_count() {
 
     // Counters and gates in a second file: interval counts every 10 s, a cumulative register with a
     // reset, and taps.
-    let enr = cell(31.2403, 121.4790); // enr-xizang-cam
-    let bund = cell(31.2385, 121.4915); // bund-cam-07
-    let exit3 = cell(31.2398, 121.4850); // east-nanjing-road exit-3
-    let station = cell(31.2386, 121.4843);
+    let reg =
+        throng::ingest::Registry::load_dir(&crate::support::root().join("fixtures/bund"), Resolution::Eleven)
+            .unwrap();
+    let sensor_cell = |id: &str| {
+        let s = reg.sensors().iter().find(|s| s.id == id).unwrap();
+        cell(s.lat, s.lng)
+    };
+    let station = reg
+        .stations()
+        .iter()
+        .find(|s| s.id == "east-nanjing-road")
+        .unwrap();
+    let enr = sensor_cell("enr-xizang-cam");
+    let bund = sensor_cell("bund-cam-07");
+    let x3 = station.exits.iter().find(|x| x.id == "exit-3").unwrap();
+    let exit3 = cell(x3.lat, x3.lng);
+    let station = cell(station.lat, station.lng);
     let mut feeds = String::new();
     let mut t = T0 + 10_000;
     let mut total = (100_000u64, 90_000u64);

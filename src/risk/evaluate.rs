@@ -1,0 +1,518 @@
+//! Windows → segment people, density, flow, trend, staleness and tier; tier changes → alerts.
+//! No I/O: the caller persists alerts and publishes statuses.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use super::segments::SegmentMap;
+use super::thresholds::{ThresholdStore, Thresholds};
+use super::tiers::{Measures, Tier, TierMachine, TierRules};
+use crate::config::RiskConfig;
+use crate::ingest::registry::FeedPoint;
+use crate::window::HexWindow;
+
+/// One segment after one evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SegmentStatus {
+    /// Segment id.
+    pub id: String,
+    /// Bilingual name.
+    pub name: String,
+    /// street / square / promenade / stairs / station-exit.
+    pub kind: String,
+    /// Walkable area, m².
+    pub area_m2: f64,
+    /// Window evaluated (epoch ms).
+    pub window_start: i64,
+    /// Its end.
+    pub window_end: i64,
+    /// Estimated people on the segment.
+    pub people: f64,
+    /// People per m² of walkable area.
+    pub density: f64,
+    /// People into the segment during the window (counters, station exits).
+    pub inflow: u64,
+    /// People out of it.
+    pub outflow: u64,
+    /// Crossing flow, people per metre of effective width per minute (null: no counter).
+    pub flow: Option<f64>,
+    /// Rate of change of people, people per minute (least squares over recent windows).
+    pub trend: f64,
+    /// rising / falling / steady.
+    pub trend_dir: &'static str,
+    /// The next tier up from the one in force.
+    pub next_tier: Option<Tier>,
+    /// Minutes until its density level is reached at the current rise (null: not rising).
+    pub minutes_to_next: Option<f64>,
+    /// low / medium / high / critical, or degraded when its sources are silent.
+    pub tier: &'static str,
+    /// Sources silent for more than `stale_factor` × their nominal period.
+    pub degraded: bool,
+    /// Seconds since its freshest source last reported (null: never).
+    pub silent_s: Option<f64>,
+    /// Thresholds in force.
+    pub thresholds: Thresholds,
+}
+
+/// A tier change.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Alert {
+    /// Event time of the evaluation (window end, epoch ms).
+    pub ts: i64,
+    /// Segment id.
+    pub segment_id: String,
+    /// Segment name.
+    pub name: String,
+    /// Tier before.
+    pub from_tier: &'static str,
+    /// Tier after.
+    pub to_tier: &'static str,
+    /// People then.
+    pub people: f64,
+    /// Density then.
+    pub density: f64,
+    /// The trigger that fired, e.g. "density 2.30 p/m² ≥ 2.00".
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+struct SegState {
+    machine: TierMachine,
+    history: VecDeque<(i64, f64)>,
+    shown: &'static str,
+}
+
+/// The segments stage.
+#[derive(Debug)]
+pub struct Risk {
+    map: Arc<SegmentMap>,
+    points: Vec<FeedPoint>,
+    point_segment: Vec<Option<usize>>,
+    point_last: Vec<i64>,
+    lbs_last: i64,
+    states: HashMap<String, SegState>,
+    cfg: RiskConfig,
+    rules: TierRules,
+    store: Arc<RwLock<ThresholdStore>>,
+    window_minutes: f64,
+    lbs_period_ms: i64,
+}
+
+impl Risk {
+    /// A segments stage over `map`, fed by the registry's feed points.
+    pub fn new(
+        map: Arc<SegmentMap>,
+        points: Vec<FeedPoint>,
+        cfg: RiskConfig,
+        store: Arc<RwLock<ThresholdStore>>,
+        window_size_ms: i64,
+    ) -> Risk {
+        let rules = TierRules {
+            hysteresis: cfg.hysteresis,
+            dwell: cfg.dwell,
+            calm_ms: cfg.calm_period.as_millis() as i64,
+        };
+        let n = points.len();
+        let mut r = Risk {
+            map,
+            points,
+            point_segment: Vec::new(),
+            point_last: vec![i64::MIN; n],
+            lbs_last: i64::MIN,
+            states: HashMap::new(),
+            cfg,
+            rules,
+            store,
+            window_minutes: window_size_ms as f64 / 60_000.0,
+            lbs_period_ms: window_size_ms,
+        };
+        r.resolve_points();
+        r
+    }
+
+    fn resolve_points(&mut self) {
+        self.point_segment = self
+            .points
+            .iter()
+            .map(|p| p.segment.as_deref().and_then(|s| self.map.index(s)))
+            .collect();
+    }
+
+    /// Swaps in a reloaded segments file; tier state is kept for segments that still exist.
+    pub fn reload(&mut self, map: Arc<SegmentMap>) {
+        self.map = map;
+        self.resolve_points();
+        let keep: std::collections::HashSet<&str> =
+            self.map.segments().iter().map(|s| s.id.0.as_str()).collect();
+        self.states.retain(|k, _| keep.contains(k.as_str()));
+    }
+
+    /// The segments in force.
+    pub fn map(&self) -> &Arc<SegmentMap> {
+        &self.map
+    }
+
+    /// Thresholds in force for segment `i`: config defaults ← file capacity and overrides ← organisers.
+    pub fn thresholds(&self, i: usize) -> Thresholds {
+        thresholds_for(&self.map, &self.cfg, &self.store, i)
+    }
+
+    /// Evaluates every segment over one window.
+    pub fn evaluate(&mut self, w: &HexWindow) -> (Vec<SegmentStatus>, Vec<Alert>) {
+        let n = self.map.segments().len();
+        let mut lbs = vec![0.0f64; n];
+        let mut any_lbs = false;
+        for row in &w.rows {
+            if row.lbs_devices > 0 {
+                any_lbs = true;
+            }
+            for (seg, share) in self.map.shares(row.cell) {
+                lbs[*seg] += row.lbs_people * share;
+            }
+        }
+        if any_lbs {
+            self.lbs_last = self.lbs_last.max(w.end.0);
+        }
+        let mut inflow = vec![0u64; n];
+        let mut outflow = vec![0u64; n];
+        let mut occupancy: Vec<Option<f64>> = vec![None; n];
+        for p in &w.points {
+            let i = p.point.0 as usize;
+            if let Some(last) = self.point_last.get_mut(i) {
+                *last = (*last).max(p.last_ts);
+            }
+            if let Some(Some(seg)) = self.point_segment.get(i) {
+                inflow[*seg] += p.inflow;
+                outflow[*seg] += p.outflow;
+                if let Some(o) = p.occupancy {
+                    *occupancy[*seg].get_or_insert(0.0) += o as f64;
+                }
+            }
+        }
+        let stale = self.cfg.stale_factor;
+        let lbs_silent = w.end.0.saturating_sub(self.lbs_last) as f64 > stale * self.lbs_period_ms as f64;
+        let mut statuses = Vec::with_capacity(n);
+        let mut alerts = Vec::new();
+        for (i, seg) in self.map.segments().iter().enumerate() {
+            let th = self.thresholds(i);
+            // Freshest source and whether every source is silent.
+            let mut freshest = if self.lbs_last == i64::MIN {
+                None
+            } else {
+                Some(self.lbs_last)
+            };
+            let mut all_silent = lbs_silent;
+            for (p, point) in self.points.iter().enumerate() {
+                if self.point_segment[p] != Some(i) {
+                    continue;
+                }
+                let last = self.point_last[p];
+                if last != i64::MIN {
+                    freshest = Some(freshest.map_or(last, |f: i64| f.max(last)));
+                }
+                let period_ms = point.period_s.unwrap_or(60.0) * 1000.0;
+                if (w.end.0.saturating_sub(last)) as f64 <= stale * period_ms {
+                    all_silent = false;
+                }
+            }
+            // Fusion at segment level: LBS estimate, or a zone headcount when larger.
+            let people = match occupancy[i] {
+                Some(o) => lbs[i].max(o),
+                None => lbs[i],
+            };
+            let density = people / seg.area_m2;
+            let has_counter = self.point_segment.contains(&Some(i));
+            let flow = has_counter
+                .then(|| (inflow[i] + outflow[i]) as f64 / self.window_minutes / seg.effective_width_m);
+            let st = self.states.entry(seg.id.0.clone()).or_default();
+            st.history.push_back((w.end.0, people));
+            while st.history.len() > self.cfg.trend_windows.max(2) {
+                st.history.pop_front();
+            }
+            let trend = slope_per_min(&st.history);
+            let rising = trend > 1e-9;
+            let to_density = |d: f64| rising.then(|| ((d * seg.area_m2 - people) / trend).max(0.0));
+            let minutes_to_high = if density < th.density.high {
+                to_density(th.density.high)
+            } else {
+                None
+            };
+            let measures = Measures {
+                density,
+                flow,
+                capacity_share: th.capacity.map(|c| people / c),
+                minutes_to_high,
+            };
+            let change = st.machine.step(&measures, &th, &self.rules, w.end.0);
+            let tier = st.machine.tier();
+            let shown = if all_silent { "degraded" } else { tier.as_str() };
+            let next_tier = tier.next();
+            let minutes_to_next = next_tier.and_then(|t| {
+                let d = match t {
+                    Tier::Medium => th.density.medium,
+                    Tier::High => th.density.high,
+                    _ => th.density.critical,
+                };
+                (density < d).then(|| to_density(d)).flatten()
+            });
+            let prev_shown = std::mem::replace(&mut st.shown, shown);
+            let from = if prev_shown.is_empty() {
+                Tier::Low.as_str()
+            } else {
+                prev_shown
+            };
+            let reason = match (&change, all_silent) {
+                (_, true) if prev_shown != "degraded" => {
+                    Some("sources silent: no report within 3× their period".to_string())
+                }
+                (Some(c), _) => Some(c.reason.clone()),
+                (None, false) if prev_shown == "degraded" => Some("sources reporting again".to_string()),
+                _ => None,
+            };
+            if let Some(reason) = reason.filter(|_| from != shown) {
+                alerts.push(Alert {
+                    ts: w.end.0,
+                    segment_id: seg.id.0.clone(),
+                    name: seg.name.clone(),
+                    from_tier: from,
+                    to_tier: shown,
+                    people,
+                    density,
+                    reason,
+                });
+            }
+            statuses.push(SegmentStatus {
+                id: seg.id.0.clone(),
+                name: seg.name.clone(),
+                kind: seg.kind.clone(),
+                area_m2: seg.area_m2,
+                window_start: w.start.0,
+                window_end: w.end.0,
+                people,
+                density,
+                inflow: inflow[i],
+                outflow: outflow[i],
+                flow,
+                trend,
+                trend_dir: if trend > 0.5 {
+                    "rising"
+                } else if trend < -0.5 {
+                    "falling"
+                } else {
+                    "steady"
+                },
+                next_tier,
+                minutes_to_next,
+                tier: shown,
+                degraded: all_silent,
+                silent_s: freshest.map(|f| (w.end.0 - f).max(0) as f64 / 1000.0),
+                thresholds: th,
+            });
+        }
+        (statuses, alerts)
+    }
+}
+
+/// Thresholds in force for segment `i` of `map`.
+pub fn thresholds_for(
+    map: &SegmentMap,
+    cfg: &RiskConfig,
+    store: &RwLock<ThresholdStore>,
+    i: usize,
+) -> Thresholds {
+    let seg = &map.segments()[i];
+    let mut t = cfg.thresholds;
+    if seg.capacity.is_some() {
+        t.capacity = seg.capacity;
+    }
+    t = seg.thresholds.apply(t);
+    let store = store.read().unwrap_or_else(|p| p.into_inner());
+    match store.overrides(&seg.id.0) {
+        Some(o) => o.apply(t),
+        None => t,
+    }
+}
+
+/// Least-squares slope of people over time, in people per minute.
+fn slope_per_min(h: &VecDeque<(i64, f64)>) -> f64 {
+    if h.len() < 2 {
+        return 0.0;
+    }
+    let n = h.len() as f64;
+    let t0 = h[0].0;
+    let xs: Vec<f64> = h.iter().map(|(t, _)| (t - t0) as f64 / 60_000.0).collect();
+    let mx = xs.iter().sum::<f64>() / n;
+    let my = h.iter().map(|(_, p)| p).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (x, (_, y)) in xs.iter().zip(h) {
+        num += (x - mx) * (y - my);
+        den += (x - mx) * (x - mx);
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CellId, EventTime, PointIdx};
+    use crate::risk::segments::Segment;
+    use crate::window::engine::{HexRow, PointWindow};
+    use geo::polygon;
+    use h3o::Resolution;
+
+    fn setup() -> (Risk, Vec<CellId>) {
+        let mut props = serde_json::Map::new();
+        props.insert("effective_width_m".into(), 20.into());
+        props.insert("name".into(), "南京东路 East Nanjing Road".into());
+        let p = polygon![(x: 121.4755, y: 31.2389), (x: 121.4857, y: 31.2408), (x: 121.4857, y: 31.2410), (x: 121.4755, y: 31.2391)];
+        let seg = Segment::new("enr".into(), &props, p).unwrap();
+        let map = SegmentMap::build(vec![seg], Resolution::Eleven).unwrap();
+        let cells: Vec<CellId> = map.overlaps(0).iter().map(|(c, _)| *c).collect();
+        let points = vec![FeedPoint {
+            id: "counter:cam".into(),
+            segment: Some("enr".into()),
+            period_s: Some(10.0),
+            gate: false,
+            zone: false,
+            width_m: Some(20.0),
+        }];
+        let store = Arc::new(RwLock::new(ThresholdStore::open(None).unwrap()));
+        (
+            Risk::new(Arc::new(map), points, RiskConfig::default(), store, 60_000),
+            cells,
+        )
+    }
+
+    fn window(end: i64, cells: &[CellId], per_cell: f64, flow: Option<(u64, u64)>) -> HexWindow {
+        HexWindow {
+            start: EventTime(end - 60_000),
+            end: EventTime(end),
+            rows: cells
+                .iter()
+                .map(|c| HexRow {
+                    cell: *c,
+                    lbs_devices: 1,
+                    lbs_people: per_cell,
+                    ..Default::default()
+                })
+                .collect(),
+            points: flow
+                .map(|(i, o)| PointWindow {
+                    point: PointIdx(0),
+                    inflow: i,
+                    outflow: o,
+                    occupancy: None,
+                    last_ts: end - 1,
+                })
+                .into_iter()
+                .collect(),
+            is_final: true,
+        }
+    }
+
+    #[test]
+    fn people_density_and_flow_of_a_segment() {
+        let (mut r, cells) = setup();
+        // The segment covers its cells' walkable area entirely, so it gets all their people.
+        let (s, _) = r.evaluate(&window(60_000, &cells, 10.0, Some((600, 600))));
+        let st = &s[0];
+        assert!((st.people - 10.0 * cells.len() as f64).abs() < 1e-6);
+        assert!((st.density - st.people / st.area_m2).abs() < 1e-12);
+        assert_eq!(st.flow, Some(1200.0 / 1.0 / 20.0));
+        assert_eq!(st.tier, "low");
+    }
+
+    #[test]
+    fn a_crowding_segment_raises_an_alert_with_its_trigger() {
+        let (mut r, cells) = setup();
+        let area = r.map().segments()[0].area_m2;
+        let per_cell = 2.3 * area / cells.len() as f64;
+        let mut alerts = Vec::new();
+        for k in 1..=3 {
+            alerts.extend(
+                r.evaluate(&window(k * 10_000, &cells, per_cell, Some((10, 10))))
+                    .1,
+            );
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!((alerts[0].from_tier, alerts[0].to_tier), ("low", "high"));
+        assert!(
+            alerts[0].reason.starts_with("density 2.30 p/m² ≥ 2.00"),
+            "{}",
+            alerts[0].reason
+        );
+    }
+
+    #[test]
+    fn silent_sources_make_a_segment_degraded_never_silently_low() {
+        let (mut r, cells) = setup();
+        r.evaluate(&window(60_000, &cells, 1.0, Some((1, 1))));
+        let empty = HexWindow {
+            start: EventTime(300_000),
+            end: EventTime(360_000),
+            rows: vec![],
+            points: vec![],
+            is_final: true,
+        };
+        let (s, a) = r.evaluate(&empty);
+        assert_eq!(s[0].tier, "degraded");
+        assert!(s[0].degraded);
+        assert_eq!(a[0].to_tier, "degraded");
+        let (s, a) = r.evaluate(&window(370_000, &cells, 1.0, Some((1, 1))));
+        assert_eq!(s[0].tier, "low");
+        assert_eq!(a[0].reason, "sources reporting again");
+    }
+
+    #[test]
+    fn organiser_thresholds_apply_from_the_next_evaluation() {
+        let (mut r, cells) = setup();
+        let area = r.map().segments()[0].area_m2;
+        let per_cell = 0.5 * area / cells.len() as f64;
+        assert_eq!(
+            r.evaluate(&window(10_000, &cells, per_cell, None)).0[0].tier,
+            "low"
+        );
+        let patch = serde_json::from_str(r#"{"density":{"medium":0.3,"high":0.4,"critical":0.45}}"#).unwrap();
+        let current = r.thresholds(0);
+        r.store
+            .write()
+            .unwrap()
+            .update("enr", current, &patch, "t", "organiser", 0)
+            .unwrap();
+        assert_eq!(
+            r.evaluate(&window(20_000, &cells, per_cell, None)).0[0].tier,
+            "critical"
+        );
+    }
+
+    #[test]
+    fn trend_and_time_to_threshold() {
+        let (mut r, cells) = setup();
+        let area = r.map().segments()[0].area_m2;
+        let n = cells.len() as f64;
+        let mut last = None;
+        for k in 0..6 {
+            // +0.1 p/m² every 10 s.
+            let d = 0.1 + 0.1 * k as f64;
+            last = Some(
+                r.evaluate(&window(60_000 + k * 10_000, &cells, d * area / n, None))
+                    .0
+                    .remove(0),
+            );
+        }
+        let s = last.unwrap();
+        assert_eq!(s.trend_dir, "rising");
+        assert!(
+            (s.trend - 0.6 * area).abs() / (0.6 * area) < 1e-6,
+            "{} people/min",
+            s.trend
+        );
+        assert!(s.minutes_to_next.is_some());
+    }
+}

@@ -1,0 +1,354 @@
+//! Road segments from GeoJSON, and how each H3 cell's people are shared among them.
+//!
+//! People stand on walkable ground, not in buildings: a cell's people are shared among the segments
+//! that cover it by each one's share of the cell's *walkable* (segment-covered) area, not of the
+//! whole hexagon — a 25 m cell over a 20 m street is mostly buildings.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use geo::{BooleanOps, GeodesicArea, MultiPolygon, Polygon};
+use h3o::geom::{ContainmentMode, TilerBuilder};
+use h3o::{CellIndex, Resolution};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::thresholds::ThresholdPatch;
+use crate::model::CellId;
+
+/// A segment's id (the GeoJSON `id` property).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SegmentId(pub String);
+
+/// One walkable road segment.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// Its id.
+    pub id: SegmentId,
+    /// Display name (Chinese and English).
+    pub name: String,
+    /// street / square / promenade / stairs / station-exit.
+    pub kind: String,
+    /// Width people can walk in, for flow per metre.
+    pub effective_width_m: f64,
+    /// Organiser capacity from the file (the API may override it).
+    pub capacity: Option<f64>,
+    /// Walkable area, m² (geodesic unless the file gives it).
+    pub area_m2: f64,
+    /// The polygon (lng, lat degrees).
+    pub polygon: Polygon<f64>,
+    /// Per-segment threshold overrides from the file's `thresholds` property.
+    pub thresholds: ThresholdPatch,
+}
+
+/// Segments and their cell overlaps.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentMap {
+    segments: Vec<Segment>,
+    by_id: HashMap<String, usize>,
+    /// For each cell: (segment index, share of the cell's walkable area).
+    shares: FxHashMap<CellId, Vec<(usize, f64)>>,
+    /// For each segment: (cell, overlap m²).
+    overlaps: Vec<Vec<(CellId, f64)>>,
+}
+
+/// A segments file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {entry}: {problem}")]
+pub struct SegmentError {
+    /// The file.
+    pub file: String,
+    /// `feature 3 (id "x")` or `the file`.
+    pub entry: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn prop_f64(props: &serde_json::Map<String, serde_json::Value>, key: &str) -> Result<Option<f64>, String> {
+    match props.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
+            _ => Err(format!("property `{key}` must be a positive number, got {v}")),
+        },
+    }
+}
+
+/// Geodesic area (m²) of a polygon in lng/lat degrees, on the WGS-84 ellipsoid.
+pub fn geodesic_area_m2(p: &Polygon<f64>) -> f64 {
+    p.geodesic_area_unsigned()
+}
+
+impl SegmentMap {
+    /// Loads a GeoJSON FeatureCollection of polygons and maps them onto cells at `res`.
+    pub fn load(path: &Path, res: Resolution) -> Result<SegmentMap, SegmentError> {
+        let file = path.display().to_string();
+        let whole = |problem: String| SegmentError {
+            file: file.clone(),
+            entry: "the file".into(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+        let gj: geojson::GeoJson = text.parse().map_err(|e| whole(format!("not GeoJSON: {e}")))?;
+        let geojson::GeoJson::FeatureCollection(fc) = gj else {
+            return Err(whole("expected a FeatureCollection".into()));
+        };
+        let mut segments = Vec::new();
+        for (i, f) in fc.features.into_iter().enumerate() {
+            let props = f.properties.clone().unwrap_or_default();
+            let id = props.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+            let entry = match &id {
+                Some(id) => format!("feature {i} (id {id:?})"),
+                None => format!("feature {i}"),
+            };
+            let err = |problem: String| SegmentError {
+                file: file.clone(),
+                entry: entry.clone(),
+                problem,
+            };
+            let id = id.ok_or_else(|| err("property `id` (a string) is missing".into()))?;
+            let geometry = f.geometry.ok_or_else(|| err("has no geometry".into()))?;
+            let polygon: Polygon<f64> = Polygon::try_from(&geometry.value)
+                .map_err(|_| err("geometry must be a Polygon (lng, lat in WGS-84)".into()))?;
+            let seg = Segment::new(id, &props, polygon).map_err(err)?;
+            segments.push(seg);
+        }
+        SegmentMap::build(segments, res).map_err(|(i, problem)| SegmentError {
+            file: file.clone(),
+            entry: format!("feature {i}"),
+            problem,
+        })
+    }
+
+    /// Maps segments onto cells; fails on duplicate ids or polygons h3o cannot tile.
+    pub fn build(segments: Vec<Segment>, res: Resolution) -> Result<SegmentMap, (usize, String)> {
+        let mut by_id = HashMap::new();
+        let mut overlaps = Vec::with_capacity(segments.len());
+        let mut walkable: FxHashMap<CellId, f64> = FxHashMap::default();
+        for (i, s) in segments.iter().enumerate() {
+            if by_id.insert(s.id.0.clone(), i).is_some() {
+                return Err((i, format!("duplicate segment id {:?}", s.id.0)));
+            }
+            let mut tiler = TilerBuilder::new(res)
+                .containment_mode(ContainmentMode::Covers)
+                .build();
+            tiler
+                .add(s.polygon.clone())
+                .map_err(|e| (i, format!("invalid polygon: {e}")))?;
+            let seg_mp = MultiPolygon::new(vec![s.polygon.clone()]);
+            let mut cells = Vec::new();
+            for cell in tiler.into_coverage() {
+                let m2 = overlap_m2(cell, &seg_mp);
+                if m2 > 0.0 {
+                    let id = CellId::from(cell);
+                    *walkable.entry(id).or_default() += m2;
+                    cells.push((id, m2));
+                }
+            }
+            overlaps.push(cells);
+        }
+        let mut shares: FxHashMap<CellId, Vec<(usize, f64)>> = FxHashMap::default();
+        for (i, cells) in overlaps.iter().enumerate() {
+            for (cell, m2) in cells {
+                let w = walkable.get(cell).copied().unwrap_or(*m2);
+                shares.entry(*cell).or_default().push((i, m2 / w));
+            }
+        }
+        Ok(SegmentMap {
+            segments,
+            by_id,
+            shares,
+            overlaps,
+        })
+    }
+
+    /// All segments, in file order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// A segment's index by id.
+    pub fn index(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The segments sharing a cell's people, with each one's share (summing to 1).
+    pub fn shares(&self, cell: CellId) -> &[(usize, f64)] {
+        self.shares.get(&cell).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// A segment's cells with the overlap area of each, m².
+    pub fn overlaps(&self, segment: usize) -> &[(CellId, f64)] {
+        &self.overlaps[segment]
+    }
+
+    /// Longitude/latitude bounds of every segment: [min_lng, min_lat, max_lng, max_lat].
+    pub fn bbox(&self) -> Option<[f64; 4]> {
+        use geo::BoundingRect;
+        let mut b: Option<[f64; 4]> = None;
+        for s in &self.segments {
+            if let Some(r) = s.polygon.bounding_rect() {
+                let x = b.get_or_insert([f64::MAX, f64::MAX, f64::MIN, f64::MIN]);
+                x[0] = x[0].min(r.min().x);
+                x[1] = x[1].min(r.min().y);
+                x[2] = x[2].max(r.max().x);
+                x[3] = x[3].max(r.max().y);
+            }
+        }
+        b
+    }
+}
+
+fn overlap_m2(cell: CellIndex, seg: &MultiPolygon<f64>) -> f64 {
+    let hex = MultiPolygon::from(cell);
+    // Planar clipping in degrees is exact enough at street scale; the area is then geodesic.
+    let inter = hex.intersection(seg);
+    inter.0.iter().map(geodesic_area_m2).sum()
+}
+
+impl Segment {
+    /// Builds a segment from its GeoJSON properties and polygon.
+    pub fn new(
+        id: String,
+        props: &serde_json::Map<String, serde_json::Value>,
+        polygon: Polygon<f64>,
+    ) -> Result<Segment, String> {
+        if id.trim().is_empty() {
+            return Err("property `id` is empty".into());
+        }
+        if polygon.exterior().0.len() < 4 {
+            return Err("polygon needs at least 3 distinct corners".into());
+        }
+        for c in polygon.exterior().0.iter() {
+            if !(c.x.is_finite()
+                && c.y.is_finite()
+                && (-180.0..=180.0).contains(&c.x)
+                && (-90.0..=90.0).contains(&c.y))
+            {
+                return Err(format!("coordinate ({}, {}) is not a WGS-84 lng, lat", c.x, c.y));
+            }
+        }
+        let str_prop = |k: &str| props.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let name = str_prop("name").unwrap_or_else(|| id.clone());
+        let kind = str_prop("kind").unwrap_or_else(|| "street".into());
+        const KINDS: [&str; 5] = ["street", "square", "promenade", "stairs", "station-exit"];
+        if !KINDS.contains(&kind.as_str()) {
+            return Err(format!(
+                "property `kind` {kind:?} is not one of {}",
+                KINDS.join(", ")
+            ));
+        }
+        let width = prop_f64(props, "effective_width_m")?
+            .ok_or("property `effective_width_m` (metres) is missing")?;
+        let capacity = prop_f64(props, "capacity")?;
+        let geodesic = geodesic_area_m2(&polygon);
+        if geodesic < 1.0 {
+            return Err("polygon has no area".into());
+        }
+        let area_m2 = prop_f64(props, "area_m2")?.unwrap_or(geodesic);
+        let thresholds = match props.get("thresholds") {
+            None | Some(serde_json::Value::Null) => ThresholdPatch::default(),
+            Some(v) => {
+                serde_json::from_value(v.clone()).map_err(|e| format!("property `thresholds`: {e}"))?
+            }
+        };
+        Ok(Segment {
+            id: SegmentId(id),
+            name,
+            kind,
+            effective_width_m: width,
+            capacity,
+            area_m2,
+            polygon,
+            thresholds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use geo::polygon;
+
+    /// Area of the ellipsoidal quadrangle [lat1, lat2] × Δλ on WGS-84 (closed form), m².
+    fn band_area(lat1: f64, lat2: f64, dlng_deg: f64) -> f64 {
+        let a: f64 = 6_378_137.0;
+        let f = 1.0 / 298.257_223_563;
+        let b = a * (1.0 - f);
+        let e = (1.0 - (b * b) / (a * a)).sqrt();
+        let q = |phi: f64| {
+            let s = phi.to_radians().sin();
+            s / (1.0 - e * e * s * s) + (1.0 / (2.0 * e)) * ((1.0 + e * s) / (1.0 - e * s)).ln()
+        };
+        b * b / 2.0 * (q(lat2) - q(lat1)) * dlng_deg.to_radians()
+    }
+
+    #[test]
+    fn geodesic_area_of_a_small_quadrangle_matches_the_closed_form() {
+        let p = polygon![(x: 121.48, y: 31.24), (x: 121.481, y: 31.24), (x: 121.481, y: 31.241), (x: 121.48, y: 31.241)];
+        let want = band_area(31.24, 31.241, 0.001);
+        let got = geodesic_area_m2(&p);
+        assert!((got / want - 1.0).abs() < 0.005, "{got} vs {want}");
+    }
+
+    #[test]
+    fn geodesic_area_of_an_h3_cell_matches_h3() {
+        let cell = h3o::LatLng::new(31.24, 121.48).unwrap().to_cell(Resolution::Nine);
+        let poly = MultiPolygon::from(cell).0.remove(0);
+        let got = geodesic_area_m2(&poly);
+        assert!(
+            (got / cell.area_m2() - 1.0).abs() < 0.005,
+            "{got} vs {}",
+            cell.area_m2()
+        );
+    }
+
+    fn seg(id: &str, p: Polygon<f64>) -> Segment {
+        let mut props = serde_json::Map::new();
+        props.insert("effective_width_m".into(), 20.into());
+        Segment::new(id.into(), &props, p).unwrap()
+    }
+
+    #[test]
+    fn cell_overlaps_sum_to_the_segment_area() {
+        let street = polygon![(x: 121.4755, y: 31.2389), (x: 121.4857, y: 31.2408), (x: 121.4857, y: 31.2410), (x: 121.4755, y: 31.2391)];
+        let m = SegmentMap::build(vec![seg("s", street)], Resolution::Eleven).unwrap();
+        let total: f64 = m.overlaps(0).iter().map(|(_, a)| a).sum();
+        let area = m.segments()[0].area_m2;
+        assert!((total / area - 1.0).abs() < 0.01, "{total} vs {area}");
+        assert!(m.overlaps(0).len() > 10);
+    }
+
+    #[test]
+    fn a_cell_is_shared_by_walkable_area_not_hexagon_area() {
+        // Two thin strips in one cell: 1/3 and 2/3 of the walkable area, whatever the rest holds.
+        let c = h3o::LatLng::new(31.24, 121.48).unwrap().to_cell(Resolution::Nine);
+        let ll = h3o::LatLng::from(c);
+        let (x, y) = (ll.lng(), ll.lat());
+        let a = polygon![(x: x - 0.0005, y: y), (x: x + 0.0005, y: y), (x: x + 0.0005, y: y + 0.0001), (x: x - 0.0005, y: y + 0.0001)];
+        let b = polygon![(x: x - 0.0005, y: y - 0.0003), (x: x + 0.0005, y: y - 0.0003), (x: x + 0.0005, y: y - 0.0001), (x: x - 0.0005, y: y - 0.0001)];
+        let m = SegmentMap::build(vec![seg("a", a), seg("b", b)], Resolution::Nine).unwrap();
+        let shares = m.shares(CellId::from(c));
+        let sa = shares.iter().find(|s| s.0 == 0).unwrap().1;
+        let sb = shares.iter().find(|s| s.0 == 1).unwrap().1;
+        assert!((sa + sb - 1.0).abs() < 1e-9);
+        assert!((sa - 1.0 / 3.0).abs() < 0.01, "{sa}");
+    }
+
+    #[test]
+    fn bad_features_name_the_feature_and_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.geojson");
+        std::fs::write(&p, r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"id":"a","effective_width_m":5},"geometry":{"type":"Point","coordinates":[121.4,31.2]}}]}"#).unwrap();
+        let e = SegmentMap::load(&p, Resolution::Eleven).unwrap_err().to_string();
+        assert!(
+            e.contains("feature 0") && e.contains("\"a\"") && e.contains("Polygon"),
+            "{e}"
+        );
+        std::fs::write(&p, r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"id":"a"},"geometry":{"type":"Polygon","coordinates":[[[121.4,31.2],[121.41,31.2],[121.41,31.21],[121.4,31.2]]]}}]}"#).unwrap();
+        let e = SegmentMap::load(&p, Resolution::Eleven).unwrap_err().to_string();
+        assert!(e.contains("effective_width_m"), "{e}");
+    }
+}

@@ -1,0 +1,166 @@
+//! Segments, organiser thresholds, alerts and reload through the HTTP API.
+
+use std::time::Duration;
+
+use throng::app;
+use throng::config::TokenConfig;
+
+use crate::http::request;
+use crate::serve::{config, fast};
+
+const VIEWER: &str = "viewer-token-1";
+const ORGANISER: &str = "organiser-token-1";
+const FEED: &str = "feed-token-1";
+const ADMIN: &str = "admin-token-1";
+
+fn with_tokens() -> throng::config::Config {
+    let mut cfg = fast(config());
+    let t = |name: &str, role: &str, token: &str| TokenConfig {
+        name: name.into(),
+        role: role.into(),
+        token: token.into(),
+    };
+    cfg.auth.tokens = vec![
+        t("huangpu-command", "viewer", VIEWER),
+        t("bund-organiser", "organiser", ORGANISER),
+        t("carrier-a", "feed", FEED),
+        t("ops", "admin", ADMIN),
+    ];
+    cfg
+}
+
+#[tokio::test]
+async fn thresholds_are_validated_persisted_audited_and_drive_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = app::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let a = server.addr;
+
+    let (s, list) = request(a, "GET", "/api/segments", Some(VIEWER), "").await;
+    assert_eq!(s, 200);
+    let list = list.as_array().unwrap();
+    assert!(list.len() >= 12, "the Bund has 12 or more segments");
+    let enr = list.iter().find(|v| v["id"] == "enr-xizang-henan").unwrap();
+    assert_eq!(enr["thresholds"]["density"]["high"], 2.0);
+    assert!(enr["area_m2"].as_f64().unwrap() > 15_000.0);
+
+    let path = "/api/segments/enr-xizang-henan/thresholds";
+    assert_eq!(request(a, "PUT", path, None, r#"{"capacity":5}"#).await.0, 401);
+    assert_eq!(
+        request(a, "PUT", path, Some("wrong-token"), r#"{"capacity":5}"#)
+            .await
+            .0,
+        401
+    );
+    let (s, e) = request(a, "PUT", path, Some(VIEWER), r#"{"capacity":5}"#).await;
+    assert_eq!(s, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("viewer"));
+    let (s, e) = request(a, "PUT", path, Some(ORGANISER), r#"{"capacty":5}"#).await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("capacty"), "{e}");
+    let (s, e) = request(a, "PUT", path, Some(ORGANISER), r#"{"density":{"medium":3}}"#).await;
+    assert_eq!(s, 400);
+    assert!(
+        e["error"].as_str().unwrap().contains("medium < high < critical"),
+        "{e}"
+    );
+    let (s, e) = request(a, "PUT", path, Some(ORGANISER), r#"{"flow":{"high":-1}}"#).await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(
+        request(
+            a,
+            "PUT",
+            "/api/segments/nowhere/thresholds",
+            Some(ORGANISER),
+            "{}"
+        )
+        .await
+        .0,
+        404
+    );
+    let (s, ok) = request(a, "PUT", path, Some(ORGANISER), r#"{"capacity":5}"#).await;
+    assert_eq!(s, 200, "{ok}");
+    assert_eq!(ok["thresholds"]["capacity"], 5.0);
+    assert_eq!(
+        ok["thresholds"]["density"]["high"], 2.0,
+        "omitted keys keep their value"
+    );
+
+    // 20 phones on East Nanjing Road: 400 % of a capacity of 5 → critical at once.
+    let now = app::now_ms();
+    let body: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"p{i}\",\"lat\":31.23975,\"lng\":121.4800}}\n"
+            )
+        })
+        .collect();
+    assert_eq!(
+        request(a, "POST", "/api/ingest", Some(VIEWER), &body).await.0,
+        403,
+        "viewers cannot feed"
+    );
+    let (s, v) = request(a, "POST", "/api/ingest", Some(FEED), &body).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(20)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let alert = loop {
+        let (_, alerts) = request(a, "GET", "/api/alerts?since=0", Some(VIEWER), "").await;
+        if let Some(x) = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["segment_id"] == "enr-xizang-henan")
+        {
+            break x.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no alert");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (alert["from_tier"].as_str(), alert["to_tier"].as_str()),
+        (Some("low"), Some("critical"))
+    );
+    assert!(
+        alert["reason"].as_str().unwrap().contains("of capacity"),
+        "{alert}"
+    );
+    let (_, one) = request(a, "GET", "/api/segments/enr-xizang-henan", Some(VIEWER), "").await;
+    assert!(one["people"].as_f64().unwrap() > 0.0);
+    assert!(!one["history"].as_array().unwrap().is_empty());
+
+    // Reload keeps serving; only admins may.
+    assert_eq!(
+        request(a, "POST", "/api/segments/reload", Some(ORGANISER), "")
+            .await
+            .0,
+        403
+    );
+    let (s, r) = request(a, "POST", "/api/segments/reload", Some(ADMIN), "").await;
+    assert_eq!((s, r["segments"].as_u64() >= Some(12)), (200, true), "{r}");
+    server.shutdown().await.unwrap();
+
+    // A restart on the same data dir keeps the organiser's thresholds and the audit trail.
+    let server = app::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let (_, one) = request(
+        server.addr,
+        "GET",
+        "/api/segments/enr-xizang-henan",
+        Some(VIEWER),
+        "",
+    )
+    .await;
+    assert_eq!(one["thresholds"]["capacity"], 5.0);
+    let (_, audit) = request(server.addr, "GET", "/api/thresholds/audit", Some(ORGANISER), "").await;
+    let audit = audit.as_array().unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["by"], "bund-organiser");
+    assert_eq!(audit[0]["role"], "organiser");
+    assert_eq!(audit[0]["old"]["capacity"], 30000.0);
+    assert_eq!(audit[0]["new"]["capacity"], 5.0);
+    let alerts_file = std::fs::read_to_string(dir.path().join("alerts.ndjson")).unwrap();
+    assert!(alerts_file.contains("enr-xizang-henan"));
+    server.shutdown().await.unwrap();
+}
