@@ -64,7 +64,12 @@ fn pipeline(bytes: &[u8], registry: &Arc<Registry>) -> usize {
     let cfg = Config::default();
     let mut p = Pipeline::with_registry(&cfg, registry.clone());
     let mut rows = 0;
-    let (ok, _) = p.process_ndjson(bytes, |b| rows += b.num_rows()).unwrap();
+    let (ok, _) = p
+        .process_ndjson(bytes, |w| {
+            rows += throng::window::to_record_batch(&w)?.num_rows();
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(ok as usize, PINGS);
     rows
 }

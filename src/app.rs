@@ -128,6 +128,7 @@ pub fn load_segments(cfg: &Config) -> Result<SegmentMap, String> {
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
+    handles: Handles,
     /// Requests to the pipeline task (segment reload).
     pub control: mpsc::Sender<Control>,
     token: CancellationToken,
@@ -135,11 +136,54 @@ pub struct Server {
 }
 
 impl Server {
+    /// Feeds NDJSON records in-process, through the same parser and bounded queue as
+    /// `POST /api/ingest` (waiting for room rather than refusing). Returns (accepted, rejected).
+    pub async fn feed(&self, ndjson: &[u8]) -> anyhow::Result<(usize, usize)> {
+        let now = now_ms();
+        let mut ok = Vec::new();
+        let mut bad = 0;
+        for line in ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match self.handles.parser.parse_line(line, Some(now)) {
+                Ok(r) => ok.push(r),
+                Err(_) => bad += 1,
+            }
+        }
+        let n = ok.len();
+        if n > 0 {
+            self.handles
+                .ingest
+                .send(ok)
+                .await
+                .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
+            metrics::counter!("throng_ingest_records_total").increment(n as u64);
+        }
+        Ok((n, bad))
+    }
+
+    /// The newest status of every segment.
+    pub fn segments(&self) -> Vec<crate::risk::SegmentStatus> {
+        self.handles
+            .board
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .latest()
+            .to_vec()
+    }
+
     /// Stops taking requests, drains the engine and waits (bounded) for every task.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.token.cancel();
-        self.tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+        let Server {
+            handles,
+            token,
+            tracker,
+            ..
+        } = self;
+        // The engine ends when the last ingest sender is gone: ours goes now, the HTTP server's
+        // when it has stopped.
+        drop(handles);
+        token.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
             .await
             .context("stages did not drain within 10 s")
     }
@@ -211,6 +255,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    let handles_for_server = handles.clone();
     let router = crate::api::router(handles);
     let t = token.clone();
     tracker.spawn(async move {
@@ -229,6 +274,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
     tracing::info!(%addr, scenario = %cfg.scenario.display(), data_dir = %data_dir.display(), "Listening.");
     Ok(Server {
         addr,
+        handles: handles_for_server,
         control: control_tx,
         token,
         tracker,

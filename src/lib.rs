@@ -14,4 +14,5 @@ pub mod ingest;
 pub mod model;
 pub mod pipeline;
 pub mod risk;
+pub mod sim;
 pub mod window;

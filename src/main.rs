@@ -21,6 +21,8 @@ fn main() -> ExitCode {
             throng::cli::replay::run(&args, &mut out).map(|_| ())
         }
         Command::Serve(args) => throng::app::serve_blocking(args),
+        Command::Demo(args) => throng::cli::demo::run(args),
+        Command::Simulate(args) => throng::cli::simulate::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

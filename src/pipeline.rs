@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use h3o::Resolution;
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::ingest::{Parser, Pseudonymiser, Registry, Sources};
-use crate::window::{to_record_batch, Engine};
+use crate::window::{Engine, HexWindow};
 
 /// A parser and the engine it feeds, built from one configuration.
 pub struct Pipeline {
@@ -56,12 +55,12 @@ impl Pipeline {
     }
 
     /// Runs NDJSON bytes (in arrival order) through parser and engine, flushing at the end; each
-    /// closed window is handed to `on_window` as a `hex_windows` batch. Returns (accepted, rejected).
-    /// Processing time is the newest event time seen, as in offline replay.
+    /// closed window is handed to `on_window`. Returns (accepted, rejected). Processing time is the
+    /// newest event time seen, as in offline replay.
     pub fn process_ndjson(
         &mut self,
         bytes: &[u8],
-        mut on_window: impl FnMut(RecordBatch),
+        mut on_window: impl FnMut(HexWindow) -> Result<()>,
     ) -> Result<(u64, u64)> {
         let (mut ok, mut bad) = (0u64, 0u64);
         let mut now = i64::MIN;
@@ -75,15 +74,15 @@ impl Pipeline {
                     now = now.max(rec.ts.millis());
                     self.engine.ingest(&rec, now);
                     for w in self.engine.advance(now) {
-                        on_window(to_record_batch(&w)?);
+                        on_window(w)?;
                     }
                 }
                 Err(_) => bad += 1,
             }
+            self.refresh_scales();
         }
-        self.refresh_scales();
         for w in self.engine.flush() {
-            on_window(to_record_batch(&w)?);
+            on_window(w)?;
         }
         Ok((ok, bad))
     }

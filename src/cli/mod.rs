@@ -1,6 +1,8 @@
 //! The command line: `throng serve`, `throng replay`.
 
+pub mod demo;
 pub mod replay;
+pub mod simulate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,8 @@ use crate::error::ConfigError;
     about,
     long_about = "throng turns phone-location pings, people-counter \
 reports and metro gate reports into live H3 crowd heatmaps over event-time windows.\n\n\
-Run `throng serve` to start the server, `throng replay FILE --print` to run recorded feeds offline."
+Run `throng demo` for the live Bund demo, `throng serve` for the server alone,
+`throng simulate` for synthetic feeds with ground truth, `throng replay FILE --print` to run feeds offline."
 )]
 pub struct Cli {
     /// What to do.
@@ -31,8 +34,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: ingest over HTTP, event-time windows, health and metrics.
     Serve(ServeArgs),
+    /// The live Bund demo: the server with the New Year's Eve simulation feeding it.
+    Demo(demo::DemoArgs),
     /// Replay recorded NDJSON feeds in event-time order through the engine, offline.
     Replay(ReplayArgs),
+    /// Write simulated Bund feeds (NDJSON) with their ground truth.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Options shared by commands that read a configuration.
@@ -94,4 +101,13 @@ pub fn must_exist(p: &Path, what: &str) -> anyhow::Result<()> {
         anyhow::bail!("{what} {} does not exist", p.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

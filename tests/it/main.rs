@@ -1,8 +1,10 @@
 //! End-to-end tests through throng's real interfaces (the binary, HTTP). One binary, many modules.
 
+mod demo;
 mod http;
 mod replay;
 mod scenario;
 mod segments;
 mod serve;
+mod simulation;
 mod support;

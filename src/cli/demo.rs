@@ -1,0 +1,145 @@
+//! `throng demo`: the server on the Bund scenario with the simulator feeding it live.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::app;
+use crate::config::Config;
+use crate::sim::{Emitter, Scenario, SimConfig, World};
+
+/// `throng demo`.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Scenario folder; its `throng.toml`, if any, is the default config.
+    #[arg(long, default_value = "fixtures/bund")]
+    pub scenario: PathBuf,
+    /// Scenario seconds per wall-clock second (1: real time; 10 plays the night ten times faster).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// People simulated.
+    #[arg(long, default_value_t = 50_000)]
+    pub devices: usize,
+    /// Length of the night in scenario seconds (midnight two thirds through).
+    #[arg(long, default_value_t = 5400.0)]
+    pub duration: f64,
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Configuration (default: the scenario's throng.toml).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Where the server keeps what it must keep.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Seconds between terminal tables.
+    #[arg(long, default_value_t = 3.0)]
+    pub table_every: f64,
+}
+
+/// Runs the demo until Ctrl-C.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if !(args.speed > 0.0 && args.speed <= 3600.0) {
+        anyhow::bail!("--speed must be in (0, 3600]");
+    }
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "the demo has no auth tokens: it listens on loopback only (got {})",
+            args.listen
+        );
+    }
+    let config_path = args.config.clone().or_else(|| {
+        let p = args.scenario.join("throng.toml");
+        p.exists().then_some(p)
+    });
+    let mut cfg = match &config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    cfg.scenario = args.scenario.clone();
+    let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = app::start(cfg, args.listen, &args.data_dir).await?;
+        println!("throng demo: the Bund, New Year's Eve — http://{}/  (API: /api/segments, /api/alerts; Ctrl-C to stop)", server.addr);
+        let _ = std::io::stdout().flush();
+        let world = World::new(
+            scenario,
+            SimConfig {
+                people: args.devices,
+                duration_s: args.duration,
+                start_ms: app::now_ms(),
+                speed: args.speed,
+                seed: args.seed,
+            },
+        );
+        let started = Instant::now();
+        let mut em = Emitter::new(&world);
+        let mut buf = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut last_table = Instant::now();
+        let stop = shutdown();
+        tokio::pin!(stop);
+        let mut announced = false;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => {}
+            }
+            let scenario_t = started.elapsed().as_secs_f64() * args.speed;
+            em.emit_until(scenario_t, &mut buf);
+            if !buf.is_empty() {
+                let (accepted, rejected) = server.feed(&buf).await.context("feeding the server")?;
+                if rejected > 0 {
+                    tracing::warn!(accepted, rejected, "Simulator records rejected.");
+                }
+                buf.clear();
+            }
+            if em.done() && !announced {
+                println!("The simulated night is over; the server keeps serving until Ctrl-C.");
+                announced = true;
+            }
+            if last_table.elapsed().as_secs_f64() >= args.table_every {
+                last_table = Instant::now();
+                print_table(&server, scenario_t, &world.cfg);
+            }
+        }
+        server.shutdown().await
+    })
+}
+
+fn print_table(server: &app::Server, scenario_t: f64, cfg: &SimConfig) {
+    let mut rows = server.segments();
+    rows.sort_by(|a, b| b.people.total_cmp(&a.people));
+    let clock = 23.0 * 3600.0 + (scenario_t - cfg.midnight() + 3600.0);
+    let clock = clock.rem_euclid(86_400.0) as u64;
+    let mut out = format!(
+        "\n{:02}:{:02}:{:02} (Shanghai, simulated) — busiest segments\n",
+        clock / 3600,
+        clock / 60 % 60,
+        clock % 60
+    );
+    for s in rows.iter().take(8) {
+        let name: String = s.name.chars().take(34).collect();
+        out.push_str(&format!(
+            "  {name:<36} {:>7.0}  {:>5.2} p/m²  {}\n",
+            s.people, s.density, s.tier
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("  (waiting for the first window to close)\n");
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,455 @@
+//! From agents to feed records (NDJSON) and to the truth.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::agents::{Origin, Rng, World};
+use crate::ingest::crs::wgs84_to_gcj02;
+
+/// Seconds between counter, zone and gate reports (scenario time).
+const REPORT_S: usize = 10;
+/// Share of carrier-a pings delivered late, and by how much (scenario seconds).
+const LATE_SHARE: f64 = 0.002;
+const LATE_BY_S: usize = 120;
+
+/// True people on one segment in one window.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TruthRow {
+    /// Window start, epoch ms.
+    pub window_start: i64,
+    /// Window end, epoch ms.
+    pub window_end: i64,
+    /// Segment id.
+    pub segment_id: String,
+    /// People whose position at their last moment in the window lies in the segment.
+    pub people: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Flow {
+    inn: u32,
+    out: u32,
+}
+
+/// One counter, zone or gate exit, and what it reports each period.
+struct Reporter {
+    line: ReporterKind,
+    /// Per report period: people in/out of the sensor's segment (gates: exits/entries).
+    flows: Vec<Flow>,
+}
+
+enum ReporterKind {
+    Interval {
+        sensor: String,
+    },
+    Cumulative {
+        sensor: String,
+        in_total: u64,
+        out_total: u64,
+        reset_at: usize,
+    },
+    Zone {
+        sensor: String,
+        segment: usize,
+    },
+    GateInterval {
+        station: String,
+        exit: String,
+    },
+}
+
+/// Emits a world's records in scenario-time order.
+pub struct Emitter<'w> {
+    world: &'w World,
+    calendar: Vec<Vec<u32>>,
+    late: Vec<Vec<String>>,
+    taps: Vec<Vec<(f64, String)>>,
+    reporters: Vec<Reporter>,
+    zone_occupancy: Vec<Vec<i64>>,
+    second: usize,
+    rng: Rng,
+    /// Records written so far.
+    pub records: u64,
+}
+
+impl<'w> Emitter<'w> {
+    /// Prepares the ping calendar and every sensor's counts.
+    pub fn new(world: &'w World) -> Emitter<'w> {
+        let secs = world.cfg.duration_s.ceil() as usize + 1;
+        let periods = secs / REPORT_S + 2;
+        let mut rng = Rng::new(world.cfg.seed ^ 0xe417);
+        let mut calendar = vec![Vec::new(); secs];
+        for (i, a) in world.agents.iter().enumerate() {
+            if a.provider == 0 {
+                continue;
+            }
+            let every = interval(a.provider, &mut rng);
+            let first = a.arrive() + rng.range(0.0, every);
+            if first < a.leave() {
+                calendar[(first as usize).min(secs - 1)].push(i as u32);
+            }
+        }
+        let map = &world.scenario.map;
+        let reg = &world.scenario.registry;
+        let mut reporters = Vec::new();
+        let mut zone_segments = Vec::new();
+        for s in reg.sensors() {
+            let Some(seg) = s.segment.as_deref().and_then(|x| map.index(x)) else {
+                continue;
+            };
+            let kind = if s.kind == crate::ingest::registry::SensorKind::Zone {
+                zone_segments.push(seg);
+                ReporterKind::Zone {
+                    sensor: s.id.clone(),
+                    segment: seg,
+                }
+            } else if s.id == "bund-cam-07" {
+                ReporterKind::Cumulative {
+                    sensor: s.id.clone(),
+                    in_total: 103_422,
+                    out_total: 99_813,
+                    reset_at: periods * 2 / 5,
+                }
+            } else {
+                ReporterKind::Interval { sensor: s.id.clone() }
+            };
+            reporters.push((
+                seg,
+                Reporter {
+                    line: kind,
+                    flows: vec![Flow::default(); periods],
+                },
+            ));
+        }
+        let mut zone_occupancy = vec![vec![0i64; periods + 1]; map.segments().len()];
+        let mut taps = vec![Vec::new(); secs];
+        let mut gates: Vec<((String, String), Reporter)> = Vec::new();
+        for a in &world.agents {
+            let route = &world.scenario.routes[a.route as usize];
+            for (t, from, to) in a.transitions() {
+                if t >= world.cfg.duration_s || (t <= 0.0 && from.is_none()) {
+                    continue;
+                }
+                let p = (t as usize / REPORT_S).min(periods - 1);
+                for (seg, r) in reporters.iter_mut() {
+                    if to == Some(*seg) {
+                        r.flows[p].inn += 1;
+                    }
+                    if from == Some(*seg) {
+                        r.flows[p].out += 1;
+                    }
+                }
+                // Occupancy at report boundary k counts transitions strictly before k × REPORT_S.
+                let k = (t / REPORT_S as f64).floor() as usize + 1;
+                if let Some(s) = to {
+                    zone_occupancy[s][k.min(periods)] += 1;
+                }
+                if let Some(s) = from {
+                    zone_occupancy[s][k.min(periods)] -= 1;
+                }
+                let Origin::Metro { station, exit } = &route.origin else {
+                    continue;
+                };
+                if from.is_some() && to.is_some() || (to.is_none() && !a.by_metro) {
+                    continue;
+                }
+                let out_of_station = from.is_none();
+                if station == "peoples-square" {
+                    let dir = if out_of_station { "out" } else { "in" };
+                    let line = format!(r#""station":"{station}","gate":"{exit}","dir":"{dir}"}}"#);
+                    taps[(t as usize).min(secs - 1)].push((t, line));
+                } else {
+                    let key = (station.clone(), exit.clone());
+                    let idx = match gates.iter().position(|g| g.0 == key) {
+                        Some(i) => i,
+                        None => {
+                            let line = ReporterKind::GateInterval {
+                                station: station.clone(),
+                                exit: exit.clone(),
+                            };
+                            gates.push((
+                                key,
+                                Reporter {
+                                    line,
+                                    flows: vec![Flow::default(); periods],
+                                },
+                            ));
+                            gates.len() - 1
+                        }
+                    };
+                    let f = &mut gates[idx].1.flows[p];
+                    if out_of_station {
+                        f.inn += 1; // exits from the station, into the street
+                    } else {
+                        f.out += 1;
+                    }
+                }
+            }
+        }
+        for occ in zone_occupancy.iter_mut() {
+            for k in 1..occ.len() {
+                occ[k] += occ[k - 1];
+            }
+        }
+        // People already in place at the start stand in their segment from second 0.
+        for a in &world.agents {
+            if a.arrive() <= 0.0 {
+                for v in zone_occupancy[a.path[0].seg as usize].iter_mut() {
+                    *v += 1;
+                }
+            }
+        }
+        let mut all: Vec<Reporter> = reporters.into_iter().map(|(_, r)| r).collect();
+        all.extend(gates.into_iter().map(|(_, r)| r));
+        Emitter {
+            world,
+            calendar,
+            late: vec![Vec::new(); secs + LATE_BY_S + 1],
+            taps,
+            reporters: all,
+            zone_occupancy,
+            second: 0,
+            rng,
+            records: 0,
+        }
+    }
+
+    /// True once every scenario second has been emitted.
+    pub fn done(&self) -> bool {
+        self.second >= self.calendar.len() && self.second >= self.late.len()
+    }
+
+    /// Emits every record of scenario seconds before `t` into `out`.
+    pub fn emit_until(&mut self, t: f64, out: &mut Vec<u8>) {
+        let cfg = &self.world.cfg;
+        let end = (t.max(0.0).ceil() as usize).min(self.calendar.len().max(self.late.len()));
+        while self.second < end {
+            let s = self.second;
+            if s < self.calendar.len() {
+                let due = std::mem::take(&mut self.calendar[s]);
+                for i in due {
+                    self.ping(i as usize, s, out);
+                }
+                for (t, body) in std::mem::take(&mut self.taps[s]) {
+                    let _ = writeln!(out, r#"{{"kind":"gate","ts":{},{body}"#, cfg.ts(t));
+                    self.records += 1;
+                }
+                if s.is_multiple_of(REPORT_S) && s > 0 {
+                    self.reports(s, out);
+                }
+            }
+            if s < self.late.len() {
+                for line in std::mem::take(&mut self.late[s]) {
+                    out.extend_from_slice(line.as_bytes());
+                    self.records += 1;
+                }
+            }
+            self.second += 1;
+        }
+    }
+
+    fn ping(&mut self, i: usize, s: usize, out: &mut Vec<u8>) {
+        let a = &self.world.agents[i];
+        let cfg = &self.world.cfg;
+        let t = s as f64 + self.rng.f64();
+        if t > a.leave() || t >= cfg.duration_s {
+            return;
+        }
+        let (lng, lat) = a.position(t);
+        let (sigma, acc) = if a.provider == 1 { (15.0, 50) } else { (5.0, 10) };
+        let lat = lat + self.rng.normal() * sigma / 110_540.0;
+        let lng = lng + self.rng.normal() * sigma / 95_220.0;
+        let ts = cfg.ts(t);
+        let line = if a.provider == 1 {
+            format!(
+                "{{\"kind\":\"lbs\",\"ts\":{ts},\"device\":\"cm-{:010x}\",\"lat\":{lat:.6},\"lng\":{lng:.6},\"accuracy_m\":{acc},\"source\":\"carrier-a\"}}\n",
+                device(cfg.seed, i, 1)
+            )
+        } else {
+            // Chinese apps deliver GCJ-02.
+            let (glat, glng) = wgs84_to_gcj02(lat, lng);
+            format!(
+                "{{\"kind\":\"lbs\",\"ts\":{ts},\"device\":\"app-{:012x}\",\"lat\":{glat:.6},\"lng\":{glng:.6},\"crs\":\"gcj02\",\"accuracy_m\":{acc},\"source\":\"carrier-b\"}}\n",
+                device(cfg.seed, i, 2)
+            )
+        };
+        if a.provider == 1 && self.rng.f64() < LATE_SHARE {
+            self.late[s + LATE_BY_S].push(line);
+        } else {
+            out.extend_from_slice(line.as_bytes());
+            self.records += 1;
+        }
+        let next = t + interval(a.provider, &mut self.rng);
+        if next < a.leave() && (next as usize) < self.calendar.len() {
+            self.calendar[next as usize].push(i as u32);
+        }
+    }
+
+    fn reports(&mut self, s: usize, out: &mut Vec<u8>) {
+        let cfg = &self.world.cfg;
+        let p = s / REPORT_S - 1;
+        let ts = cfg.ts(s as f64);
+        let period = REPORT_S as f64 / cfg.speed;
+        for r in &mut self.reporters {
+            let f = r.flows.get(p).copied().unwrap_or_default();
+            match &mut r.line {
+                ReporterKind::Interval { sensor } => {
+                    let _ = writeln!(
+                        out,
+                        r#"{{"kind":"counter","ts":{ts},"sensor":"{sensor}","in":{},"out":{},"period_s":{period}}}"#,
+                        f.inn, f.out
+                    );
+                }
+                ReporterKind::Cumulative {
+                    sensor,
+                    in_total,
+                    out_total,
+                    reset_at,
+                } => {
+                    if p == *reset_at {
+                        // The register is power-cycled once in the night.
+                        *in_total = 0;
+                        *out_total = 0;
+                    }
+                    *in_total += f.inn as u64;
+                    *out_total += f.out as u64;
+                    let _ = writeln!(
+                        out,
+                        r#"{{"kind":"counter","ts":{ts},"sensor":"{sensor}","in_total":{in_total},"out_total":{out_total}}}"#
+                    );
+                }
+                ReporterKind::Zone { sensor, segment } => {
+                    let occ = self.zone_occupancy[*segment]
+                        .get(p + 1)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(0);
+                    let _ = writeln!(
+                        out,
+                        r#"{{"kind":"counter","ts":{ts},"sensor":"{sensor}","occupancy":{occ}}}"#
+                    );
+                }
+                ReporterKind::GateInterval { station, exit } => {
+                    let _ = writeln!(
+                        out,
+                        r#"{{"kind":"gate","ts":{ts},"station":"{station}","gate":"{exit}","entries":{},"exits":{},"period_s":{period}}}"#,
+                        f.out, f.inn
+                    );
+                }
+            }
+            self.records += 1;
+        }
+    }
+
+    /// True people per segment per window (event-time windows aligned to the epoch).
+    pub fn truth(&self, size_ms: i64, slide_ms: i64) -> Vec<TruthRow> {
+        let cfg = &self.world.cfg;
+        let map = &self.world.scenario.map;
+        let first = cfg.ts(0.0).div_euclid(slide_ms) * slide_ms - size_ms + slide_ms;
+        let last = cfg.ts(cfg.duration_s);
+        let to_s = |ms: i64| (ms - cfg.start_ms) as f64 * cfg.speed / 1000.0;
+        let mut rows = Vec::new();
+        let mut ws = first;
+        while ws < last {
+            let (s0, s1) = (to_s(ws), to_s(ws + size_ms));
+            let mut counts = vec![0u64; map.segments().len()];
+            for a in &self.world.agents {
+                let (arr, lv) = (a.arrive(), a.leave());
+                if lv < s0 || arr >= s1 || arr >= cfg.duration_s {
+                    continue;
+                }
+                let at = (s1 - 1e-3).min(lv).min(cfg.duration_s - 1e-3);
+                counts[a.segment(at)] += 1;
+            }
+            for (i, seg) in map.segments().iter().enumerate() {
+                rows.push(TruthRow {
+                    window_start: ws,
+                    window_end: ws + size_ms,
+                    segment_id: seg.id.0.clone(),
+                    people: counts[i],
+                });
+            }
+            ws += slide_ms;
+        }
+        rows
+    }
+}
+
+fn interval(provider: u8, rng: &mut Rng) -> f64 {
+    if provider == 1 {
+        rng.range(20.0, 90.0)
+    } else {
+        rng.range(5.0, 30.0)
+    }
+}
+
+/// A provider's pseudonym for an agent: stable for a seed, unlinkable across providers.
+fn device(seed: u64, agent: usize, provider: u64) -> u64 {
+    let mut r = Rng::new(seed ^ (agent as u64).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (provider << 60));
+    r.next_u64() & 0xff_ffff_ffff_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Scenario, SimConfig};
+
+    fn world(seed: u64) -> World {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund");
+        let sc = Scenario::load(&dir, seed).unwrap();
+        World::new(
+            sc,
+            SimConfig {
+                people: 300,
+                duration_s: 600.0,
+                start_ms: 1_767_193_200_000,
+                speed: 1.0,
+                seed,
+            },
+        )
+    }
+
+    fn all(seed: u64) -> Vec<u8> {
+        let w = world(seed);
+        let mut e = Emitter::new(&w);
+        let mut out = Vec::new();
+        e.emit_until(1e9, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_simulator_is_deterministic_by_seed() {
+        let (a, b, c) = (all(7), all(7), all(8));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.len() > 10_000);
+    }
+
+    #[test]
+    fn it_emits_every_kind_and_shape() {
+        let text = String::from_utf8(all(7)).unwrap();
+        for needle in [
+            "\"source\":\"carrier-a\"",
+            "\"crs\":\"gcj02\"",
+            "\"in_total\"",
+            "\"occupancy\"",
+            "\"in\":",
+            "\"dir\":\"out\"",
+            "\"entries\":",
+        ] {
+            assert!(text.contains(needle), "missing {needle}");
+        }
+        // Every line is a record the parser accepts.
+        let cfg = crate::config::Config {
+            scenario: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund"),
+            ..Default::default()
+        };
+        let p = crate::pipeline::Pipeline::from_config(&cfg).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if let Err(e) = p.parser.parse_line(line.as_bytes(), None) {
+                panic!("line {}: {e}: {line}", i + 1);
+            }
+        }
+    }
+}
