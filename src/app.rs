@@ -236,6 +236,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         segments: segments.clone(),
         cfg: cfg.clone(),
         alerts_file: data_dir.join("alerts.ndjson"),
+        late_file: data_dir.join("late-records.ndjson"),
         last_eval_end: i64::MIN,
     };
     tracker.spawn(stage.run(rx, control_rx));
@@ -292,6 +293,7 @@ struct Stage {
     segments: Arc<RwLock<Arc<SegmentMap>>>,
     cfg: Arc<Config>,
     alerts_file: PathBuf,
+    late_file: PathBuf,
     last_eval_end: i64,
 }
 
@@ -392,25 +394,41 @@ impl Stage {
                 self.evaluate(&empty);
             }
         }
+        let late = self.engine.take_late();
+        if !late.is_empty() {
+            // Kept, never dropped: the history stage reads this file as the `late_records` table.
+            let mut buf = String::new();
+            for l in &late {
+                buf.push_str(&crate::window::late_row(l, &self.sources.name(l.source)));
+                buf.push('\n');
+            }
+            append(&self.late_file, buf.as_bytes());
+            tracing::info!(late = late.len(), "Late records kept.");
+        }
         publish_health(&mut self.engine, &self.sources, &self.health, &self.latest);
     }
 }
 
 fn persist_alerts(path: &Path, alerts: &[Alert]) {
-    use std::io::Write;
     let mut buf = Vec::new();
     for a in alerts {
         if serde_json::to_writer(&mut buf, a).is_ok() {
             buf.push(b'\n');
         }
     }
+    append(path, &buf);
+}
+
+/// Appends to a file in the data dir; a failure is logged, the pipeline goes on.
+fn append(path: &Path, buf: &[u8]) {
+    use std::io::Write;
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .and_then(|mut f| f.write_all(&buf));
+        .and_then(|mut f| f.write_all(buf));
     if let Err(e) = written {
-        tracing::error!(error = %e, path = %path.display(), "Could not append alerts.");
+        tracing::error!(error = %e, path = %path.display(), "Could not append to the data dir.");
     }
 }
 
@@ -446,11 +464,6 @@ fn publish_health(
             records: c.records,
             late: c.late,
         });
-    }
-    // Late records are kept for the history stage; until it lands they are logged in summary.
-    let late = engine.take_late();
-    if !late.is_empty() {
-        tracing::info!(late = late.len(), oldest = %late.iter().map(|l| l.ts).min().unwrap_or(EventTime(0)), "Late records.");
     }
     let last_window_end = latest.borrow().as_ref().map(|w| w.end.0);
     health.send_replace(Health {

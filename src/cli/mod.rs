@@ -93,6 +93,9 @@ pub struct ReplayArgs {
     /// Print closed windows as NDJSON `hex_windows` rows on standard output.
     #[arg(long)]
     pub print: bool,
+    /// Keep late records (they missed a closed window) as NDJSON `late_records` rows in this file.
+    #[arg(long)]
+    pub late: Option<PathBuf>,
 }
 
 /// Checks a path exists, for friendlier errors.

@@ -72,6 +72,15 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
     out.flush()?;
     let late = pipe.engine.take_late();
     summary.late = late.len() as u64;
+    if let Some(path) = &args.late {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for l in &late {
+            writeln!(f, "{}", crate::window::late_row(l, &pipe.sources.name(l.source)))?;
+        }
+        f.flush()?;
+    }
     for (i, c) in pipe.engine.watermark().sources().iter().enumerate() {
         if c.late > 0 {
             tracing::warn!(

@@ -58,6 +58,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
     };
     let start_ms = parse_start(args.start.as_deref())?;
     let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
+    let built = std::time::Instant::now();
     let world = World::new(
         scenario,
         SimConfig {
@@ -68,26 +69,44 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
             seed: args.seed,
         },
     );
-    let mut out: Box<dyn Write> = if args.out.as_os_str() == "-" {
-        Box::new(std::io::BufWriter::with_capacity(
-            1 << 20,
-            std::io::stdout().lock(),
-        ))
+    let mut out: Box<dyn Write + Send> = if args.out.as_os_str() == "-" {
+        Box::new(std::io::stdout())
     } else {
         let f =
             std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-        Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
+        Box::new(f)
     };
+    // Writing on its own thread overlaps the kernel's copy with generating the next minute.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for mut chunk in rx {
+            out.write_all(&chunk)?;
+            chunk.clear();
+            let _ = back_tx.try_send(chunk);
+        }
+        out.flush()
+    });
     let mut em = Emitter::new(&world);
+    tracing::info!(
+        people = args.devices,
+        seconds = built.elapsed().as_secs_f64(),
+        "Agents and sensor counts prepared."
+    );
+    let emitting = std::time::Instant::now();
     let mut buf = Vec::with_capacity(1 << 22);
-    let step = 60.0;
+    // One scenario second at a time keeps buffers small and warm; they go back and forth.
+    let step = 1.0;
     let mut t = 0.0;
     let mut next_report = 0.0;
     while !em.done() {
         t += step;
         em.emit_until(t, &mut buf);
-        out.write_all(&buf)?;
-        buf.clear();
+        let spare = back_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(1 << 22));
+        let full = std::mem::replace(&mut buf, spare);
+        if tx.send(full).is_err() {
+            break;
+        }
         if t >= next_report {
             tracing::info!(
                 minute = (t / 60.0) as u64,
@@ -98,7 +117,18 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
             next_report += args.duration / 10.0;
         }
     }
-    out.flush()?;
+    drop(tx);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+        .context("writing feeds")?;
+    let secs = emitting.elapsed().as_secs_f64();
+    tracing::info!(
+        records = em.records,
+        seconds = secs,
+        records_per_s = (em.records as f64 / secs) as u64,
+        "Feeds written."
+    );
     if let Some(p) = &args.truth {
         let rows = em.truth(cfg.window.size.as_millis() as i64, cfg.slide_ms());
         let mut f = std::io::BufWriter::new(

@@ -40,6 +40,14 @@ impl Rng {
         let v = self.f64();
         (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }
+    /// Two independent standard normals from one Box–Muller draw.
+    pub fn normal_pair(&mut self) -> (f64, f64) {
+        let u = self.f64().max(1e-12);
+        let v = self.f64();
+        let r = (-2.0 * u.ln()).sqrt();
+        let (s, c) = (2.0 * std::f64::consts::PI * v).sin_cos();
+        (r * c, r * s)
+    }
     /// Exponential with the given mean.
     pub fn exp(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.f64()).max(1e-12).ln()

@@ -84,6 +84,21 @@ pub fn to_record_batch(w: &HexWindow) -> Result<RecordBatch, ArrowError> {
     )
 }
 
+/// One late record as a JSON row of the `late_records` table: `ts`, `watermark` (epoch ms),
+/// `source`, `kind`, `cell`, `h3`, `windows_missed`.
+pub fn late_row(l: &super::engine::LateRecord, source: &str) -> String {
+    serde_json::json!({
+        "ts": l.ts.0,
+        "watermark": l.watermark.0,
+        "source": source,
+        "kind": l.kind.as_str(),
+        "cell": l.cell.0,
+        "h3": l.cell.to_string(),
+        "windows_missed": l.windows_missed,
+    })
+    .to_string()
+}
+
 /// Renders a `hex_windows` batch as JSON rows: times in epoch ms, `cell` a number, `h3` a string.
 pub fn json_rows(batch: &RecordBatch) -> Result<Vec<String>, ArrowError> {
     let schema = batch.schema();

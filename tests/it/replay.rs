@@ -280,3 +280,49 @@ fn an_invalid_config_fails_at_start_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("window.slide"), "{err}");
 }
+
+#[test]
+fn late_records_are_counted_and_kept_in_the_late_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("f.ndjson");
+    let mut text = String::new();
+    for i in 0..30 {
+        let ts = T0 + i * 10_000;
+        writeln!(
+            text,
+            r#"{{"kind":"lbs","ts":{ts},"device":"d{i}","lat":31.2405,"lng":121.4832,"source":"carrier-a"}}"#
+        )
+        .unwrap();
+    }
+    // Ten minutes behind the rest: every window it belongs to has closed.
+    writeln!(
+        text,
+        r#"{{"kind":"lbs","ts":{},"device":"slow","lat":31.2405,"lng":121.4832,"source":"carrier-a"}}"#,
+        T0 - 600_000
+    )
+    .unwrap();
+    std::fs::write(&feed, text).unwrap();
+    let late = dir.path().join("late.ndjson");
+    let out = throng(&[
+        "replay",
+        feed.to_str().unwrap(),
+        "--print",
+        "--late",
+        late.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lbs/carrier-a") && stderr.contains("Late records"),
+        "{stderr}"
+    );
+    let rows: Vec<Value> = std::fs::read_to_string(&late)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["ts"], T0 - 600_000);
+    assert_eq!(rows[0]["source"], "lbs/carrier-a");
+    assert_eq!(rows[0]["windows_missed"], 6);
+}
