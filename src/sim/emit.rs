@@ -279,7 +279,7 @@ impl<'w> Emitter<'w> {
             buf.extend_from_slice(b",\"accuracy_m\":50,\"source\":\"carrier-a\"}\n");
         } else {
             // Chinese apps deliver GCJ-02.
-            let (glat, glng) = self.gcj.to_gcj02(lat, lng);
+            let (glat, glng) = self.gcj.convert(lat, lng);
             buf.extend_from_slice(b"{\"kind\":\"lbs\",\"ts\":");
             push_u64(buf, ts as u64);
             buf.extend_from_slice(b",\"device\":\"app-");
@@ -410,7 +410,7 @@ impl GcjGrid {
         })
     }
 
-    fn to_gcj02(&mut self, lat: f64, lng: f64) -> (f64, f64) {
+    fn convert(&mut self, lat: f64, lng: f64) -> (f64, f64) {
         let (fi, fj) = (lat / Self::STEP, lng / Self::STEP);
         let (i, j) = (fi.floor() as i64, fj.floor() as i64);
         let (u, v) = (fi - i as f64, fj - j as f64);
@@ -516,7 +516,7 @@ mod tests {
         let mut g = GcjGrid::default();
         for k in 0..100 {
             let (lat, lng) = (31.233 + k as f64 * 1.17e-4, 121.474 + k as f64 * 2.03e-4);
-            let (a, b) = g.to_gcj02(lat, lng);
+            let (a, b) = g.convert(lat, lng);
             let (x, y) = wgs84_to_gcj02(lat, lng);
             assert!((a - x).abs() < 1e-8 && (b - y).abs() < 1e-8, "{a},{b} vs {x},{y}");
         }
