@@ -25,6 +25,9 @@ use crate::pipeline::{resolution, Pipeline};
 use crate::risk::{Alert, Board, Risk, SegmentMap, ThresholdStore};
 use crate::window::{Engine, HexWindow};
 
+/// Period of provisional heatmap frames (the contract asks for at least one every 2 s).
+const PROVISIONAL_EVERY_MS: u64 = 1_500;
+
 /// Batches of parsed records waiting for the engine.
 const INGEST_QUEUE_BATCHES: usize = 256;
 
@@ -105,6 +108,10 @@ pub struct Handles {
     pub store: Arc<RwLock<ThresholdStore>>,
     /// Requests to the pipeline task.
     pub control: mpsc::Sender<Control>,
+    /// Live frames to viewers.
+    pub hub: crate::live::Hub,
+    /// Cancelled at shutdown (viewer sockets end on it).
+    pub stop: CancellationToken,
 }
 
 /// Requests to the pipeline task.
@@ -217,6 +224,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
     let (health_tx, health_rx) = watch::channel(Health::default());
     let (latest_tx, latest_rx) = watch::channel(None);
     let board = Arc::new(RwLock::new(Board::default()));
+    let hub = crate::live::Hub::default();
     let segments = Arc::new(RwLock::new(map));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -237,6 +245,8 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         cfg: cfg.clone(),
         alerts_file: data_dir.join("alerts.ndjson"),
         late_file: data_dir.join("late-records.ndjson"),
+        hub: hub.clone(),
+        last_snapshot: std::time::Instant::now(),
         last_eval_end: i64::MIN,
     };
     tracker.spawn(stage.run(rx, control_rx));
@@ -251,6 +261,8 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         segments,
         store,
         control: control_tx.clone(),
+        hub,
+        stop: token.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -295,6 +307,8 @@ struct Stage {
     alerts_file: PathBuf,
     late_file: PathBuf,
     last_eval_end: i64,
+    hub: crate::live::Hub,
+    last_snapshot: std::time::Instant,
 }
 
 impl Stage {
@@ -376,7 +390,22 @@ impl Stage {
         for w in closed {
             tracing::debug!(start = %w.start, cells = w.rows.len(), "Closed window.");
             self.evaluate(&w);
-            self.latest.send_replace(Some(Arc::new(w)));
+            let w = Arc::new(w);
+            self.hub.publish(crate::live::LiveEvent::Heatmap {
+                window: w.clone(),
+                at: std::time::Instant::now(),
+            });
+            self.latest.send_replace(Some(w));
+        }
+        // Viewers see the open window grow: a provisional frame at least every 2 s.
+        if self.last_snapshot.elapsed() >= Duration::from_millis(PROVISIONAL_EVERY_MS) {
+            self.last_snapshot = std::time::Instant::now();
+            if let Some(snap) = self.engine.snapshot() {
+                self.hub.publish(crate::live::LiveEvent::Heatmap {
+                    window: Arc::new(snap),
+                    at: self.last_snapshot,
+                });
+            }
         }
         // Feeds silent but the clock moving: evaluate the empty window so segments turn degraded
         // instead of showing their last tier forever.

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod live;
 pub mod model;
 pub mod pipeline;
 pub mod risk;

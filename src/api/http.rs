@@ -57,6 +57,11 @@ pub fn router(h: Handles) -> Router {
         .route("/api/segments/{id}/thresholds", put(put_thresholds))
         .route("/api/thresholds/audit", get(audit))
         .route("/api/alerts", get(alerts))
+        .route("/api/scenario", get(scenario))
+        .route("/api/cells/boundaries", post(boundaries))
+        .route("/ws/live", get(super::dashboard::ws_live))
+        .route("/", get(super::dashboard::index))
+        .route("/dashboard/app.js", get(super::dashboard::app_js))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(h)
@@ -143,10 +148,74 @@ async fn health(State(h): State<Handles>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(h): State<Handles>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        h.metrics.render(),
-    )
+    let mut text = h.metrics.render();
+    text.push_str(&h.hub.render_latency());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// The scenario for drawing: segment polygons (GeoJSON), the basemap, and the bounding box.
+async fn scenario(
+    State(h): State<Handles>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::VIEW,
+    )?;
+    let read = |name: &str| -> serde_json::Value {
+        std::fs::read_to_string(h.config.scenario.join(name))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| json!({"type": "FeatureCollection", "features": []}))
+    };
+    let bbox = lock(&h.segments).bbox();
+    Ok(Json(json!({
+        "segments": read("segments.geojson"),
+        "basemap": read("basemap.geojson"),
+        "bbox": bbox,
+        "res": h.config.h3.resolution,
+        "k": h.config.privacy.k,
+    }))
+    .into_response())
+}
+
+/// Outlines of H3 cells (lng, lat rings) for drawing, by hex string; at most 5,000 a request.
+async fn boundaries(
+    State(h): State<Handles>,
+    headers: axum::http::HeaderMap,
+    q: Params,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(
+        &h.config.auth,
+        &headers,
+        q.get("token").map(String::as_str),
+        roles::VIEW,
+    )?;
+    let ids: Vec<String> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected a JSON array of H3 strings: {e}"),
+        )
+    })?;
+    if ids.len() > 5000 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most 5000 cells a request",
+        ));
+    }
+    let mut out = serde_json::Map::new();
+    for id in ids {
+        let cell: h3o::CellIndex = id
+            .parse()
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not an H3 cell")))?;
+        let ring: Vec<[f64; 2]> = cell.boundary().iter().map(|ll| [ll.lng(), ll.lat()]).collect();
+        out.insert(id, json!(ring));
+    }
+    Ok(Json(serde_json::Value::Object(out)).into_response())
 }
 
 type Params = Query<HashMap<String, String>>;

@@ -1,7 +1,9 @@
 //! End-to-end tests through throng's real interfaces (the binary, HTTP). One binary, many modules.
 
+mod browser;
 mod demo;
 mod http;
+mod live;
 mod replay;
 mod scenario;
 mod segments;

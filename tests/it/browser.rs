@@ -1,0 +1,125 @@
+//! The dashboard in a real headless Chromium against a running `throng demo`: it draws hexagons and
+//! segment rows and shows a live clock. A screenshot is saved for a person to look at.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1600,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let child = cmd
+        .spawn()
+        .expect("Debian's chromium is installed by the test command (.ci/run)");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(90)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("chromium did not finish in 90 s");
+        }
+    }
+}
+
+#[test]
+fn dashboard_draws_hexagons_segments_and_a_live_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fast.toml");
+    std::fs::write(
+        &cfg,
+        "[window]\nsize = \"4s\"\nslide = \"2s\"\nallowed_lateness = \"300ms\"\nidle_timeout = \"2s\"\n\
+         [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
+    )
+    .unwrap();
+    let mut demo = Child(
+        Command::new(env!("CARGO_BIN_EXE_throng"))
+            .args([
+                "demo",
+                "--speed",
+                "30",
+                "--devices",
+                "20000",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                dir.path().join("data").to_str().unwrap(),
+            ])
+            .current_dir(crate::support::root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("demo prints its URL").unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            break format!("http://{}/", rest.split('/').next().unwrap());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    // Let a few windows close so there is something to draw.
+    std::thread::sleep(Duration::from_secs(8));
+    let profile = dir.path().join("chromium");
+    let dom = chromium(&["--virtual-time-budget=8000", "--dump-dom", &url], &profile);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let attr = |name: &str| -> u64 {
+        let key = format!("{name}=\"");
+        let at = dom
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in the page: {dom}"));
+        dom[at + key.len()..].split('"').next().unwrap().parse().unwrap()
+    };
+    assert!(attr("data-hexagons") > 10, "hexagons drawn");
+    assert!(attr("data-rows") >= 12, "segment rows");
+    assert!(
+        attr("data-window-end") > 1_700_000_000_000,
+        "the clock shows an event time"
+    );
+    let shots = crate::support::root().join("target/test-output");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("dashboard.png");
+    chromium(
+        &[
+            "--virtual-time-budget=8000",
+            &format!("--screenshot={}", png.display()),
+            &url,
+        ],
+        &profile,
+    );
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert!(
+        bytes.len() > 20_000 && bytes.starts_with(b"\x89PNG"),
+        "a real picture"
+    );
+}

@@ -1,0 +1,168 @@
+//! `/ws/live` with a real WebSocket client (tokio-tungstenite): subscriptions, frame order,
+//! provisional then final, k-suppression, roll-up, and a stalled viewer that harms no one.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use throng::app;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::http::request;
+use crate::serve::{config, fast};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: std::net::SocketAddr) -> Ws {
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws/live")),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Pings from 12 phones in one res-11 cell and 3 in another, now.
+fn pings(n_big: usize, n_small: usize) -> String {
+    let now = app::now_ms();
+    let mut s = String::new();
+    for i in 0..n_big {
+        s.push_str(&format!(
+            "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"big{i}\",\"lat\":31.23975,\"lng\":121.4800}}\n"
+        ));
+    }
+    for i in 0..n_small {
+        s.push_str(&format!(
+            "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"small{i}\",\"lat\":31.2391,\"lng\":121.4765}}\n"
+        ));
+    }
+    s
+}
+
+#[tokio::test]
+async fn viewers_get_provisional_then_final_frames_with_k_suppression_and_roll_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast(config());
+    cfg.window.size = Duration::from_secs(4);
+    cfg.window.slide = Duration::from_secs(4);
+    cfg.privacy.k = 10;
+    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let mut ws = connect(server.addr).await;
+    let mut coarse = connect(server.addr).await;
+    coarse
+        .send(Message::Text(r#"{"subscribe":{"res":7}}"#.into()))
+        .await
+        .unwrap();
+    let ack = next_json(&mut coarse).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["res"].as_u64()),
+        (Some("subscribed"), Some(7))
+    );
+    ws.send(Message::Text(r#"{"subscribe":{"res":99}}"#.into()))
+        .await
+        .unwrap();
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["type"], "error");
+    assert!(err["error"].as_str().unwrap().contains("res 99"));
+
+    assert_eq!(
+        request(server.addr, "POST", "/api/ingest", None, &pings(12, 3))
+            .await
+            .0,
+        202
+    );
+    let (mut provisional, mut last_end) = (false, 0);
+    let final_frame = loop {
+        let f = next_json(&mut ws).await;
+        if f["type"] != "heatmap" {
+            continue;
+        }
+        let end = f["window_end"].as_i64().unwrap();
+        assert!(end >= last_end, "frames in window order");
+        last_end = end;
+        if f["final"] == false && !f["cells"].as_array().unwrap().is_empty() {
+            provisional = true;
+        }
+        if f["final"] == true {
+            break f;
+        }
+    };
+    assert!(provisional, "a provisional frame came before the final one");
+    let cells = final_frame["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 1, "the 3-person cell is under k = 10: {final_frame}");
+    assert_eq!(cells[0][1], 12.0);
+    assert_eq!(final_frame["res"], 11);
+
+    // Rolled up to resolution 7 both cells are one parent of 15 people.
+    let f = loop {
+        let f = next_json(&mut coarse).await;
+        if f["type"] == "heatmap" && f["final"] == true {
+            break f;
+        }
+    };
+    let cells = f["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 1);
+    assert_eq!(cells[0][1], 15.0);
+    assert_eq!(cells[0][0].as_str().unwrap().len(), 15);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_viewer_does_not_delay_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast(config());
+    cfg.privacy.k = 0;
+    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    // This one never reads: its socket buffers fill and its task must not hold anyone up.
+    let _stalled = connect(server.addr).await;
+    let mut live = connect(server.addr).await;
+    for round in 0..3 {
+        let sent = std::time::Instant::now();
+        assert_eq!(
+            request(server.addr, "POST", "/api/ingest", None, &pings(5, 0))
+                .await
+                .0,
+            202
+        );
+        loop {
+            let f = next_json(&mut live).await;
+            if f["type"] == "heatmap" && f["final"] == true && !f["cells"].as_array().unwrap().is_empty() {
+                break;
+            }
+        }
+        // A final frame needs the window to close (1 s window + idle): well under the 5 s a send
+        // may block before a stalled viewer is dropped.
+        assert!(
+            sent.elapsed() < Duration::from_secs(4),
+            "round {round}: {:?}",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let (_, metrics) = crate::http::request_text(server.addr, "GET", "/metrics", None, "").await;
+    assert!(
+        metrics.contains("throng_frame_latency_seconds{type=\"heatmap\",quantile=\"0.99\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("throng_live_clients"), "{metrics}");
+    server.shutdown().await.unwrap();
+}
