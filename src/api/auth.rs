@@ -80,3 +80,18 @@ pub fn authorize(
         role: t.role.clone(),
     })
 }
+
+/// `authorize` with the server's tokens and the request's `?token=`.
+pub fn check(
+    h: &crate::app::Handles,
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+    allowed: &[&str],
+) -> Result<Principal, ApiError> {
+    authorize(
+        &h.config.auth,
+        headers,
+        query.get("token").map(String::as_str),
+        allowed,
+    )
+}

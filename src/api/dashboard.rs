@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 
-use super::auth::{authorize, roles};
+use super::auth::{check, roles};
 use super::http::ApiError;
 use crate::app::Handles;
 use crate::live::frames::Subscription;
@@ -33,12 +33,7 @@ pub async fn ws_live(
     Query(q): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::VIEW,
-    )?;
+    check(&h, &headers, &q, roles::VIEW)?;
     let bbox = h
         .segments
         .read()

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::auth::{authorize, roles};
+use super::auth::{check, roles};
 use crate::app::{now_ms, Control, Handles};
 use crate::risk::{thresholds_for, ThresholdPatch};
 use std::collections::HashMap;
@@ -79,12 +79,7 @@ async fn ingest(
     q: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::FEED,
-    )?;
+    check(&h, &headers, &q, roles::FEED)?;
     let now = now_ms();
     let max_line = h.config.ingest.max_line_bytes;
     let mut accepted = Vec::new();
@@ -159,12 +154,7 @@ async fn scenario(
     headers: axum::http::HeaderMap,
     q: Params,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::VIEW,
-    )?;
+    check(&h, &headers, &q, roles::VIEW)?;
     let read = |name: &str| -> serde_json::Value {
         std::fs::read_to_string(h.config.scenario.join(name))
             .ok()
@@ -189,12 +179,7 @@ async fn boundaries(
     q: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::VIEW,
-    )?;
+    check(&h, &headers, &q, roles::VIEW)?;
     let ids: Vec<String> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -254,12 +239,7 @@ async fn segments(
     headers: axum::http::HeaderMap,
     q: Params,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::VIEW,
-    )?;
+    check(&h, &headers, &q, roles::VIEW)?;
     Ok(Json(segment_list(&h)).into_response())
 }
 
@@ -269,12 +249,7 @@ async fn segment(
     headers: axum::http::HeaderMap,
     q: Params,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::VIEW,
-    )?;
+    check(&h, &headers, &q, roles::VIEW)?;
     let mut v = segment_list(&h)
         .into_iter()
         .find(|v| v["id"] == id.as_str())
@@ -290,12 +265,7 @@ async fn put_thresholds(
     q: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::ORGANISE,
-    )?;
+    let who = check(&h, &headers, &q, roles::ORGANISE)?;
     let patch: ThresholdPatch = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -331,12 +301,7 @@ async fn audit(
     headers: axum::http::HeaderMap,
     q: Params,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::ORGANISE,
-    )?;
+    check(&h, &headers, &q, roles::ORGANISE)?;
     let entries = lock(&h.store).audit();
     Ok(Json(entries).into_response())
 }
@@ -346,12 +311,7 @@ async fn reload_segments(
     headers: axum::http::HeaderMap,
     q: Params,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::ADMIN,
-    )?;
+    check(&h, &headers, &q, roles::ADMIN)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let unavailable = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "pipeline is shutting down");
     h.control
@@ -372,12 +332,7 @@ async fn alerts(
     headers: axum::http::HeaderMap,
     q: Params,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &h.config.auth,
-        &headers,
-        q.get("token").map(String::as_str),
-        roles::VIEW,
-    )?;
+    check(&h, &headers, &q, roles::VIEW)?;
     let since = match q.get("since") {
         None => i64::MIN,
         Some(s) => s

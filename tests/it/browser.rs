@@ -1,18 +1,10 @@
 //! The dashboard in a real headless Chromium against a running `throng demo`: it draws hexagons and
 //! segment rows and shows a live clock. A screenshot is saved for a person to look at.
 
+use crate::support::Child;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
     let mut cmd = Command::new("chromium");

@@ -1,20 +1,11 @@
 //! `throng demo` starts, serves, and its counts move.
 
+use crate::support::Child;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::http::request;
-
-/// Kills the child on drop, so a failing test leaves nothing behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn demo_serves_and_its_counts_move() {

@@ -57,3 +57,13 @@ impl Rng {
         a + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (b - a)
     }
 }
+
+/// A child process killed (and reaped) on drop, so a failing test leaves nothing behind.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
