@@ -377,6 +377,20 @@ impl Stage {
             }
             metrics::counter!("throng_alerts_total").increment(alerts.len() as u64);
         }
+        let at = std::time::Instant::now();
+        for a in &alerts {
+            self.hub.publish(crate::live::LiveEvent::Alert {
+                alert: Arc::new(a.clone()),
+                at,
+            });
+        }
+        if !statuses.is_empty() {
+            self.hub.publish(crate::live::LiveEvent::Segments {
+                window_end: w.end.0,
+                segments: Arc::new(statuses.clone()),
+                at,
+            });
+        }
         self.board
             .write()
             .unwrap_or_else(|p| p.into_inner())

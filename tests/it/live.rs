@@ -82,15 +82,23 @@ async fn viewers_get_provisional_then_final_frames_with_k_suppression_and_roll_u
     assert_eq!(err["type"], "error");
     assert!(err["error"].as_str().unwrap().contains("res 99"));
 
+    // Start at the top of a 4 s window, so it stays open long enough for provisional frames.
+    while app::now_ms() % 4_000 > 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         request(server.addr, "POST", "/api/ingest", None, &pings(12, 3))
             .await
             .0,
         202
     );
-    let (mut provisional, mut last_end) = (false, 0);
+    let (mut provisional, mut last_end, mut segments) = (false, 0, None);
     let final_frame = loop {
         let f = next_json(&mut ws).await;
+        if f["type"] == "segments" {
+            segments = Some(f);
+            continue;
+        }
         if f["type"] != "heatmap" {
             continue;
         }
@@ -105,6 +113,23 @@ async fn viewers_get_provisional_then_final_frames_with_k_suppression_and_roll_u
         }
     };
     assert!(provisional, "a provisional frame came before the final one");
+    // The segments frame of the same window follows (or came just before) the heatmap.
+    let segments = match segments {
+        Some(s) => s,
+        None => loop {
+            let f = next_json(&mut ws).await;
+            if f["type"] == "segments" {
+                break f;
+            }
+        },
+    };
+    let list = segments["segments"].as_array().unwrap();
+    assert!(list.len() >= 12);
+    let enr = list.iter().find(|s| s["id"] == "enr-xizang-henan").unwrap();
+    assert!(
+        enr["people"].as_f64().unwrap() > 0.0 && enr["tier"].is_string(),
+        "{enr}"
+    );
     let cells = final_frame["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 1, "the 3-person cell is under k = 10: {final_frame}");
     assert_eq!(cells[0][1], 12.0);

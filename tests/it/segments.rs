@@ -101,6 +101,11 @@ async fn thresholds_are_validated_persisted_audited_and_drive_alerts() {
         403,
         "viewers cannot feed"
     );
+    let (mut viewer, _) = tokio_tungstenite::connect_async(format!("ws://{a}/ws/live?token={VIEWER}"))
+        .await
+        .expect("viewer connects");
+    let refused = tokio_tungstenite::connect_async(format!("ws://{a}/ws/live?token=wrong")).await;
+    assert!(refused.is_err(), "a bad token cannot watch");
     let (s, v) = request(a, "POST", "/api/ingest", Some(FEED), &body).await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(20)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -125,6 +130,20 @@ async fn thresholds_are_validated_persisted_audited_and_drive_alerts() {
         alert["reason"].as_str().unwrap().contains("of capacity"),
         "{alert}"
     );
+    // The same change reached the live viewer as an alert frame.
+    use futures_util::StreamExt;
+    let frame = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), viewer.next())
+            .await
+            .expect("alert frame in time");
+        if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = m {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "alert" && v["segment_id"] == "enr-xizang-henan" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(frame["to_tier"], "critical");
     let (_, one) = request(a, "GET", "/api/segments/enr-xizang-henan", Some(VIEWER), "").await;
     assert!(one["people"].as_f64().unwrap() > 0.0);
     assert!(!one["history"].as_array().unwrap().is_empty());
