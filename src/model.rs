@@ -4,8 +4,10 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Event time: milliseconds since the Unix epoch, UTC.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct EventTime(pub i64);
 
 impl EventTime {
@@ -25,7 +27,7 @@ impl fmt::Display for EventTime {
 }
 
 /// An H3 cell: the same 64-bit value as the H3 C library's index.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct CellId(pub u64);
 
 impl CellId {
@@ -48,27 +50,27 @@ impl fmt::Display for CellId {
 }
 
 /// A device pseudonym: a keyed hash of the provider's device string.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeviceId(pub u64);
 
 /// A feed source, interned (see `ingest::sources`): `lbs/<provider>`, `counter` or `gate`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SourceId(pub u16);
 
 /// Index of a sensor in the sensor registry.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SensorIdx(pub u32);
 
 /// A feed point: a counter sensor or a registered station exit, with the segment it feeds.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PointIdx(pub u32);
 
 /// A cumulative register's identity: a counter sensor, or a station's gate.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RegisterKey(pub u64);
 
 /// The three kinds of feed record.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
     /// Phone-location ping.
     Lbs,
@@ -90,7 +92,7 @@ impl Kind {
 }
 
 /// A parsed, validated record, ready for the window engine.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Record {
     /// When it happened.
     pub ts: EventTime,
@@ -105,7 +107,7 @@ pub struct Record {
 }
 
 /// The kind-specific part of a record.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Body {
     /// A device was seen in `cell`.
     Ping { device: DeviceId },

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
 
 use super::registers::{Delta, Registers};
 use super::watermark::Watermark;
@@ -22,7 +23,7 @@ use crate::config::{RegisterConfig, WindowConfig};
 use crate::model::{Body, CellId, DeviceId, EventTime, Kind, PointIdx, Record, SensorIdx, SourceId};
 
 /// One device's latest ping within a pane.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Seen {
     ts: i64,
     cell: CellId,
@@ -30,7 +31,7 @@ struct Seen {
 }
 
 /// Flow counts of one cell within a pane.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Flows {
     counter_in: u64,
     counter_out: u64,
@@ -39,7 +40,7 @@ struct Flows {
 }
 
 /// A zone's latest headcount within a pane.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Headcount {
     ts: i64,
     cell: CellId,
@@ -47,7 +48,7 @@ struct Headcount {
 }
 
 /// What one feed point (counter, station exit) reported within a pane.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct PointPane {
     inflow: u64,
     outflow: u64,
@@ -55,12 +56,14 @@ struct PointPane {
     occupancy: Option<(i64, u32)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Pane {
     devices: FxHashMap<DeviceId, Seen>,
     flows: FxHashMap<CellId, Flows>,
     zones: FxHashMap<SensorIdx, Headcount>,
     points: FxHashMap<PointIdx, PointPane>,
+    /// Idempotency keys of the records in this pane.
+    keys: FxHashSet<u64>,
 }
 
 /// One feed point's totals over a window: what the segments stage uses for flow and staleness.
@@ -128,7 +131,7 @@ pub struct HexWindow {
 }
 
 /// A record that arrived after a window it belongs to had closed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LateRecord {
     /// Its event time.
     pub ts: EventTime,
@@ -145,7 +148,7 @@ pub struct LateRecord {
 }
 
 /// Counters kept by the engine, exported as metrics by the caller.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EngineStats {
     /// Records ingested.
     pub records: u64,
@@ -159,10 +162,12 @@ pub struct EngineStats {
     pub register_out_of_order: u64,
     /// Windows closed.
     pub windows_closed: u64,
+    /// Records ignored as exact duplicates of one already held.
+    pub duplicates: u64,
 }
 
-/// The single-owner window engine.
-#[derive(Debug)]
+/// The single-owner window engine. Serializable whole: a checkpoint is the engine as JSON.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Engine {
     slide: i64,
     size: i64,
@@ -218,10 +223,10 @@ impl Engine {
     }
 
     /// Takes one record seen at processing time `now` (ms).
-    pub fn ingest(&mut self, rec: &Record, now: i64) {
+    /// Returns false for a duplicate: a record identical to one already in an open pane (a re-send
+    /// after a lost acknowledgement), which is counted in `stats.duplicates` and otherwise ignored.
+    pub fn ingest(&mut self, rec: &Record, now: i64) -> bool {
         let ts = rec.ts.millis();
-        self.watermark.observe(rec.source, ts, now);
-        self.stats.records += 1;
         // Interval reports describe the period ending at ts.
         let at = match rec.body {
             Body::CounterInterval { .. }
@@ -230,6 +235,23 @@ impl Engine {
             | Body::GateCumulative { .. } => ts - 1,
             _ => ts,
         };
+        // Idempotency key: the whole parsed record (device pseudonym or feed point, time, values).
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            rec.hash(&mut h);
+            h.finish()
+        };
+        if self
+            .panes
+            .get(&at.div_euclid(self.slide))
+            .is_some_and(|p| p.keys.contains(&key))
+        {
+            self.stats.duplicates += 1;
+            return false;
+        }
+        self.watermark.observe(rec.source, ts, now);
+        self.stats.records += 1;
         let flows = match rec.body {
             Body::Ping { .. } | Body::Occupancy { .. } => None,
             Body::CounterInterval { inn, out, .. } => Some(Flows {
@@ -257,7 +279,8 @@ impl Engine {
                     counter_out: b,
                     ..Default::default()
                 }),
-                _ => return self.sync_register_stats(),
+                // A baseline, reset or out-of-order reading counts nobody, but shows its sensor alive.
+                _ => None,
             },
             Body::GateCumulative {
                 register,
@@ -269,9 +292,11 @@ impl Engine {
                     gate_exits: b,
                     ..Default::default()
                 }),
-                _ => return self.sync_register_stats(),
+                // A baseline, reset or out-of-order reading counts nobody, but shows its sensor alive.
+                _ => None,
             },
         };
+        self.sync_register_stats();
         let pane = at.div_euclid(self.slide);
         let oldest_window = pane - self.n + 1;
         let next_close = self.next_close;
@@ -291,10 +316,11 @@ impl Engine {
             });
             if pane < next_close {
                 self.stats.late_unwindowed += 1;
-                return;
+                return true;
             }
         }
         let p = self.panes.entry(pane).or_default();
+        p.keys.insert(key);
         if let Some(point) = rec.point {
             let pp = p.points.entry(point).or_default();
             pp.last_ts = pp.last_ts.max(ts);
@@ -349,6 +375,7 @@ impl Engine {
                 }
             }
         }
+        true
     }
 
     fn sync_register_stats(&mut self) {
@@ -694,7 +721,10 @@ mod tests {
         e.ingest(&reg(10_000, 88_220, 90_190), 0);
         e.ingest(&reg(20_000, 3, 1), 0); // reset
         e.ingest(&reg(30_000, 13, 5), 0);
-        let w = &e.flush()[0];
+        let ws = e.flush();
+        // The first reading (a base, at T0 − 1 ms) only shows the gate alive in the window before.
+        assert!(ws[0].rows.is_empty() && ws[0].points[0].last_ts == T0);
+        let w = &ws[1];
         let r5 = row(w, 5).unwrap();
         assert_eq!((r5.gate_entries, r5.gate_exits), (1, 2));
         let r6 = row(w, 6).unwrap();
@@ -782,6 +812,37 @@ mod tests {
         assert!(!s.is_final);
         assert_eq!(s.end.0, T0 + 30_000);
         assert_eq!(s.rows[0].lbs_devices, 2);
+    }
+
+    #[test]
+    fn an_identical_record_resent_is_counted_once() {
+        let mut e = engine(60, 60);
+        let c = counter(T0 + 10_000, 7, 5, 1);
+        assert!(e.ingest(&c, 0));
+        assert!(!e.ingest(&c, 0), "a re-send after a lost ack");
+        assert!(
+            e.ingest(&counter(T0 + 10_000, 7, 6, 1), 0),
+            "a different report at the same time is not a duplicate"
+        );
+        let w = &e.flush()[0];
+        assert_eq!(w.rows[0].counter_in, 11);
+        assert_eq!(e.stats().duplicates, 1);
+    }
+
+    #[test]
+    fn an_engine_survives_a_round_trip_through_its_checkpoint_form() {
+        let mut e = engine(60, 10);
+        for i in 0..50 {
+            e.ingest(&ping(T0 + i * 3_000, i as u64 % 7, 7 + i as u64 % 3, 2), 0);
+        }
+        e.advance(0);
+        let json = serde_json::to_string(&e).unwrap();
+        let mut back: Engine = serde_json::from_str(&json).unwrap();
+        assert!(
+            !back.ingest(&ping(T0 + 147_000, 0, 8, 2), 0),
+            "idempotency keys survive"
+        );
+        assert_eq!(back.flush(), e.flush());
     }
 
     #[test]

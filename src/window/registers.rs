@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 
 use crate::model::RegisterKey;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Reading {
     ts: i64,
     a: u64,
@@ -28,7 +28,7 @@ pub enum Delta {
 }
 
 /// Last reading of every register seen.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Registers {
     last: FxHashMap<RegisterKey, Reading>,
     max_rate_per_s: f64,

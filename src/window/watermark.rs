@@ -7,7 +7,7 @@
 use crate::model::SourceId;
 
 /// What the engine knows about one source.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct SourceClock {
     /// Newest event time seen (ms).
     pub max_event: i64,
@@ -20,7 +20,7 @@ pub struct SourceClock {
 }
 
 /// Per-source clocks and the combined watermark.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Watermark {
     sources: Vec<SourceClock>,
     lateness_ms: i64,
