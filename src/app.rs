@@ -19,6 +19,7 @@ use std::sync::RwLock;
 
 use crate::cli::ServeArgs;
 use crate::config::Config;
+use crate::durability::Wal;
 use crate::ingest::Sources;
 use crate::model::{EventTime, Record, SourceId};
 use crate::pipeline::{resolution, Pipeline};
@@ -91,7 +92,9 @@ pub struct Handles {
     /// Parser for incoming lines (shared registries and sources).
     pub parser: crate::ingest::Parser,
     /// Into the engine.
-    pub ingest: mpsc::Sender<Vec<Record>>,
+    pub ingest: mpsc::Sender<Ingest>,
+    /// The write-ahead log: appended (and fsynced) before a batch is queued and acknowledged.
+    pub wal: Arc<std::sync::Mutex<Wal>>,
     /// The engine's latest health.
     pub health: watch::Receiver<Health>,
     /// The newest closed window.
@@ -112,6 +115,56 @@ pub struct Handles {
     pub hub: crate::live::Hub,
     /// Cancelled at shutdown (viewer sockets end on it).
     pub stop: CancellationToken,
+}
+
+/// What the pipeline task's input queue carries, in write-ahead-log order.
+#[derive(Debug)]
+pub enum Ingest {
+    /// Accepted records, already in the log.
+    Batch(Vec<Record>),
+    /// Every record of the log segments before this one has been queued: checkpoint here.
+    Checkpoint(u64),
+}
+
+/// Why records could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The queue is full (answer 503 with Retry-After); nothing was taken.
+    #[error("ingest queue full: nothing from this request was taken; retry after the delay")]
+    Full,
+    /// The server is stopping.
+    #[error("server is shutting down")]
+    Closed,
+    /// The log could not be written; nothing was taken.
+    #[error("could not write the write-ahead log: {0}")]
+    Log(std::io::Error),
+}
+
+/// Logs `records` and queues them for the engine, all or nothing. When it returns Ok they are
+/// durable (per the fsync policy) and will be counted exactly once, even across a crash.
+pub async fn commit(h: &Handles, records: Vec<Record>, wait: bool) -> Result<(), CommitError> {
+    let permit = if wait {
+        h.ingest
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| CommitError::Closed)?
+    } else {
+        h.ingest.clone().try_reserve_owned().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CommitError::Full,
+            mpsc::error::TrySendError::Closed(_) => CommitError::Closed,
+        })?
+    };
+    let wal = h.wal.clone();
+    // The log and the queue are written under one lock so the queue's order is the log's order.
+    tokio::task::spawn_blocking(move || {
+        let mut w = wal.lock().unwrap_or_else(|p| p.into_inner());
+        w.append(&records).map_err(CommitError::Log)?;
+        permit.send(Ingest::Batch(records));
+        Ok(())
+    })
+    .await
+    .map_err(|_| CommitError::Closed)?
 }
 
 /// Requests to the pipeline task.
@@ -157,11 +210,7 @@ impl Server {
         }
         let n = ok.len();
         if n > 0 {
-            self.handles
-                .ingest
-                .send(ok)
-                .await
-                .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
+            commit(&self.handles, ok, true).await?;
             metrics::counter!("throng_ingest_records_total").increment(n as u64);
         }
         Ok((n, bad))
@@ -201,7 +250,33 @@ impl Server {
 pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<Server> {
     let cfg = Arc::new(cfg);
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
+    let mut pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
+    let fsync = cfg.durability.fsync == crate::config::FsyncPolicy::Always;
+    let (wal, recovery) = Wal::open(data_dir, fsync)
+        .with_context(|| format!("opening the write-ahead log in {}", data_dir.display()))?;
+    if let Some(engine) = recovery.engine {
+        if !engine.matches(&cfg.window) {
+            anyhow::bail!(
+                "{} was written with other [window] settings; restore them, or move the data dir aside to start fresh",
+                data_dir.join("checkpoint.json").display()
+            );
+        }
+        pipe.engine = engine;
+    }
+    pipe.refresh_scales();
+    let replayed = recovery.records.len();
+    let now = now_ms();
+    for r in &recovery.records {
+        pipe.engine.ingest(r, now);
+    }
+    if replayed > 0 || recovery.torn > 0 {
+        tracing::info!(
+            records = replayed,
+            torn = recovery.torn,
+            "Recovered from the write-ahead log."
+        );
+    }
+    let wal = Arc::new(std::sync::Mutex::new(wal));
     let map = Arc::new(
         load_segments(&cfg)
             .map_err(anyhow::Error::msg)
@@ -247,12 +322,18 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         late_file: data_dir.join("late-records.ndjson"),
         hub: hub.clone(),
         last_snapshot: std::time::Instant::now(),
+        wal: wal.clone(),
+        queue: tx.downgrade(),
+        data_dir: data_dir.to_owned(),
+        checkpoint_every: cfg.durability.checkpoint_every,
+        last_checkpoint: std::time::Instant::now(),
         last_eval_end: i64::MIN,
     };
     tracker.spawn(stage.run(rx, control_rx));
     let handles = Handles {
         parser,
         ingest: tx,
+        wal,
         health: health_rx,
         latest: latest_rx,
         metrics: metrics_handle(),
@@ -309,21 +390,34 @@ struct Stage {
     last_eval_end: i64,
     hub: crate::live::Hub,
     last_snapshot: std::time::Instant,
+    wal: Arc<std::sync::Mutex<Wal>>,
+    /// Weak, so the queue still closes when every producer is gone.
+    queue: mpsc::WeakSender<Ingest>,
+    data_dir: PathBuf,
+    checkpoint_every: Duration,
+    last_checkpoint: std::time::Instant,
 }
 
 impl Stage {
-    async fn run(mut self, mut rx: mpsc::Receiver<Vec<Record>>, mut control: mpsc::Receiver<Control>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Ingest>, mut control: mpsc::Receiver<Control>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 batch = rx.recv() => match batch {
-                    Some(b) => {
+                    Some(Ingest::Batch(b)) => {
                         let now = now_ms();
+                        let mut dups = 0u64;
                         for r in &b {
-                            self.engine.ingest(r, now);
+                            if !self.engine.ingest(r, now) {
+                                dups += 1;
+                            }
+                        }
+                        if dups > 0 {
+                            metrics::counter!("throng_ingest_duplicates_total").increment(dups);
                         }
                     }
+                    Some(Ingest::Checkpoint(seg)) => self.checkpoint(seg),
                     None => break,
                 },
                 Some(c) = control.recv() => self.control(c),
@@ -334,10 +428,42 @@ impl Stage {
             }
             let closed = self.engine.advance(now_ms());
             self.publish(closed);
+            if self.last_checkpoint.elapsed() >= self.checkpoint_every {
+                self.last_checkpoint = std::time::Instant::now();
+                self.request_checkpoint();
+            }
         }
         let closed = self.engine.flush();
         self.publish(closed);
         tracing::info!("Engine drained and flushed.");
+    }
+
+    /// Starts a new log segment and queues a checkpoint marker behind every batch of the old ones.
+    fn request_checkpoint(&mut self) {
+        let Some(queue) = self.queue.upgrade() else { return };
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(permit) = queue.try_reserve() else { return };
+        match wal.rotate() {
+            Ok(seg) => permit.send(Ingest::Checkpoint(seg)),
+            Err(e) => tracing::error!(error = %e, "Could not start a new log segment."),
+        }
+    }
+
+    fn checkpoint(&mut self, segment: u64) {
+        let started = std::time::Instant::now();
+        match crate::durability::wal::checkpoint(&self.data_dir, segment, &self.engine) {
+            Ok(()) => {
+                tracing::debug!(
+                    segment,
+                    ms = started.elapsed().as_millis() as u64,
+                    "Checkpoint written."
+                );
+                metrics::counter!("throng_checkpoints_total").increment(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Checkpoint failed; the log keeps growing until one succeeds.")
+            }
+        }
     }
 
     fn control(&mut self, c: Control) {

@@ -30,6 +30,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Segment risk tiers.
     pub risk: RiskConfig,
+    /// Write-ahead log and checkpoints.
+    pub durability: DurabilityConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             registers: RegisterConfig::default(),
             auth: AuthConfig::default(),
             risk: RiskConfig::default(),
+            durability: DurabilityConfig::default(),
         }
     }
 }
@@ -203,6 +206,36 @@ impl Default for RiskConfig {
             calm_period: Duration::from_secs(300),
             stale_factor: 3.0,
             trend_windows: 6,
+        }
+    }
+}
+
+/// When the write-ahead log reaches the disk.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync every batch before acknowledging it (safe: survives power loss).
+    Always,
+    /// Leave it to the OS (survives a process crash, not a power cut).
+    Never,
+}
+
+/// Write-ahead log and checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// `always` (default) or `never`.
+    pub fsync: FsyncPolicy,
+    /// How often the engine is checkpointed (bounding the log and the replay at start).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig {
+            fsync: FsyncPolicy::Always,
+            checkpoint_every: Duration::from_secs(60),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod durability;
 pub mod error;
 pub mod ingest;
 pub mod live;

@@ -8,10 +8,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::auth::{check, roles};
-use crate::app::{now_ms, Control, Handles};
+use crate::app::{now_ms, CommitError, Control, Handles};
 use crate::risk::{thresholds_for, ThresholdPatch};
 use std::collections::HashMap;
 
@@ -109,24 +108,21 @@ async fn ingest(
     }
     let n = accepted.len();
     if n > 0 {
-        // All or nothing: one batch into a bounded queue; when it is full, nothing is taken.
-        match h.ingest.try_send(accepted) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: "ingest queue full: nothing from this request was taken; retry after the delay"
-                        .into(),
-                    retry_after: Some(1),
-                })
-            }
-            Err(TrySendError::Closed(_)) => {
-                return Err(ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: "server is shutting down".into(),
-                    retry_after: Some(5),
-                })
-            }
+        // All or nothing: logged, then queued; when the queue is full nothing is taken.
+        if let Err(e) = crate::app::commit(&h, accepted, false).await {
+            let (status, retry_after) = match e {
+                CommitError::Full => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+                CommitError::Closed => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
+                CommitError::Log(ref io) => {
+                    tracing::error!(error = %io, "Write-ahead log failed.");
+                    (StatusCode::SERVICE_UNAVAILABLE, Some(5))
+                }
+            };
+            return Err(ApiError {
+                status,
+                message: e.to_string(),
+                retry_after,
+            });
         }
         metrics::counter!("throng_ingest_records_total").increment(n as u64);
     }

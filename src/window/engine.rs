@@ -204,6 +204,11 @@ impl Engine {
         }
     }
 
+    /// Whether this engine (e.g. from a checkpoint) has the given window settings.
+    pub fn matches(&self, w: &WindowConfig) -> bool {
+        self.slide == w.slide.as_millis() as i64 && self.size == w.size.as_millis() as i64
+    }
+
     /// Updates the people-per-device factors (new sources appear as feeds arrive).
     pub fn set_scales(&mut self, scales: Vec<f64>) {
         self.scales = scales;
