@@ -170,7 +170,7 @@ mod tests {
         Record {
             ts: EventTime(1_767_193_200_000 + i as i64 * 1000),
             source: SourceId(2),
-            cell: CellId(0x8b30_9958_ac36_fff),
+            cell: CellId(0x08b3_0995_8ac3_6fff),
             point: None,
             body: Body::Ping { device: DeviceId(i) },
         }
