@@ -59,6 +59,7 @@ pub fn router(h: Handles) -> Router {
         .route("/api/scenario", get(scenario))
         .route("/api/cells/boundaries", post(boundaries))
         .route("/ws/live", get(super::dashboard::ws_live))
+        .route("/ws/ingest", get(super::ingest_ws::ws_ingest))
         .route("/", get(super::dashboard::index))
         .route("/dashboard/app.js", get(super::dashboard::app_js))
         .route("/metrics", get(metrics))
@@ -72,13 +73,48 @@ struct Rejected {
     error: String,
 }
 
+/// Reads an ingest body: at most `MAX_BODY_BYTES` on the wire and, when gzip-encoded, at most that
+/// once decompressed (a gzip bomb is refused, not expanded).
+fn ingest_body(
+    headers: &axum::http::HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body refused ({e}); send at most {MAX_BODY_BYTES} bytes per request"),
+        )
+    })?;
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(body);
+    }
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}")))?;
+    if out.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("gzip body expands past {MAX_BODY_BYTES} bytes; send smaller requests"),
+        ));
+    }
+    Ok(Bytes::from(out))
+}
+
 async fn ingest(
     State(h): State<Handles>,
     headers: axum::http::HeaderMap,
     q: Params,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     check(&h, &headers, &q, roles::FEED)?;
+    let body = ingest_body(&headers, body)?;
     let now = now_ms();
     let max_line = h.config.ingest.max_line_bytes;
     let mut accepted = Vec::new();

@@ -3,5 +3,6 @@
 pub mod auth;
 pub mod dashboard;
 pub mod http;
+pub mod ingest_ws;
 
 pub use http::router;

@@ -11,3 +11,4 @@ mod segments;
 mod serve;
 mod simulation;
 mod support;
+mod transports;

@@ -1,0 +1,105 @@
+//! `/ws/ingest`: NDJSON text frames in, one acknowledgement frame out per input frame, sent only
+//! once the frame's accepted records are in the write-ahead log. When the queue is full the
+//! server stops reading the socket until there is room (backpressure), it never drops a frame.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::json;
+
+use super::auth::{check, roles};
+use super::http::ApiError;
+use crate::app::{commit, now_ms, Handles};
+
+/// Largest frame accepted.
+const MAX_FRAME: usize = 1 << 20;
+
+/// The upgrade.
+pub async fn ws_ingest(
+    State(h): State<Handles>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check(&h, &headers, &q, roles::FEED)?;
+    Ok(ws
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |s| feed(s, h)))
+}
+
+async fn feed(mut socket: WebSocket, h: Handles) {
+    let mut frame = 0u64;
+    loop {
+        // Stop with the server: an open feed socket must not keep the pipeline alive.
+        let msg = tokio::select! {
+            _ = h.stop.cancelled() => break,
+            m = socket.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => {
+                frame += 1;
+                let ack = json!({"frame": frame, "accepted": 0, "error": "binary frames are not accepted: send NDJSON text"});
+                if socket
+                    .send(Message::Text(Utf8Bytes::from(ack.to_string())))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        frame += 1;
+        let now = now_ms();
+        let max_line = h.config.ingest.max_line_bytes;
+        let (mut ok, mut rejected) = (Vec::new(), Vec::new());
+        for (i, line) in text.as_str().split('\n').enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            if line.len() > max_line {
+                rejected.push(json!({"line": i + 1, "error": format!("line is {} bytes, over the {max_line}-byte limit", line.len())}));
+                continue;
+            }
+            match h.parser.parse_line(line.as_bytes(), Some(now)) {
+                Ok(r) => ok.push(r),
+                Err(e) => {
+                    metrics::counter!("throng_ingest_rejected_total", "reason" => e.code.as_str())
+                        .increment(1);
+                    rejected.push(json!({"line": i + 1, "error": e.to_string()}));
+                }
+            }
+        }
+        let n = ok.len();
+        let ack = if n == 0 {
+            json!({"frame": frame, "accepted": 0, "rejected": rejected})
+        } else {
+            // Waiting here is the backpressure: this socket is not read until there is room.
+            match commit(&h, ok, true).await {
+                Ok(()) => {
+                    metrics::counter!("throng_ingest_records_total").increment(n as u64);
+                    json!({"frame": frame, "accepted": n, "rejected": rejected})
+                }
+                Err(e) => json!({"frame": frame, "accepted": 0, "error": e.to_string()}),
+            }
+        };
+        if socket
+            .send(Message::Text(Utf8Bytes::from(ack.to_string())))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Ingest transports and bad input over real sockets: gzip, limits, WebSocket ingest with acks.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use throng::app;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::http::request;
+use crate::serve::{config, fast};
+
+async fn raw(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    (text[9..12].parse().unwrap(), text)
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_accepted_and_bombs_and_oversize_bodies_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = app::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let now = app::now_ms();
+    let lines: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"g{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n"
+            )
+        })
+        .collect();
+    let head = "POST /api/ingest HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n";
+    let (s, text) = raw(server.addr, head, &gzip(lines.as_bytes())).await;
+    assert_eq!(s, 202, "{text}");
+    assert!(text.contains("\"accepted\":20"), "{text}");
+    // 64 MB of zeros compress to ~64 KB: refused without expanding it all.
+    let bomb = gzip(&vec![b'\n'; 64 << 20]);
+    let (s, text) = raw(server.addr, head, &bomb).await;
+    assert_eq!(s, 413, "{text}");
+    assert!(text.contains("expands past"), "{text}");
+    let (s, text) = raw(server.addr, head, b"not gzip at all").await;
+    assert_eq!(s, 400, "{text}");
+    let big = vec![b' '; 17 << 20];
+    let (s, text) = raw(server.addr, "POST /api/ingest HTTP/1.1\r\nHost: x\r\n", &big).await;
+    assert_eq!(s, 413, "{text}");
+    assert!(text.contains("\"error\""), "errors are JSON: {text}");
+    // A line over the line limit is that line's problem only.
+    let long = format!(
+        "{{\"kind\":\"lbs\",\"pad\":\"{}\"}}\n{}",
+        "x".repeat(70_000),
+        lines.lines().next().unwrap()
+    );
+    let (s, v) = request(server.addr, "POST", "/api/ingest", None, &long).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)));
+    assert!(v["rejected"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("over the 65536-byte limit"));
+    // The server is unharmed.
+    assert_eq!(request(server.addr, "GET", "/api/health", None, "").await.0, 200);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_ingest_acknowledges_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = app::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/ingest", server.addr))
+        .await
+        .unwrap();
+    let now = app::now_ms();
+    for f in 1..=5u64 {
+        let frame: String = (0..10)
+            .map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"w{f}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n"))
+            .chain(std::iter::once("{\"kind\":\"lbs\"}\n".to_string()))
+            .collect();
+        ws.send(Message::Text(frame.into())).await.unwrap();
+    }
+    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    let mut acks = Vec::new();
+    while acks.len() < 6 {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            acks.push(serde_json::from_str::<serde_json::Value>(&t).unwrap());
+        }
+    }
+    for (i, a) in acks[..5].iter().enumerate() {
+        assert_eq!(a["frame"], i as u64 + 1, "one ack per frame, in order");
+        assert_eq!(a["accepted"], 10);
+        assert_eq!(a["rejected"][0]["line"], 11);
+    }
+    assert!(acks[5]["error"].as_str().unwrap().contains("binary"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = request(server.addr, "GET", "/api/health", None, "").await;
+        let lbs = h["engine"]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == "lbs")
+            .cloned();
+        if lbs.is_some_and(|s| s["records"] == 50) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records never reached the engine: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await.unwrap();
+}
