@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => throng::app::serve_blocking(args),
         Command::Demo(args) => throng::cli::demo::run(args),
+        Command::Import(args) => throng::cli::import::run(&args).map(|_| ()),
         Command::Simulate(args) => throng::cli::simulate::run(&args).map(|_| ()),
     };
     match result {

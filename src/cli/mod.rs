@@ -1,6 +1,7 @@
 //! The command line: `throng serve`, `throng replay`.
 
 pub mod demo;
+pub mod import;
 pub mod replay;
 pub mod simulate;
 
@@ -36,6 +37,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// The live Bund demo: the server with the New Year's Eve simulation feeding it.
     Demo(demo::DemoArgs),
+    /// Convert real public formats (MTA turnstiles, Melbourne counts, GeoLife, Shanghai cards) to feeds.
+    Import(import::ImportArgs),
     /// Replay recorded NDJSON feeds in event-time order through the engine, offline.
     Replay(ReplayArgs),
     /// Write simulated Bund feeds (NDJSON) with their ground truth.

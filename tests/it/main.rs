@@ -4,6 +4,7 @@ mod browser;
 mod crash;
 mod demo;
 mod http;
+mod importers;
 mod live;
 mod replay;
 mod scenario;
