@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod import;
 pub mod replay;
+pub mod send;
 pub mod simulate;
 
 use std::net::SocketAddr;
@@ -94,8 +95,20 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Print closed windows as NDJSON `hex_windows` rows on standard output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target")]
     pub print: bool,
+    /// Send the records to a server instead (`http://HOST:PORT`), in event-time order.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Feed token for --target.
+    #[arg(long, env = "THRONG_TOKEN")]
+    pub token: Option<String>,
+    /// With --target: play event time X times faster than it was recorded.
+    #[arg(long, conflicts_with = "max")]
+    pub speed: Option<f64>,
+    /// With --target: send as fast as the server takes them (the default).
+    #[arg(long)]
+    pub max: bool,
     /// Keep late records (they missed a closed window) as NDJSON `late_records` rows in this file.
     #[arg(long)]
     pub late: Option<PathBuf>,

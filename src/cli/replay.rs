@@ -26,8 +26,13 @@ pub struct ReplaySummary {
 
 /// Runs the replay; windows are written to `out`, problems to the log.
 pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySummary> {
+    if let Some(target) = &args.target {
+        return send(args, target);
+    }
     if !args.print {
-        anyhow::bail!("say where closed windows go: --print writes them to standard output");
+        anyhow::bail!(
+            "say where the feed goes: --print writes closed windows to standard output, --target URL sends the records to a server"
+        );
     }
     for f in &args.files {
         super::must_exist(f, "feed file")?;
@@ -107,4 +112,62 @@ fn report_bad(replay: &mut Replay, summary: &mut ReplaySummary) {
         summary.rejected += 1;
         tracing::warn!("Rejected {bad}");
     }
+}
+
+/// `replay --target`: the records, unchanged, to a server in event-time order.
+fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
+    for f in &args.files {
+        super::must_exist(f, "feed file")?;
+    }
+    if let Some(x) = args.speed {
+        if !(x.is_finite() && x > 0.0) {
+            anyhow::bail!("--speed must be a positive number, got {x}");
+        }
+    }
+    let cfg = args.config.load()?;
+    let pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
+    let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
+    let mut sender = super::send::Sender::new(target, args.token.clone())?;
+    let started = std::time::Instant::now();
+    let mut first_ts = None;
+    let mut batch = Vec::with_capacity(1 << 20);
+    let mut in_batch = 0;
+    let mut summary = ReplaySummary::default();
+    let mut last_flush = std::time::Instant::now();
+    while let Some((rec, line)) = replay.next_line()? {
+        if let Some(x) = args.speed {
+            // Hold each record until its event time, scaled, has come.
+            let t0 = *first_ts.get_or_insert(rec.ts.millis());
+            let due = std::time::Duration::from_millis(((rec.ts.millis() - t0).max(0) as f64 / x) as u64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                sender.send(&batch)?;
+                batch.clear();
+                in_batch = 0;
+                last_flush = std::time::Instant::now();
+                std::thread::sleep(wait);
+            }
+        }
+        batch.extend_from_slice(&line);
+        batch.push(b'\n');
+        in_batch += 1;
+        summary.accepted += 1;
+        if in_batch >= 1000 || last_flush.elapsed() > std::time::Duration::from_millis(200) {
+            sender.send(&batch)?;
+            batch.clear();
+            in_batch = 0;
+            last_flush = std::time::Instant::now();
+        }
+    }
+    sender.send(&batch)?;
+    report_bad(&mut replay, &mut summary);
+    tracing::info!(
+        sent = summary.accepted,
+        accepted = sender.accepted,
+        rejected_by_server = sender.rejected,
+        rejected_locally = summary.rejected,
+        retries = sender.retries,
+        "Replay sent."
+    );
+    summary.accepted = sender.accepted;
+    Ok(summary)
 }

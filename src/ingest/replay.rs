@@ -41,7 +41,7 @@ pub struct Replay {
     parser: Parser,
     files: Vec<FileFeed>,
     heads: BinaryHeap<Reverse<(i64, usize, u64)>>,
-    pending: Vec<Option<Record>>,
+    pending: Vec<Option<(Record, Vec<u8>)>>,
     bad: Vec<BadLine>,
     max_line_bytes: usize,
 }
@@ -112,7 +112,7 @@ impl Replay {
             match self.parser.parse_line(line, None) {
                 Ok(rec) => {
                     self.heads.push(Reverse((rec.ts.millis(), i, f.line_no)));
-                    self.pending[i] = Some(rec);
+                    self.pending[i] = Some((rec, line.to_vec()));
                     return Ok(());
                 }
                 Err(reject) => self.bad.push(BadLine {
@@ -126,6 +126,11 @@ impl Replay {
 
     /// The next record in event-time order, or None at the end of every file.
     pub fn next_record(&mut self) -> std::io::Result<Option<Record>> {
+        Ok(self.next_line()?.map(|(r, _)| r))
+    }
+
+    /// The next record and its original line, in event-time order (for sending it on unchanged).
+    pub fn next_line(&mut self) -> std::io::Result<Option<(Record, Vec<u8>)>> {
         let Some(Reverse((_, i, _))) = self.heads.pop() else {
             return Ok(None);
         };

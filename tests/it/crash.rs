@@ -165,3 +165,69 @@ async fn a_killed_server_loses_no_acknowledged_record_and_counts_none_twice() {
         );
     }
 }
+
+#[tokio::test]
+async fn replay_target_sends_a_recorded_feed_to_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1h\"\nslide = \"1h\"\nallowed_lateness = \"6h\"\nidle_timeout = \"1s\"\n[privacy]\nk = 0\n",
+    )
+    .unwrap();
+    let (_server, addr) = spawn(&cfg, &dir.path().join("data"));
+    let base = (throng::app::now_ms() - 2 * HOUR).div_euclid(HOUR) * HOUR + 1_000;
+    // Two files, each in time order, interleaved in event time by the replay; one bad line.
+    let (mut a, mut b) = (String::new(), String::new());
+    for i in 0..3000i64 {
+        let line = format!(
+            "{{\"kind\":\"lbs\",\"ts\":{},\"device\":\"r{}\",\"lat\":31.2405,\"lng\":121.4832}}\n",
+            base + i * 100,
+            i % 400
+        );
+        if i % 2 == 0 {
+            a.push_str(&line)
+        } else {
+            b.push_str(&line)
+        }
+    }
+    a.push_str("{\"kind\":\"lbs\",\"ts\":1}\n");
+    let (fa, fb) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"));
+    std::fs::write(&fa, a).unwrap();
+    std::fs::write(&fb, b).unwrap();
+    let target = format!("http://{addr}");
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::throng(&[
+            "replay",
+            fa.to_str().unwrap(),
+            fb.to_str().unwrap(),
+            "--target",
+            &target,
+            "--max",
+        ])
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("accepted=3000"), "{stderr}");
+    assert!(
+        stderr.contains("a.ndjson:1501"),
+        "the bad line is reported with its place: {stderr}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = request(addr, "GET", "/api/health", None, "").await;
+        let lbs = h["engine"]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == "lbs")
+            .cloned();
+        if lbs.is_some_and(|s| s["records"] == 3000) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

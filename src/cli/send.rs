@@ -1,0 +1,81 @@
+//! Sending feeds to a server: batches POSTed to `/api/ingest`, paced by event time or flat out,
+//! retried on 429/503 after `Retry-After` so nothing is dropped.
+
+use std::time::{Duration, Instant};
+
+/// Posts NDJSON batches to a throng server.
+pub struct Sender {
+    url: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+    /// Records the server accepted.
+    pub accepted: u64,
+    /// Records it rejected (with reasons logged).
+    pub rejected: u64,
+    /// Times it asked us to wait.
+    pub retries: u64,
+}
+
+impl Sender {
+    /// A sender to `base` (e.g. `http://127.0.0.1:8080`), with an optional feed token.
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Sender> {
+        let base = base.trim_end_matches('/');
+        if !base.starts_with("http://") {
+            anyhow::bail!("--target must be an http:// URL such as http://127.0.0.1:8080, got {base:?}");
+        }
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+        Ok(Sender {
+            url: format!("{base}/api/ingest"),
+            token,
+            agent,
+            accepted: 0,
+            rejected: 0,
+            retries: 0,
+        })
+    }
+
+    /// Sends one batch, waiting and retrying while the server is over capacity.
+    pub fn send(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        if body.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        loop {
+            let mut req = self
+                .agent
+                .post(&self.url)
+                .set("Content-Type", "application/x-ndjson");
+            if let Some(t) = &self.token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            match req.send_bytes(body) {
+                Ok(resp) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&resp.into_string().unwrap_or_default()).unwrap_or_default();
+                    self.accepted += v["accepted"].as_u64().unwrap_or(0);
+                    for r in v["rejected"].as_array().into_iter().flatten() {
+                        self.rejected += 1;
+                        tracing::warn!(line = %r["line"], "Rejected by the server: {}", r["error"].as_str().unwrap_or(""));
+                    }
+                    return Ok(());
+                }
+                Err(ureq::Error::Status(code @ (429 | 503), resp)) => {
+                    let wait = resp
+                        .header("Retry-After")
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(1);
+                    self.retries += 1;
+                    if started.elapsed() > Duration::from_secs(600) {
+                        anyhow::bail!("the server answered {code} for 10 minutes; giving up on this batch");
+                    }
+                    std::thread::sleep(Duration::from_secs(wait.clamp(1, 30)));
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let text = resp.into_string().unwrap_or_default();
+                    anyhow::bail!("the server refused the batch with {code}: {text}");
+                }
+                Err(e) => anyhow::bail!("cannot reach {}: {e}", self.url),
+            }
+        }
+    }
+}
