@@ -349,6 +349,13 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    for m in &cfg.mqtt {
+        tracker.spawn(crate::transport::mqtt::run(
+            m.clone(),
+            handles.clone(),
+            token.clone(),
+        ));
+    }
     let handles_for_server = handles.clone();
     let router = crate::api::router(handles);
     let t = token.clone();

@@ -32,6 +32,8 @@ pub struct Config {
     pub risk: RiskConfig,
     /// Write-ahead log and checkpoints.
     pub durability: DurabilityConfig,
+    /// MQTT subscriptions feeding the pipeline.
+    pub mqtt: Vec<MqttConfig>,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             risk: RiskConfig::default(),
             durability: DurabilityConfig::default(),
+            mqtt: Vec::new(),
         }
     }
 }
@@ -240,6 +243,23 @@ impl Default for DurabilityConfig {
     }
 }
 
+/// One MQTT broker subscription (`[[mqtt]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://HOST:PORT`.
+    pub url: String,
+    /// Topic filters, e.g. `["throng/feeds/#"]`.
+    pub topics: Vec<String>,
+    /// Client id (a persistent session is kept under it).
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+}
+
+fn default_client_id() -> String {
+    "throng".into()
+}
+
 /// Role tokens.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -354,6 +374,17 @@ impl Config {
         }
         if !(self.risk.stale_factor.is_finite() && self.risk.stale_factor > 0.0) {
             return bad("risk.stale_factor", "must be positive".into());
+        }
+        for (i, m) in self.mqtt.iter().enumerate() {
+            if let Err(e) = crate::transport::mqtt::parse_url(&m.url) {
+                return bad(&format!("mqtt[{i}].url"), e);
+            }
+            if m.topics.is_empty() {
+                return bad(
+                    &format!("mqtt[{i}].topics"),
+                    "name at least one topic filter".into(),
+                );
+            }
         }
         if self.privacy.hash_key.is_empty() {
             return bad("privacy.hash_key", "must not be empty".into());

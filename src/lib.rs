@@ -18,4 +18,5 @@ pub mod model;
 pub mod pipeline;
 pub mod risk;
 pub mod sim;
+pub mod transport;
 pub mod window;

@@ -6,6 +6,7 @@ mod demo;
 mod http;
 mod importers;
 mod live;
+mod mqtt;
 mod replay;
 mod scenario;
 mod segments;

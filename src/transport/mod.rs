@@ -1,0 +1,3 @@
+//! Network transports that pull feeds in (HTTP and WebSocket ingest live in `api/`).
+
+pub mod mqtt;
