@@ -60,7 +60,7 @@ pub async fn run(cfg: MqttConfig, h: Handles, stop: CancellationToken) {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let now = now_ms();
-                let (mut ok, mut bad) = (Vec::new(), 0u64);
+                let mut ok = Vec::new();
                 for line in p
                     .payload
                     .split(|b| *b == b'\n')
@@ -69,7 +69,6 @@ pub async fn run(cfg: MqttConfig, h: Handles, stop: CancellationToken) {
                     match h.parser.parse_line(line, Some(now)) {
                         Ok(r) => ok.push(r),
                         Err(e) => {
-                            bad += 1;
                             metrics::counter!("throng_ingest_rejected_total", "reason" => e.code.as_str())
                                 .increment(1);
                             tracing::warn!(topic = %p.topic, "Rejected MQTT record: {e}");
@@ -86,7 +85,6 @@ pub async fn run(cfg: MqttConfig, h: Handles, stop: CancellationToken) {
                     metrics::counter!("throng_ingest_records_total").increment(n);
                 }
                 metrics::counter!("throng_mqtt_messages_total").increment(1);
-                let _ = bad;
                 if let Err(e) = client.ack(&p).await {
                     tracing::warn!(error = %e, "MQTT ack failed.");
                 }
