@@ -29,9 +29,6 @@ use crate::window::{Engine, HexWindow};
 /// Period of provisional heatmap frames (the contract asks for at least one every 2 s).
 const PROVISIONAL_EVERY_MS: u64 = 1_500;
 
-/// Batches of parsed records waiting for the engine.
-const INGEST_QUEUE_BATCHES: usize = 256;
-
 /// Wall-clock milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -294,7 +291,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         store.clone(),
         cfg.window.size.as_millis() as i64,
     );
-    let (tx, rx) = mpsc::channel(INGEST_QUEUE_BATCHES);
+    let (tx, rx) = mpsc::channel(cfg.ingest.queue_batches);
     let (control_tx, control_rx) = mpsc::channel(8);
     let (health_tx, health_rx) = watch::channel(Health::default());
     let (latest_tx, latest_rx) = watch::channel(None);

@@ -155,6 +155,8 @@ pub struct IngestConfig {
     pub max_future: Duration,
     /// Longest accepted NDJSON line.
     pub max_line_bytes: usize,
+    /// Batches waiting for the engine; when full, feeds are told to retry (HTTP 503) or paused.
+    pub queue_batches: usize,
 }
 
 impl Default for IngestConfig {
@@ -162,6 +164,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_future: Duration::from_secs(300),
             max_line_bytes: 64 * 1024,
+            queue_batches: 256,
         }
     }
 }
@@ -385,6 +388,9 @@ impl Config {
                     "name at least one topic filter".into(),
                 );
             }
+        }
+        if self.ingest.queue_batches == 0 {
+            return bad("ingest.queue_batches", "must be at least 1".into());
         }
         if self.privacy.hash_key.is_empty() {
             return bad("privacy.hash_key", "must not be empty".into());
