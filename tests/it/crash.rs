@@ -215,19 +215,5 @@ async fn replay_target_sends_a_recorded_feed_to_a_server() {
         stderr.contains("a.ndjson:1501"),
         "the bad line is reported with its place: {stderr}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, h) = request(addr, "GET", "/api/health", None, "").await;
-        let lbs = h["engine"]["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["source"] == "lbs")
-            .cloned();
-        if lbs.is_some_and(|s| s["records"] == 3000) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::http::wait_lbs_records(addr, 3000).await;
 }

@@ -68,3 +68,23 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// Waits (at most 20 s) until the engine has taken `n` records from the `lbs` source.
+pub async fn wait_lbs_records(addr: SocketAddr, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, h) = request(addr, "GET", "/api/health", None, "").await;
+        let got = h["engine"]["sources"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["source"] == "lbs"))
+            .and_then(|s| s["records"].as_u64());
+        if got == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engine has {got:?} lbs records, expected {n}: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -7,7 +7,6 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use throng::app;
 use throng::config::MqttConfig;
 
-use crate::http::request;
 use crate::serve::{config, fast};
 use crate::support::Child;
 
@@ -72,24 +71,7 @@ async fn records_published_to_mosquitto_reach_the_windows() {
             .await
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, h) = request(server.addr, "GET", "/api/health", None, "").await;
-        let lbs = h["engine"]["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["source"] == "lbs")
-            .cloned();
-        if lbs.as_ref().is_some_and(|s| s["records"] == 30) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "MQTT records never arrived: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::http::wait_lbs_records(server.addr, 30).await;
     let (_, metrics) = crate::http::request_text(server.addr, "GET", "/metrics", None, "").await;
     assert!(metrics.contains("throng_mqtt_messages_total 3"), "{metrics}");
     pump.abort();

@@ -119,24 +119,7 @@ async fn websocket_ingest_acknowledges_every_frame() {
         assert_eq!(a["rejected"][0]["line"], 11);
     }
     assert!(acks[5]["error"].as_str().unwrap().contains("binary"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, h) = request(server.addr, "GET", "/api/health", None, "").await;
-        let lbs = h["engine"]["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["source"] == "lbs")
-            .cloned();
-        if lbs.is_some_and(|s| s["records"] == 50) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "records never reached the engine: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::http::wait_lbs_records(server.addr, 50).await;
     server.shutdown().await.unwrap();
 }
 
@@ -196,24 +179,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
     eprintln!("accepted {accepted} records, {busy} requests told to retry");
     assert!(busy > 0, "a one-batch queue under six eager feeds fills up");
     // Exactly what was acknowledged reaches the engine: no request half-taken.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, h) = request(addr, "GET", "/api/health", None, "").await;
-        let n = h["engine"]["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["source"] == "lbs")
-            .map(|s| s["records"].as_u64().unwrap());
-        if n == Some(accepted) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "engine has {n:?}, acknowledged {accepted}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::http::wait_lbs_records(addr, accepted).await;
     assert_eq!(accepted % 3000, 0);
     server.shutdown().await.unwrap();
 }
