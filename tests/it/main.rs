@@ -1,5 +1,6 @@
 //! End-to-end tests through throng's real interfaces (the binary, HTTP). One binary, many modules.
 
+mod access;
 mod browser;
 mod crash;
 mod demo;

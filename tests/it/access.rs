@@ -1,0 +1,201 @@
+//! Who may do what: every route and both WebSockets against every role, no token and a wrong token.
+
+use throng::app;
+use throng::config::TokenConfig;
+
+use crate::http::request;
+use crate::serve::{config, fast};
+
+const ROLES: [&str; 5] = ["feed", "viewer", "organiser", "analyst", "admin"];
+
+fn token(role: &str) -> String {
+    format!("{role}-secret-token")
+}
+
+#[tokio::test]
+async fn every_route_checks_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast(config());
+    cfg.auth.tokens = ROLES
+        .iter()
+        .map(|r| TokenConfig {
+            name: format!("{r}-holder"),
+            role: r.to_string(),
+            token: token(r),
+        })
+        .collect();
+    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let a = server.addr;
+    let now = app::now_ms();
+    let ping =
+        format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"x\",\"lat\":31.2405,\"lng\":121.4832}}\n");
+    let view: &[&str] = &["viewer", "organiser", "admin"];
+    // (method, path, body, roles allowed; empty = open to all)
+    let routes: Vec<(&str, &str, String, &[&str])> = vec![
+        ("POST", "/api/ingest", ping.clone(), &["feed", "admin"]),
+        ("GET", "/api/segments", String::new(), view),
+        ("GET", "/api/segments/chenyi-square", String::new(), view),
+        ("GET", "/api/alerts", String::new(), view),
+        ("GET", "/api/scenario", String::new(), view),
+        (
+            "POST",
+            "/api/cells/boundaries",
+            "[\"8b309958ac36fff\"]".into(),
+            view,
+        ),
+        (
+            "PUT",
+            "/api/segments/chenyi-square/thresholds",
+            "{\"capacity\":5000}".into(),
+            &["organiser", "admin"],
+        ),
+        (
+            "GET",
+            "/api/thresholds/audit",
+            String::new(),
+            &["organiser", "admin"],
+        ),
+        ("POST", "/api/segments/reload", String::new(), &["admin"]),
+        ("GET", "/api/health", String::new(), &[]),
+        ("GET", "/metrics", String::new(), &[]),
+        ("GET", "/", String::new(), &[]),
+    ];
+    for (method, path, body, allowed) in &routes {
+        let open = allowed.is_empty();
+        let (s, v) = request(a, method, path, None, body).await;
+        if open {
+            assert_eq!(s, 200, "{method} {path} is open");
+            continue;
+        }
+        assert_eq!(s, 401, "{method} {path} without a token");
+        assert!(
+            v["error"].as_str().unwrap().contains("token"),
+            "{method} {path}: {v}"
+        );
+        assert_eq!(
+            request(a, method, path, Some("not-a-token"), body).await.0,
+            401,
+            "{method} {path} wrong token"
+        );
+        for role in ROLES {
+            let (s, v) = request(a, method, path, Some(&token(role)), body).await;
+            if allowed.contains(&role) {
+                assert!((200..300).contains(&s), "{method} {path} as {role}: {s} {v}");
+            } else {
+                assert_eq!(s, 403, "{method} {path} as {role}: {v}");
+                assert!(
+                    v["error"].as_str().unwrap().contains(role),
+                    "the reason names the role: {v}"
+                );
+            }
+        }
+    }
+    for (path, allowed) in [("/ws/live", view), ("/ws/ingest", &["feed", "admin"][..])] {
+        let url = |t: Option<String>| match t {
+            Some(t) => format!("ws://{a}{path}?token={t}"),
+            None => format!("ws://{a}{path}"),
+        };
+        let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            status(tokio_tungstenite::connect_async(url(None)).await.map(|_| ())),
+            401,
+            "{path}"
+        );
+        for role in ROLES {
+            let got = status(
+                tokio_tungstenite::connect_async(url(Some(token(role))))
+                    .await
+                    .map(|_| ()),
+            );
+            let want = if allowed.contains(&role) { 101 } else { 403 };
+            assert_eq!(got, want, "{path} as {role}");
+        }
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(&cfg, "scenario = \"fixtures/bund\"\n[window]\nsize = \"2s\"\nslide = \"1s\"\nidle_timeout = \"500ms\"\nallowed_lateness = \"100ms\"\n[durability]\ncheckpoint_every = \"200ms\"\n").unwrap();
+    let mut child = crate::support::Child(
+        Command::new(env!("CARGO_BIN_EXE_throng"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "debug")
+            .current_dir(crate::support::root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let now = app::now_ms();
+    let mut body = String::new();
+    for i in 0..100 {
+        body.push_str(&format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"PRIVATE-ID-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n"));
+    }
+    // Bad records carrying an id: their rejection reasons must not echo it.
+    body.push_str(
+        "{\"kind\":\"lbs\",\"ts\":1767196800000,\"device\":\"PRIVATE-ID-bad\",\"lat\":95,\"lng\":121}\n",
+    );
+    body.push_str(&format!(
+        "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"PRIVATE-ID-{}\",\"lat\":31,\"lng\":121}}\n",
+        "x".repeat(200)
+    ));
+    let (s, v) = request(addr, "POST", "/api/ingest", None, &body).await;
+    assert_eq!(s, 202);
+    assert!(
+        !v.to_string().contains("PRIVATE-ID"),
+        "rejections do not echo device ids: {v}"
+    );
+    crate::http::wait_lbs_records(addr, 100).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await; // windows close, checkpoints run
+    let (_, metrics) = crate::http::request_text(addr, "GET", "/metrics", None, "").await;
+    assert!(!metrics.contains("PRIVATE-ID"));
+    drop(child);
+    let mut files = vec![log.clone()];
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                files.push(p)
+            }
+        }
+    }
+    assert!(
+        files.len() >= 3,
+        "log, WAL and checkpoint were written: {files:?}"
+    );
+    for f in files {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).to_string();
+        assert!(!text.contains("PRIVATE-ID"), "raw device id in {}", f.display());
+    }
+}
