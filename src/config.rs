@@ -105,6 +105,9 @@ pub struct PrivacyConfig {
     pub k: u32,
     /// Key of the device pseudonym hash.
     pub hash_key: String,
+    /// How often the pseudonym key rotates, by event time ("0s": never). See `ingest::pseudonym`.
+    #[serde(with = "humantime_serde")]
+    pub rotate: Duration,
 }
 
 impl Default for PrivacyConfig {
@@ -112,6 +115,7 @@ impl Default for PrivacyConfig {
         PrivacyConfig {
             k: 10,
             hash_key: "change-me".into(),
+            rotate: Duration::from_secs(86_400),
         }
     }
 }

@@ -39,7 +39,7 @@ impl Pipeline {
         let sources = Arc::new(Sources::new(&cfg.lbs));
         let parser = Parser::new(
             registry.clone(),
-            Pseudonymiser::new(&cfg.privacy.hash_key),
+            Pseudonymiser::new(&cfg.privacy.hash_key).rotating(cfg.privacy.rotate.as_millis() as i64),
             sources.clone(),
             resolution(cfg),
             cfg.lbs.max_accuracy_m,

@@ -320,7 +320,7 @@ impl Parser {
         let cell = LatLng::new(lat, lng)
             .map_err(|e| reject("lat", RejectCode::Value, e.to_string()))?
             .to_cell(self.res);
-        let device = self.pseudo.pseudonym(&device);
+        let device = self.pseudo.pseudonym_at(&device, ts.millis());
         let source = self.sources.lbs(raw.source.as_deref());
         Ok(Record {
             ts,

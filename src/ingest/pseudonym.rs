@@ -2,6 +2,12 @@
 //!
 //! The 128-bit key is derived from the configured `privacy.hash_key` with BLAKE3's key derivation, so
 //! a short passphrase still yields a full-width key. Without the key a pseudonym cannot be linked back.
+//!
+//! Rotation: with `privacy.rotate` set (daily by default) the key used for a record is derived from
+//! the secret and the rotation period its *event time* falls in, so one phone has a different
+//! pseudonym each period and pseudonyms of different periods cannot be linked without the secret.
+//! The price: a window that straddles a rotation instant (UTC midnight for daily) sees a device that
+//! pinged on both sides as two devices — at most a window's worth of double counting, once a day.
 
 use std::hash::Hasher;
 
@@ -14,6 +20,8 @@ use crate::model::DeviceId;
 pub struct Pseudonymiser {
     k0: u64,
     k1: u64,
+    /// Rotation period in ms (0: never rotate).
+    period_ms: i64,
 }
 
 impl std::fmt::Debug for Pseudonymiser {
@@ -33,12 +41,36 @@ impl Pseudonymiser {
         Pseudonymiser {
             k0: u64::from_le_bytes(k0),
             k1: u64::from_le_bytes(k1),
+            period_ms: 0,
         }
     }
 
-    /// The pseudonym of a device string.
+    /// Rotates the key every `period_ms` of event time (0: never).
+    pub fn rotating(mut self, period_ms: i64) -> Self {
+        self.period_ms = period_ms.max(0);
+        self
+    }
+
+    /// The pseudonym of a device string, ignoring rotation (the period holding event time 0).
     pub fn pseudonym(&self, device: &str) -> DeviceId {
-        let mut h = SipHasher24::new_with_keys(self.k0, self.k1);
+        self.pseudonym_at(device, 0)
+    }
+
+    /// The pseudonym of a device string for a record at event time `ts_ms`.
+    pub fn pseudonym_at(&self, device: &str, ts_ms: i64) -> DeviceId {
+        let (k0, k1) = if self.period_ms > 0 {
+            // The period's key: a PRF (SipHash under the secret key) of the period number.
+            let period = ts_ms.div_euclid(self.period_ms) as u64;
+            let prf = |x: u64| {
+                let mut h = SipHasher24::new_with_keys(self.k0, self.k1);
+                h.write_u64(x);
+                h.finish()
+            };
+            (prf(period << 1), prf((period << 1) | 1))
+        } else {
+            (self.k0, self.k1)
+        };
+        let mut h = SipHasher24::new_with_keys(k0, k1);
         h.write(device.as_bytes());
         DeviceId(h.finish())
     }
@@ -55,6 +87,23 @@ mod tests {
         assert_eq!(a.pseudonym("phone-1"), a.pseudonym("phone-1"));
         assert_ne!(a.pseudonym("phone-1"), a.pseudonym("phone-2"));
         assert_ne!(a.pseudonym("phone-1"), b.pseudonym("phone-1"));
+    }
+
+    #[test]
+    fn daily_rotation_changes_pseudonyms_at_the_period_boundary() {
+        let p = Pseudonymiser::new("k").rotating(86_400_000);
+        let day = 1_767_225_600_000; // a UTC midnight
+        assert_eq!(
+            p.pseudonym_at("phone", day - 10),
+            p.pseudonym_at("phone", day - 86_000_000)
+        );
+        assert_ne!(p.pseudonym_at("phone", day - 1), p.pseudonym_at("phone", day));
+        assert_ne!(
+            p.pseudonym_at("phone", day),
+            Pseudonymiser::new("k2")
+                .rotating(86_400_000)
+                .pseudonym_at("phone", day)
+        );
     }
 
     #[test]
