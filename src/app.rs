@@ -112,6 +112,8 @@ pub struct Handles {
     pub hub: crate::live::Hub,
     /// Cancelled at shutdown (viewer sockets end on it).
     pub stop: CancellationToken,
+    /// Per-client limits.
+    pub limits: Arc<crate::api::limits::Limits>,
 }
 
 /// What the pipeline task's input queue carries, in write-ahead-log order.
@@ -341,6 +343,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         control: control_tx.clone(),
         hub,
         stop: token.clone(),
+        limits: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -357,9 +360,12 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
     let router = crate::api::router(handles);
     let t = token.clone();
     tracker.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(t.cancelled_owned())
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(t.cancelled_owned())
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed.");
         }

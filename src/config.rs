@@ -34,6 +34,8 @@ pub struct Config {
     pub durability: DurabilityConfig,
     /// MQTT subscriptions feeding the pipeline.
     pub mqtt: Vec<MqttConfig>,
+    /// Per-client limits.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             risk: RiskConfig::default(),
             durability: DurabilityConfig::default(),
             mqtt: Vec::new(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -246,6 +249,25 @@ impl Default for DurabilityConfig {
         DurabilityConfig {
             fsync: FsyncPolicy::Always,
             checkpoint_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Per-client limits (each answered with a clear 429).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open WebSocket connections (live and ingest) per client address.
+    pub ws_per_address: usize,
+    /// Records per second per feed token over HTTP ingest (burst: two seconds' worth; 0: no limit).
+    pub ingest_records_per_s: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            ws_per_address: 50,
+            ingest_records_per_s: 0.0,
         }
     }
 }

@@ -29,6 +29,7 @@ pub async fn app_js() -> impl IntoResponse {
 /// `GET /ws/live`: viewers' live frames.
 pub async fn ws_live(
     State(h): State<Handles>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
@@ -61,10 +62,14 @@ pub async fn ws_live(
             .latest()
             .to_vec(),
     };
+    let slot = h.limits.socket(peer.ip(), h.config.limits.ws_per_address)?;
     let hub = h.hub.clone();
     let stop = h.stop.clone();
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE * 4)
         .max_frame_size(MAX_CLIENT_MESSAGE * 4)
-        .on_upgrade(move |socket| serve_viewer(socket, hub, ctx, stop)))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            serve_viewer(socket, hub, ctx, stop).await
+        }))
 }

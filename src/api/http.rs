@@ -113,7 +113,7 @@ async fn ingest(
     q: Params,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    check(&h, &headers, &q, roles::FEED)?;
+    let who = check(&h, &headers, &q, roles::FEED)?;
     let body = ingest_body(&headers, body)?;
     let now = now_ms();
     let max_line = h.config.ingest.max_line_bytes;
@@ -143,6 +143,19 @@ async fn ingest(
         }
     }
     let n = accepted.len();
+    if let Err(wait) = h
+        .limits
+        .records(&who.name, n, h.config.limits.ingest_records_per_s)
+    {
+        return Err(ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "feed `{}` is over its rate of {} records/s (limits.ingest_records_per_s): nothing from this request was taken",
+                who.name, h.config.limits.ingest_records_per_s
+            ),
+            retry_after: Some(wait as u32),
+        });
+    }
     if n > 0 {
         // All or nothing: logged, then queued; when the queue is full nothing is taken.
         if let Err(e) = crate::app::commit(&h, accepted, false).await {

@@ -20,15 +20,20 @@ const MAX_FRAME: usize = 1 << 20;
 /// The upgrade.
 pub async fn ws_ingest(
     State(h): State<Handles>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     check(&h, &headers, &q, roles::FEED)?;
+    let slot = h.limits.socket(peer.ip(), h.config.limits.ws_per_address)?;
     Ok(ws
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |s| feed(s, h)))
+        .on_upgrade(move |s| async move {
+            let _slot = slot;
+            feed(s, h).await
+        }))
 }
 
 async fn feed(mut socket: WebSocket, h: Handles) {

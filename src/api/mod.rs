@@ -4,5 +4,6 @@ pub mod auth;
 pub mod dashboard;
 pub mod http;
 pub mod ingest_ws;
+pub mod limits;
 
 pub use http::router;

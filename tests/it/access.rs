@@ -199,3 +199,50 @@ async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
         assert!(!text.contains("PRIVATE-ID"), "raw device id in {}", f.display());
     }
 }
+
+#[tokio::test]
+async fn limits_answer_429_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast(config());
+    cfg.limits.ws_per_address = 2;
+    cfg.limits.ingest_records_per_s = 100.0;
+    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let a = server.addr;
+    let url = format!("ws://{a}/ws/live");
+    let first = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let _second = tokio_tungstenite::connect_async(&url).await.unwrap();
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 429),
+        other => panic!("third socket from one address: {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio_tungstenite::connect_async(&url).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed socket gives its slot back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let now = app::now_ms();
+    let body = |k: usize| -> String {
+        (0..150).map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"r{k}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n")).collect()
+    };
+    assert_eq!(
+        request(a, "POST", "/api/ingest", None, &body(1)).await.0,
+        202,
+        "within the two-second burst"
+    );
+    let (s, v) = request(a, "POST", "/api/ingest", None, &body(2)).await;
+    assert_eq!(s, 429, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("limits.ingest_records_per_s"),
+        "{v}"
+    );
+    server.shutdown().await.unwrap();
+}
