@@ -18,6 +18,7 @@ use std::collections::HashMap;
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// A JSON error with its status.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
