@@ -122,38 +122,24 @@ async fn every_route_checks_its_role() {
 
 #[tokio::test]
 async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
     let cfg = dir.path().join("t.toml");
     std::fs::write(&cfg, "scenario = \"fixtures/bund\"\n[window]\nsize = \"2s\"\nslide = \"1s\"\nidle_timeout = \"500ms\"\nallowed_lateness = \"100ms\"\n[durability]\ncheckpoint_every = \"200ms\"\n").unwrap();
-    let mut child = crate::support::Child(
-        Command::new(env!("CARGO_BIN_EXE_throng"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--data-dir",
-                data.to_str().unwrap(),
-            ])
-            .env("RUST_LOG", "debug")
-            .current_dir(crate::support::root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap(),
-    );
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
+    let mut cmd = crate::support::throng_command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    cmd.env("RUST_LOG", "debug")
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let (child, addr) = crate::support::serving(cmd);
     let now = app::now_ms();
     let mut body = String::new();
     for i in 0..100 {

@@ -1,8 +1,6 @@
 //! The dashboard in a real headless Chromium against a running `throng demo`: it draws hexagons and
 //! segment rows and shows a live clock. A screenshot is saved for a person to look at.
 
-use crate::support::Child;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -49,37 +47,20 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
          [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
     )
     .unwrap();
-    let mut demo = Child(
-        Command::new(env!("CARGO_BIN_EXE_throng"))
-            .args([
-                "demo",
-                "--speed",
-                "30",
-                "--devices",
-                "20000",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--config",
-                cfg.to_str().unwrap(),
-                "--data-dir",
-                dir.path().join("data").to_str().unwrap(),
-            ])
-            .current_dir(crate::support::root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("demo prints its URL").unwrap();
-        if let Some(rest) = line.split("http://").nth(1) {
-            break format!("http://{}/", rest.split('/').next().unwrap());
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (_demo, addr) = crate::support::serving(crate::support::throng_command(&[
+        "demo",
+        "--speed",
+        "30",
+        "--devices",
+        "20000",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]));
+    let url = format!("http://{addr}/");
     // Let a few windows close so there is something to draw.
     std::thread::sleep(Duration::from_secs(8));
     let profile = dir.path().join("chromium");

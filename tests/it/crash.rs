@@ -2,8 +2,6 @@
 //! dir ends with every acknowledged record counted exactly once, re-sends included.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,31 +13,15 @@ use crate::support::{Child, Rng};
 const HOUR: i64 = 3_600_000;
 
 fn spawn(cfg: &std::path::Path, data: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_throng"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-                cfg.to_str().unwrap(),
-            ])
-            .args(["--data-dir", data.to_str().unwrap()])
-            .current_dir(crate::support::root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve prints its address").unwrap();
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    crate::support::serving(crate::support::throng_command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]))
 }
 
 #[tokio::test]

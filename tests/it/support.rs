@@ -67,3 +67,40 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+/// The real binary with these arguments, run from the repository root, stderr discarded.
+pub fn throng_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_throng"));
+    c.args(args)
+        .current_dir(root())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// Starts a server-like command (`serve`, `demo`) and waits for the address it prints; the rest of
+/// its standard output is drained on a thread.
+pub fn serving(mut cmd: Command) -> (Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Child(
+        cmd.stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn throng"),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server prints its address")
+            .expect("read stdout");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest
+                .split('/')
+                .next()
+                .expect("host:port")
+                .parse()
+                .expect("an address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
