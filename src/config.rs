@@ -486,6 +486,20 @@ token = "abcdefghij"
     }
 
     #[test]
+    fn every_toml_example_in_the_readme_is_a_valid_config() {
+        let readme = include_str!("../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert!(blocks.len() >= 2);
+        for b in blocks {
+            Config::parse(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
+    }
+
+    #[test]
     fn unknown_key_names_its_path() {
         let e = Config::parse("[window]\nsizee = \"1m\"\n")
             .unwrap_err()
