@@ -183,3 +183,61 @@ async fn thresholds_are_validated_persisted_audited_and_drive_alerts() {
     assert!(alerts_file.contains("enr-xizang-henan"));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_segments_file_and_a_bad_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("bund");
+    std::fs::create_dir_all(&scenario).unwrap();
+    for f in ["segments.geojson", "sensors.json", "stations.json"] {
+        std::fs::copy(
+            crate::support::root().join("fixtures/bund").join(f),
+            scenario.join(f),
+        )
+        .unwrap();
+    }
+    let data = dir.path().join("data");
+    let (child, addr) = crate::support::serving(crate::support::throng_command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]));
+    let count = || async {
+        let (s, v) = request(addr, "GET", "/api/segments", None, "").await;
+        assert_eq!(s, 200);
+        v.as_array().unwrap().len()
+    };
+    let before = count().await;
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    // Drop one segment from the file, then SIGHUP.
+    let path = scenario.join("segments.geojson");
+    let mut gj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    gj["features"].as_array_mut().unwrap().pop();
+    std::fs::write(&path, gj.to_string()).unwrap();
+    hup();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count().await != before - 1 {
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken file is refused; the segments in force stay.
+    std::fs::write(&path, "{not geojson").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count().await, before - 1);
+    assert_eq!(
+        request(addr, "GET", "/api/health", None, "").await.0,
+        200,
+        "still serving"
+    );
+}
