@@ -14,7 +14,6 @@ fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        "--window-size=1600,900",
     ])
     .arg(format!("--user-data-dir={}", profile.display()))
     .args(args)
@@ -84,6 +83,7 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
     let png = shots.join("dashboard.png");
     chromium(
         &[
+            "--window-size=1920,1080",
             "--virtual-time-budget=8000",
             &format!("--screenshot={}", png.display()),
             &url,
@@ -95,4 +95,16 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
         bytes.len() > 20_000 && bytes.starts_with(b"\x89PNG"),
         "a real picture"
     );
+    // A laptop screen too (below 1100 px the page stacks the map above the tables).
+    let laptop = shots.join("dashboard-laptop.png");
+    chromium(
+        &[
+            "--window-size=1366,768",
+            "--virtual-time-budget=8000",
+            &format!("--screenshot={}", laptop.display()),
+            &url,
+        ],
+        &profile,
+    );
+    assert!(std::fs::read(&laptop).expect("laptop screenshot").len() > 20_000);
 }
