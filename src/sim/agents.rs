@@ -321,6 +321,28 @@ fn dist_m(a: (f64, f64), b: (f64, f64)) -> f64 {
     ((a.0 - b.0) * M_LNG).hypot((a.1 - b.1) * M_LAT)
 }
 
+/// Walks from `here` to a random spot of `seg` at `speed` (∞: the time is already advanced),
+/// appending the waypoint; returns the new position.
+fn step(
+    path: &mut Vec<Waypoint>,
+    t: &mut f64,
+    here: (f64, f64),
+    seg: usize,
+    speed: f64,
+    scenario: &Scenario,
+    rng: &mut Rng,
+) -> (f64, f64) {
+    let next = scenario.spot(seg, rng);
+    *t += dist_m(here, next) / speed;
+    path.push(Waypoint {
+        t: *t as f32,
+        lng: next.0,
+        lat: next.1,
+        seg: seg as u16,
+    });
+    next
+}
+
 /// All agents of one run.
 pub struct World {
     /// The scenario.
@@ -371,45 +393,19 @@ impl World {
                 lat: here.1,
                 seg: start_seg as u16,
             });
-            let forward: Vec<usize> = if already {
-                Vec::new()
-            } else {
-                route.segments[1..].to_vec()
-            };
-            for seg in forward {
-                let next = scenario.spot(seg, &mut rng);
-                t += dist_m(here, next) / speed;
-                path.push(Waypoint {
-                    t: t as f32,
-                    lng: next.0,
-                    lat: next.1,
-                    seg: seg as u16,
-                });
-                here = next;
+            // Walk the route out (unless already there), mill about at the destination until it is
+            // time to go, then walk back.
+            let forward: &[usize] = if already { &[] } else { &route.segments[1..] };
+            for &seg in forward {
+                here = step(&mut path, &mut t, here, seg, speed, &scenario, &mut rng);
             }
-            // Mill about at the destination until it is time to go.
             let dest = *route.segments.last().unwrap_or(&0);
             while t + 60.0 < leave_at {
                 t += rng.range(60.0, 240.0).min(leave_at - t);
-                let next = scenario.spot(dest, &mut rng);
-                path.push(Waypoint {
-                    t: t as f32,
-                    lng: next.0,
-                    lat: next.1,
-                    seg: dest as u16,
-                });
-                here = next;
+                here = step(&mut path, &mut t, here, dest, f64::INFINITY, &scenario, &mut rng);
             }
             for &seg in route.segments.iter().rev().skip(1) {
-                let next = scenario.spot(seg, &mut rng);
-                t += dist_m(here, next) / speed;
-                path.push(Waypoint {
-                    t: t as f32,
-                    lng: next.0,
-                    lat: next.1,
-                    seg: seg as u16,
-                });
-                here = next;
+                here = step(&mut path, &mut t, here, seg, speed, &scenario, &mut rng);
             }
             // Leave the night's window open-ended: those still walking at the end stay until then.
             for w in &mut path {

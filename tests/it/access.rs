@@ -128,15 +128,7 @@ async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
     let log = dir.path().join("server.log");
     let cfg = dir.path().join("t.toml");
     std::fs::write(&cfg, "scenario = \"fixtures/bund\"\n[window]\nsize = \"2s\"\nslide = \"1s\"\nidle_timeout = \"500ms\"\nallowed_lateness = \"100ms\"\n[durability]\ncheckpoint_every = \"200ms\"\n").unwrap();
-    let mut cmd = crate::support::throng_command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let mut cmd = crate::support::serve_command(&data, &["--config", cfg.to_str().unwrap()]);
     cmd.env("RUST_LOG", "debug")
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     let (child, addr) = crate::support::serving(cmd);

@@ -13,15 +13,10 @@ use crate::support::{Child, Rng};
 const HOUR: i64 = 3_600_000;
 
 fn spawn(cfg: &std::path::Path, data: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    crate::support::serving(crate::support::throng_command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]))
+    crate::support::serving(crate::support::serve_command(
+        data,
+        &["--config", cfg.to_str().unwrap()],
+    ))
 }
 
 #[tokio::test]

@@ -197,15 +197,10 @@ async fn sighup_reloads_the_segments_file_and_a_bad_file_keeps_the_old_one() {
         .unwrap();
     }
     let data = dir.path().join("data");
-    let (child, addr) = crate::support::serving(crate::support::throng_command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--scenario",
-        scenario.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]));
+    let (child, addr) = crate::support::serving(crate::support::serve_command(
+        &data,
+        &["--scenario", scenario.to_str().unwrap()],
+    ));
     let count = || async {
         let (s, v) = request(addr, "GET", "/api/segments", None, "").await;
         assert_eq!(s, 200);

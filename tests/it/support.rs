@@ -104,3 +104,11 @@ pub fn serving(mut cmd: Command) -> (Child, std::net::SocketAddr) {
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
+
+/// `throng serve` on an ephemeral loopback port with this data dir and extra arguments.
+pub fn serve_command(data: &std::path::Path, extra: &[&str]) -> Command {
+    let data = data.to_str().expect("utf-8 path");
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data];
+    args.extend_from_slice(extra);
+    throng_command(&args)
+}
