@@ -20,6 +20,7 @@ use std::sync::RwLock;
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::durability::Wal;
+use crate::history::{History, Table};
 use crate::ingest::Sources;
 use crate::model::{EventTime, Record, SourceId};
 use crate::pipeline::{resolution, Pipeline};
@@ -114,6 +115,8 @@ pub struct Handles {
     pub stop: CancellationToken,
     /// Per-client limits.
     pub limits: Arc<crate::api::limits::Limits>,
+    /// SQL over history.
+    pub sql: crate::history::SqlEngine,
 }
 
 /// What the pipeline task's input queue carries, in write-ahead-log order.
@@ -187,6 +190,8 @@ pub fn load_segments(cfg: &Config) -> Result<SegmentMap, String> {
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the PostgreSQL wire listens, if it does.
+    pub pg_addr: Option<SocketAddr>,
     handles: Handles,
     /// Requests to the pipeline task (segment reload).
     pub control: mpsc::Sender<Control>,
@@ -247,6 +252,26 @@ impl Server {
 /// Starts the server on `listen` (port 0: an ephemeral port, see `Server::addr`), keeping its files
 /// in `data_dir`.
 pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<Server> {
+    start_with(cfg, listen, None, data_dir).await
+}
+
+/// Opens the history of `data_dir` for a server (replaced files outlive the longest query).
+pub fn open_history(cfg: &Config, data_dir: &Path) -> anyhow::Result<Arc<History>> {
+    let grace = cfg.sql.timeout + Duration::from_secs(10);
+    Ok(Arc::new(
+        History::open(data_dir, cfg.history.retention_days, grace)
+            .with_context(|| format!("opening the history in {}", data_dir.display()))?,
+    ))
+}
+
+/// `start`, with the PostgreSQL wire on `pg_listen` as well (port 0: ephemeral, see
+/// `Server::pg_addr`).
+pub async fn start_with(
+    cfg: Config,
+    listen: SocketAddr,
+    pg_listen: Option<SocketAddr>,
+    data_dir: &Path,
+) -> anyhow::Result<Server> {
     let cfg = Arc::new(cfg);
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let mut pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
@@ -276,6 +301,8 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         );
     }
     let wal = Arc::new(std::sync::Mutex::new(wal));
+    let history = open_history(&cfg, data_dir)?;
+    let sql = crate::history::SqlEngine::new(history.clone(), data_dir, cfg.sql.clone(), cfg.privacy.k);
     let map = Arc::new(
         load_segments(&cfg)
             .map_err(anyhow::Error::msg)
@@ -327,6 +354,8 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         checkpoint_every: cfg.durability.checkpoint_every,
         last_checkpoint: std::time::Instant::now(),
         last_eval_end: i64::MIN,
+        history,
+        last_flush: std::time::Instant::now(),
     };
     tracker.spawn(stage.run(rx, control_rx));
     let handles = Handles {
@@ -344,6 +373,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
         hub,
         stop: token.clone(),
         limits: Arc::default(),
+        sql: sql.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -370,6 +400,24 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
             tracing::error!(error = %e, "HTTP server failed.");
         }
     });
+    let pg_addr = match pg_listen {
+        Some(pg) => {
+            let l = tokio::net::TcpListener::bind(pg)
+                .await
+                .with_context(|| format!("binding the PostgreSQL-wire address {pg}"))?;
+            let a = l.local_addr()?;
+            tracker.spawn(crate::history::pg::serve(
+                l,
+                sql,
+                Arc::new(cfg.auth.clone()),
+                token.clone(),
+                tracker.clone(),
+            ));
+            tracing::info!(addr = %a, "PostgreSQL wire listening (psql -h HOST -p PORT -U analyst).");
+            Some(a)
+        }
+        None => None,
+    };
     if cfg.auth.tokens.is_empty() {
         tracing::warn!(
             "NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only."
@@ -378,6 +426,7 @@ pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::
     tracing::info!(%addr, scenario = %cfg.scenario.display(), data_dir = %data_dir.display(), "Listening.");
     Ok(Server {
         addr,
+        pg_addr,
         handles: handles_for_server,
         control: control_tx,
         token,
@@ -406,6 +455,8 @@ struct Stage {
     data_dir: PathBuf,
     checkpoint_every: Duration,
     last_checkpoint: std::time::Instant,
+    history: Arc<History>,
+    last_flush: std::time::Instant,
 }
 
 impl Stage {
@@ -438,6 +489,9 @@ impl Stage {
             }
             let closed = self.engine.advance(now_ms());
             self.publish(closed);
+            if self.last_flush.elapsed() >= self.cfg.history.flush_every {
+                self.flush_history();
+            }
             if self.last_checkpoint.elapsed() >= self.checkpoint_every {
                 self.last_checkpoint = std::time::Instant::now();
                 self.request_checkpoint();
@@ -445,7 +499,29 @@ impl Stage {
         }
         let closed = self.engine.flush();
         self.publish(closed);
-        tracing::info!("Engine drained and flushed.");
+        match self.history.close() {
+            Ok(_) => tracing::info!("Engine drained and flushed; history written."),
+            Err(e) => tracing::error!(error = %e, "Engine drained, but the history could not be written."),
+        }
+    }
+
+    /// Writes buffered windows to Parquet. Returns false when that failed.
+    fn flush_history(&mut self) -> bool {
+        self.last_flush = std::time::Instant::now();
+        // Written inline: a flush is a few milliseconds of file writing every `flush_every`, the
+        // queue absorbs the pause, and windows stay in order with the engine that closes them.
+        match self.history.flush() {
+            Ok(s) => {
+                if s.files_written > 0 || s.hours_compacted > 0 {
+                    tracing::debug!(files = s.files_written, rows = s.rows_written, compacted = s.hours_compacted, "History flushed.");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "History flush failed; windows stay in memory and the next flush retries.");
+                false
+            }
+        }
     }
 
     /// Starts a new log segment and queues a checkpoint marker behind every batch of the old ones.
@@ -460,6 +536,11 @@ impl Stage {
     }
 
     fn checkpoint(&mut self, segment: u64) {
+        // Windows closed before the checkpoint are no longer in the log: they must be on disk first.
+        if !self.flush_history() {
+            tracing::error!("Checkpoint skipped because the history could not be written.");
+            return;
+        }
         let started = std::time::Instant::now();
         match crate::durability::wal::checkpoint(&self.data_dir, segment, &self.engine) {
             Ok(()) => {
@@ -505,6 +586,14 @@ impl Stage {
 
     fn evaluate(&mut self, w: &HexWindow) {
         let (statuses, alerts) = self.risk.evaluate(w);
+        if !statuses.is_empty() {
+            match crate::history::schema::segment_batch(&statuses) {
+                Ok(b) => {
+                    self.history.append(Table::SegmentWindows, w.start.0, b);
+                }
+                Err(e) => tracing::error!(error = %e, "Could not build the segment_windows rows."),
+            }
+        }
         self.last_eval_end = self.last_eval_end.max(w.end.0);
         if !alerts.is_empty() {
             persist_alerts(&self.alerts_file, &alerts);
@@ -540,6 +629,12 @@ impl Stage {
         for w in closed {
             tracing::debug!(start = %w.start, cells = w.rows.len(), "Closed window.");
             self.evaluate(&w);
+            match crate::window::to_record_batch(&w) {
+                Ok(b) => {
+                    self.history.append(Table::HexWindows, w.start.0, b);
+                }
+                Err(e) => tracing::error!(error = %e, "Could not build the hex_windows rows."),
+            }
             let w = Arc::new(w);
             self.hub.publish(crate::live::LiveEvent::Heatmap {
                 window: w.clone(),
@@ -657,19 +752,22 @@ fn publish_health(
 /// `throng serve`: runs until Ctrl-C or SIGTERM.
 pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.config.load()?;
-    if cfg.auth.tokens.is_empty() && !args.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {} with no auth tokens configured: add [[auth.tokens]] to the config or listen on 127.0.0.1",
-            args.listen
-        );
+    for addr in [args.listen, args.pg_listen] {
+        if cfg.auth.tokens.is_empty() && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {addr} with no auth tokens configured: add [[auth.tokens]] to the config or listen on 127.0.0.1"
+            );
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let server = start(cfg, args.listen, &args.data_dir).await?;
+        let server = start_with(cfg, args.listen, Some(args.pg_listen), &args.data_dir).await?;
         spawn_sighup_reload(server.control.clone());
         println!(
-            "throng is serving on http://{}/ (health: /api/health, metrics: /metrics)",
-            server.addr
+            "throng is serving on http://{}/ (health: /api/health, metrics: /metrics); SQL: psql -h {} -p {} -U analyst",
+            server.addr,
+            server.pg_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+            server.pg_addr.map(|a| a.port()).unwrap_or_default(),
         );
         shutdown_signal().await;
         tracing::info!("Shutting down.");

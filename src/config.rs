@@ -36,6 +36,10 @@ pub struct Config {
     pub mqtt: Vec<MqttConfig>,
     /// Per-client limits.
     pub limits: LimitsConfig,
+    /// Parquet history of closed windows.
+    pub history: HistoryConfig,
+    /// SQL over history.
+    pub sql: SqlConfig,
 }
 
 impl Default for Config {
@@ -53,6 +57,8 @@ impl Default for Config {
             durability: DurabilityConfig::default(),
             mqtt: Vec::new(),
             limits: LimitsConfig::default(),
+            history: HistoryConfig::default(),
+            sql: SqlConfig::default(),
         }
     }
 }
@@ -272,6 +278,49 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Parquet history of closed windows (`<data-dir>/history/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// How often buffered windows are written to a Parquet file (they are queryable before).
+    #[serde(with = "humantime_serde")]
+    pub flush_every: Duration,
+    /// Days of history kept, counted back from the newest window's day (0: keep everything).
+    pub retention_days: u32,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            flush_every: Duration::from_secs(30),
+            retention_days: 30,
+        }
+    }
+}
+
+/// Limits on each SQL query (HTTP, CLI and the PostgreSQL wire).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// A query running longer is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Memory a query's operators may hold (sorts, joins, aggregates), in MiB.
+    pub memory_limit_mb: usize,
+    /// Rows in one answer; a query returning more fails and says so (add LIMIT or aggregate).
+    pub max_rows: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit_mb: 512,
+            max_rows: 100_000,
+        }
+    }
+}
+
 /// One MQTT broker subscription (`[[mqtt]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -414,6 +463,18 @@ impl Config {
                     "name at least one topic filter".into(),
                 );
             }
+        }
+        if self.history.flush_every.is_zero() {
+            return bad("history.flush_every", "must be positive".into());
+        }
+        if self.sql.timeout.is_zero() {
+            return bad("sql.timeout", "must be positive".into());
+        }
+        if self.sql.memory_limit_mb == 0 {
+            return bad("sql.memory_limit_mb", "must be at least 1".into());
+        }
+        if self.sql.max_rows == 0 {
+            return bad("sql.max_rows", "must be at least 1".into());
         }
         if self.ingest.queue_batches == 0 {
             return bad("ingest.queue_batches", "must be at least 1".into());

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod durability;
 pub mod error;
+pub mod history;
 pub mod import;
 pub mod ingest;
 pub mod live;

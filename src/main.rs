@@ -25,6 +25,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => throng::cli::demo::run(args),
         Command::Import(args) => throng::cli::import::run(&args).map(|_| ()),
         Command::Simulate(args) => throng::cli::simulate::run(&args).map(|_| ()),
+        Command::Query(args) => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            throng::cli::query::run(&args, &mut out).map(|_| ())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,8 @@ pub mod roles {
     pub const ORGANISE: &[&str] = &["organiser", "admin"];
     /// Push feed records.
     pub const FEED: &[&str] = &["feed", "admin"];
+    /// Query history with SQL.
+    pub const ANALYSE: &[&str] = &["analyst", "admin"];
     /// Run the server.
     pub const ADMIN: &[&str] = &["admin"];
 }
@@ -32,6 +34,17 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token holder whose token equals `presented` (every token is compared, in constant time).
+pub fn resolve<'a>(auth: &'a AuthConfig, presented: &str) -> Option<&'a crate::config::TokenConfig> {
+    let mut found = None;
+    for t in &auth.tokens {
+        if ct_eq(t.token.as_bytes(), presented.as_bytes()) {
+            found = Some(t);
+        }
+    }
+    found
 }
 
 /// Checks the request's token (`Authorization: Bearer`, or `token` from the query) against `allowed`.
@@ -58,13 +71,7 @@ pub fn authorize(
                 "missing token: send Authorization: Bearer TOKEN",
             )
         })?;
-    let mut found = None;
-    for t in &auth.tokens {
-        if ct_eq(t.token.as_bytes(), presented.as_bytes()) {
-            found = Some(t);
-        }
-    }
-    let t = found.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
+    let t = resolve(auth, presented).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
     if !allowed.contains(&t.role.as_str()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -59,6 +59,7 @@ pub fn router(h: Handles) -> Router {
         .route("/api/alerts", get(alerts))
         .route("/api/scenario", get(scenario))
         .route("/api/cells/boundaries", post(boundaries))
+        .route("/api/sql", post(super::sql::sql))
         .route("/ws/live", get(super::dashboard::ws_live))
         .route("/ws/ingest", get(super::ingest_ws::ws_ingest))
         .route("/", get(super::dashboard::index))

@@ -5,5 +5,6 @@ pub mod dashboard;
 pub mod http;
 pub mod ingest_ws;
 pub mod limits;
+pub mod sql;
 
 pub use http::router;

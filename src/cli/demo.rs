@@ -39,6 +39,9 @@ pub struct DemoArgs {
     /// HTTP address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// PostgreSQL-wire address for SQL clients (`psql -h 127.0.0.1 -p 5433 -U analyst`).
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pub pg_listen: SocketAddr,
     /// Seconds between terminal tables.
     #[arg(long, default_value_t = 3.0)]
     pub table_every: f64,
@@ -49,10 +52,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !(args.speed > 0.0 && args.speed <= 3600.0) {
         anyhow::bail!("--speed must be in (0, 3600]");
     }
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() || !args.pg_listen.ip().is_loopback() {
         anyhow::bail!(
-            "the demo has no auth tokens: it listens on loopback only (got {})",
-            args.listen
+            "the demo has no auth tokens: it listens on loopback only (got {} and {})",
+            args.listen,
+            args.pg_listen
         );
     }
     let config_path = args.config.clone().or_else(|| {
@@ -67,8 +71,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let server = app::start(cfg, args.listen, &args.data_dir).await?;
-        println!("throng demo: the Bund, New Year's Eve — http://{}/  (API: /api/segments, /api/alerts; Ctrl-C to stop)", server.addr);
+        let server = app::start_with(cfg, args.listen, Some(args.pg_listen), &args.data_dir).await?;
+        let pg = server.pg_addr.unwrap_or(args.pg_listen);
+        println!("throng demo: the Bund, New Year's Eve — http://{}/  (API: /api/segments, /api/alerts; SQL: psql -h {} -p {} -U analyst; Ctrl-C to stop)", server.addr, pg.ip(), pg.port());
         let _ = std::io::stdout().flush();
         let world = World::new(
             scenario,

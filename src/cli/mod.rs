@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod import;
+pub mod query;
 pub mod replay;
 pub mod send;
 pub mod simulate;
@@ -44,6 +45,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write simulated Bund feeds (NDJSON) with their ground truth.
     Simulate(simulate::SimulateArgs),
+    /// Run SQL over history (offline on a data dir, or through a server).
+    Query(query::QueryArgs),
 }
 
 /// Options shared by commands that read a configuration.
@@ -83,6 +86,10 @@ pub struct ServeArgs {
     /// HTTP address (API, dashboard, WebSockets).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// PostgreSQL-wire address for SQL clients (psql, Grafana, DBeaver): user `analyst`, password
+    /// an analyst token.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pub pg_listen: SocketAddr,
 }
 
 /// `throng replay`.
@@ -95,8 +102,12 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Print closed windows as NDJSON `hex_windows` rows on standard output.
-    #[arg(long, conflicts_with = "target")]
+    #[arg(long, conflicts_with_all = ["target", "data_dir"])]
     pub print: bool,
+    /// Write closed windows (and segment evaluations, alerts, late records) into this data dir's
+    /// history, for `throng query --data-dir DIR` or a server started on it.
+    #[arg(long, conflicts_with = "target")]
+    pub data_dir: Option<PathBuf>,
     /// Send the records to a server instead (`http://HOST:PORT`), in event-time order.
     #[arg(long)]
     pub target: Option<String>,

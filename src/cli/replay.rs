@@ -29,9 +29,9 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
     if let Some(target) = &args.target {
         return send(args, target);
     }
-    if !args.print {
+    if !args.print && args.data_dir.is_none() {
         anyhow::bail!(
-            "say where the feed goes: --print writes closed windows to standard output, --target URL sends the records to a server"
+            "say where the feed goes: --print writes closed windows to standard output, --data-dir DIR writes them to history for SQL, --target URL sends the records to a server"
         );
     }
     for f in &args.files {
@@ -42,19 +42,31 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
     let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
     let mut summary = ReplaySummary::default();
     let mut now = i64::MIN;
-    let emit =
-        |windows: Vec<HexWindow>, summary: &mut ReplaySummary, out: &mut dyn Write| -> anyhow::Result<()> {
-            for w in windows {
-                summary.windows += 1;
-                let batch = to_record_batch(&w)?;
-                for row in json_rows(&batch)? {
-                    summary.rows += 1;
-                    out.write_all(row.as_bytes())?;
-                    out.write_all(b"\n")?;
-                }
+    let mut store = match &args.data_dir {
+        Some(dir) => Some(StoreSink::open(&cfg, &pipe, dir)?),
+        None => None,
+    };
+    let mut emit = |windows: Vec<HexWindow>,
+                    summary: &mut ReplaySummary,
+                    out: &mut dyn Write|
+     -> anyhow::Result<()> {
+        for w in windows {
+            summary.windows += 1;
+            let batch = to_record_batch(&w)?;
+            if let Some(store) = store.as_mut() {
+                summary.rows += batch.num_rows() as u64;
+                store.window(&w, batch)?;
+                continue;
             }
-            Ok(())
-        };
+            for row in json_rows(&batch)? {
+                summary.rows += 1;
+                out.write_all(row.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    };
+    let mut last_progress = std::time::Instant::now();
     while let Some(rec) = replay.next_record()? {
         // Offline, processing time is the newest event time seen: a source idles once the others
         // have run `idle_timeout` of event time past it.
@@ -63,6 +75,15 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
         summary.accepted += 1;
         if summary.accepted % 4096 == 0 {
             report_bad(&mut replay, &mut summary);
+            if last_progress.elapsed() >= std::time::Duration::from_secs(10) {
+                last_progress = std::time::Instant::now();
+                tracing::info!(
+                    records = summary.accepted,
+                    windows = summary.windows,
+                    event_time = %crate::model::EventTime(now),
+                    "Replaying…"
+                );
+            }
         }
         pipe.refresh_scales();
         let closed = pipe.engine.advance(now);
@@ -77,10 +98,21 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
     out.flush()?;
     let late = pipe.engine.take_late();
     summary.late = late.len() as u64;
-    if let Some(path) = &args.late {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        );
+    let late_path = args
+        .late
+        .clone()
+        .or_else(|| args.data_dir.as_ref().map(|d| d.join("late-records.ndjson")));
+    if let Some(store) = store.take() {
+        store.finish()?;
+    }
+    if let Some(path) = &late_path {
+        // Into a data dir the log grows like the server's; a --late file is written afresh.
+        let file = if args.late.is_some() {
+            std::fs::File::create(path)
+        } else {
+            std::fs::OpenOptions::new().create(true).append(true).open(path)
+        };
+        let mut f = std::io::BufWriter::new(file.with_context(|| format!("creating {}", path.display()))?);
         for l in &late {
             writeln!(f, "{}", crate::window::late_row(l, &pipe.sources.name(l.source)))?;
         }
@@ -170,4 +202,85 @@ fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
     );
     summary.accepted = sender.accepted;
     Ok(summary)
+}
+
+/// `replay --data-dir`: closed windows and segment evaluations into the data dir's history, tier
+/// changes into its `alerts.ndjson` — what a server would have written, without a server.
+struct StoreSink {
+    history: crate::history::History,
+    risk: crate::risk::Risk,
+    alerts: std::path::PathBuf,
+    unflushed: usize,
+    skipped: u64,
+}
+
+impl StoreSink {
+    fn open(cfg: &crate::config::Config, pipe: &Pipeline, dir: &std::path::Path) -> anyhow::Result<StoreSink> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        let history = crate::history::History::open(dir, cfg.history.retention_days, std::time::Duration::ZERO)
+            .with_context(|| format!("opening the history in {}", dir.display()))?;
+        let map = std::sync::Arc::new(
+            crate::app::load_segments(cfg)
+                .map_err(anyhow::Error::msg)
+                .context("loading segments")?,
+        );
+        let store = crate::risk::ThresholdStore::open(Some(dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let risk = crate::risk::Risk::new(
+            map,
+            pipe.registry.points().to_vec(),
+            cfg.risk.clone(),
+            std::sync::Arc::new(std::sync::RwLock::new(store)),
+            cfg.window.size.as_millis() as i64,
+        );
+        Ok(StoreSink {
+            history,
+            risk,
+            alerts: dir.join("alerts.ndjson"),
+            unflushed: 0,
+            skipped: 0,
+        })
+    }
+
+    fn window(&mut self, w: &HexWindow, batch: arrow::array::RecordBatch) -> anyhow::Result<()> {
+        use crate::history::Table;
+        let (statuses, alerts) = self.risk.evaluate(w);
+        if !self.history.append(Table::HexWindows, w.start.0, batch) {
+            self.skipped += 1;
+            return Ok(());
+        }
+        if !statuses.is_empty() {
+            self.history.append(
+                Table::SegmentWindows,
+                w.start.0,
+                crate::history::schema::segment_batch(&statuses)?,
+            );
+        }
+        if !alerts.is_empty() {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.alerts)
+                .with_context(|| format!("opening {}", self.alerts.display()))?;
+            for a in &alerts {
+                serde_json::to_writer(&mut f, a)?;
+                f.write_all(b"\n")?;
+            }
+        }
+        self.unflushed += 1;
+        // About an hour of 10-second windows per file keeps memory bounded on a long replay.
+        if self.unflushed >= 360 {
+            self.history.flush()?;
+            self.unflushed = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        let s = self.history.close()?;
+        if self.skipped > 0 {
+            tracing::warn!(windows = self.skipped, "Windows already in this history were skipped (not written twice).");
+        }
+        tracing::info!(files = s.files_written, history = %self.history.root().display(), "History written; query it with `throng query --data-dir`.");
+        Ok(())
+    }
 }

@@ -54,6 +54,8 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
         "20000",
         "--listen",
         "127.0.0.1:0",
+        "--pg-listen",
+        "127.0.0.1:0",
         "--config",
         cfg.to_str().unwrap(),
         "--data-dir",

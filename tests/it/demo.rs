@@ -27,6 +27,8 @@ async fn demo_serves_and_its_counts_move() {
                 "3000",
                 "--listen",
                 "127.0.0.1:0",
+                "--pg-listen",
+                "127.0.0.1:0",
                 "--table-every",
                 "1",
             ])

@@ -108,7 +108,15 @@ pub fn serving(mut cmd: Command) -> (Child, std::net::SocketAddr) {
 /// `throng serve` on an ephemeral loopback port with this data dir and extra arguments.
 pub fn serve_command(data: &std::path::Path, extra: &[&str]) -> Command {
     let data = data.to_str().expect("utf-8 path");
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data];
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--pg-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
     args.extend_from_slice(extra);
     throng_command(&args)
 }

@@ -1,0 +1,268 @@
+//! One SQL engine for HTTP, the CLI and the PostgreSQL wire: DataFusion over the history tables,
+//! read-only, with a time, memory and row limit on every query.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SessionConfig, SessionContext, SQLOptions};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use futures_util::StreamExt;
+
+use super::schema::{ALERTS_SCHEMA, AUDIT_SCHEMA, LATE_SCHEMA};
+use super::store::{History, Table};
+use super::tables::{NdjsonTable, WindowTable};
+use crate::config::SqlConfig;
+
+/// Why a query gave no answer. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// Not a query: history is read-only.
+    #[error("{0} is refused: history is read-only; only queries run here (SELECT, WITH, EXPLAIN, SHOW)")]
+    Refused(String),
+    /// The text is not SQL DataFusion understands.
+    #[error("SQL syntax error: {0}")]
+    Syntax(String),
+    /// Planning or running failed (unknown table or column, bad types, …).
+    #[error("{0}")]
+    Query(String),
+    /// The time limit was hit.
+    #[error("query cancelled after {0:?} (sql.timeout): narrow the time range, or aggregate first")]
+    Timeout(Duration),
+    /// The memory limit was hit.
+    #[error("query needs more than {0} MiB (sql.memory_limit_mb): narrow the time range, or aggregate first ({1})")]
+    Memory(usize, String),
+    /// The answer has too many rows.
+    #[error("the answer has more than {0} rows (sql.max_rows): add LIMIT, or aggregate")]
+    TooManyRows(usize),
+}
+
+impl From<DataFusionError> for SqlError {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::SQL(p, _) => SqlError::Syntax(p.to_string()),
+            root => SqlError::Query(root.to_string()),
+        }
+    }
+}
+
+/// The statements a read-only analyst may run.
+pub fn allowed(s: &Statement) -> Result<(), SqlError> {
+    match s {
+        Statement::Query(_)
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ExplainTable { .. } => Ok(()),
+        Statement::Explain { statement, .. } => allowed(statement),
+        other => Err(SqlError::Refused(kind(&other.to_string()))),
+    }
+}
+
+/// The statement's leading keywords, e.g. `CREATE TABLE`, for error messages.
+fn kind(sql: &str) -> String {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(2)
+        .map(|w| w.to_uppercase())
+        .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+        .collect();
+    if words.is_empty() {
+        "this statement".into()
+    } else {
+        format!("`{}`", words.join(" "))
+    }
+}
+
+/// Checks every statement in `sql` before anything is planned.
+pub fn check_read_only(sql: &str) -> Result<(), SqlError> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+        .map_err(|e| SqlError::Syntax(e.find_root().to_string()))?;
+    if statements.is_empty() {
+        return Err(SqlError::Syntax("no statement given".into()));
+    }
+    fn check(s: &DfStatement) -> Result<(), SqlError> {
+        match s {
+            DfStatement::Statement(s) => allowed(s),
+            DfStatement::Explain(e) => check(&e.statement),
+            DfStatement::CreateExternalTable(_) => {
+                Err(SqlError::Refused("`CREATE EXTERNAL TABLE`".into()))
+            }
+            DfStatement::CopyTo(_) => Err(SqlError::Refused("`COPY`".into())),
+            DfStatement::Reset(_) => Err(SqlError::Refused("`RESET`".into())),
+        }
+    }
+    statements.iter().try_for_each(check)
+}
+
+/// A query's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Column names and types.
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Answer {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// The SQL engine of one data dir.
+#[derive(Clone)]
+pub struct SqlEngine {
+    history: Arc<History>,
+    data_dir: PathBuf,
+    limits: SqlConfig,
+    /// Smallest `people` a `hex_windows` row must have to be shown (privacy.k).
+    k: u32,
+}
+
+impl SqlEngine {
+    /// An engine over `history` and the logs of `data_dir`.
+    pub fn new(history: Arc<History>, data_dir: &Path, limits: SqlConfig, k: u32) -> SqlEngine {
+        SqlEngine {
+            history,
+            data_dir: data_dir.to_owned(),
+            limits,
+            k,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &SqlConfig {
+        &self.limits
+    }
+
+    /// A fresh session with its own memory pool: the memory limit holds per query over HTTP and
+    /// the CLI, and per connection over the PostgreSQL wire (a connection runs one query at a time).
+    pub fn context(&self) -> Result<SessionContext, SqlError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0)
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("datafusion", "public")
+            .with_target_partitions(2);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let k = (self.k > 1).then_some(self.k as f64);
+        ctx.register_table(
+            "hex_windows",
+            Arc::new(WindowTable::new(self.history.clone(), Table::HexWindows, k)),
+        )?;
+        ctx.register_table(
+            "segment_windows",
+            Arc::new(WindowTable::new(self.history.clone(), Table::SegmentWindows, None)),
+        )?;
+        for (name, file, schema) in [
+            ("alerts", "alerts.ndjson", &*ALERTS_SCHEMA),
+            ("thresholds_audit", "thresholds-audit.ndjson", &*AUDIT_SCHEMA),
+            ("late_records", "late-records.ndjson", &*LATE_SCHEMA),
+        ] {
+            ctx.register_table(
+                name,
+                Arc::new(NdjsonTable::new(self.data_dir.join(file), schema.clone())),
+            )?;
+        }
+        for f in super::h3fn::functions() {
+            ctx.register_udf(f);
+        }
+        Ok(ctx)
+    }
+
+    /// Runs one read-only query with the limits, collecting at most `sql.max_rows` rows.
+    pub async fn query(&self, sql: &str) -> Result<Answer, SqlError> {
+        check_read_only(sql)?;
+        let ctx = self.context()?;
+        let timeout = self.limits.timeout;
+        let run = async {
+            let options = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let df = ctx.sql_with_options(sql, options).await?;
+            let stream = df.execute_stream().await?;
+            self.collect(stream).await
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| SqlError::Timeout(timeout))?
+    }
+
+    /// Collects a stream, failing past the row limit.
+    pub async fn collect(&self, mut stream: SendableRecordBatchStream) -> Result<Answer, SqlError> {
+        let schema = stream.schema();
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|e| self.classify(e))?;
+            rows += b.num_rows();
+            if rows > self.limits.max_rows {
+                return Err(SqlError::TooManyRows(self.limits.max_rows));
+            }
+            batches.push(b);
+        }
+        Ok(Answer { schema, batches })
+    }
+
+    /// Names the memory limit when that is what stopped a query.
+    pub fn classify(&self, e: DataFusionError) -> SqlError {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(m) => {
+                SqlError::Memory(self.limits.memory_limit_mb, m.clone())
+            }
+            _ => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_pass_and_every_other_statement_kind_is_refused() {
+        for ok in [
+            "SELECT 1",
+            "WITH a AS (SELECT 1 AS x) SELECT x FROM a",
+            "EXPLAIN SELECT * FROM hex_windows",
+            "SHOW TABLES",
+            "select * from hex_windows; select 2",
+        ] {
+            check_read_only(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, named) in [
+            ("CREATE TABLE t (a INT)", "CREATE TABLE"),
+            ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+            ("DROP TABLE hex_windows", "DROP TABLE"),
+            ("INSERT INTO hex_windows SELECT * FROM hex_windows", "INSERT INTO"),
+            ("DELETE FROM alerts", "DELETE FROM"),
+            ("UPDATE alerts SET reason = 'x'", "UPDATE ALERTS"),
+            ("COPY hex_windows TO '/tmp/x.parquet'", "COPY"),
+            ("CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'", "CREATE EXTERNAL TABLE"),
+            ("SELECT 1; DROP TABLE alerts", "DROP TABLE"),
+            ("EXPLAIN DELETE FROM alerts", "DELETE FROM"),
+            ("SET datafusion.execution.batch_size = 1", "SET"),
+        ] {
+            match check_read_only(bad) {
+                Err(SqlError::Refused(what)) => {
+                    assert!(what.contains(named), "{bad}: named {what}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(check_read_only("SELEC 1"), Err(SqlError::Syntax(_))));
+    }
+}
