@@ -47,6 +47,22 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is installed; the handle still renders ours.
             let _ = metrics::set_global_recorder(recorder);
+            // Every unlabelled series exists from the start, so dashboards and rate() see zeros
+            // rather than gaps before the first event.
+            for name in [
+                "throng_ingest_records_total",
+                "throng_ingest_duplicates_total",
+                "throng_alerts_total",
+                "throng_checkpoints_total",
+                "throng_history_rows_written_total",
+                "throng_sql_queries_total",
+                "throng_live_frames_skipped_total",
+                "throng_live_clients_dropped_total",
+                "throng_windows_closed_total",
+            ] {
+                metrics::counter!(name).increment(0);
+            }
+            metrics::gauge!("throng_live_clients").increment(0.0);
             handle
         })
         .clone()
@@ -192,6 +208,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where the PostgreSQL wire listens, if it does.
     pub pg_addr: Option<SocketAddr>,
+    /// Whether both speak TLS (`[tls]`).
+    pub tls: bool,
     handles: Handles,
     /// Requests to the pipeline task (segment reload).
     pub control: mpsc::Sender<Control>,
@@ -389,17 +407,37 @@ pub async fn start_with(
     let handles_for_server = handles.clone();
     let router = crate::api::router(handles);
     let t = token.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(t.cancelled_owned())
-        .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed.");
+    let tls = crate::tls::acceptor(&cfg.tls)?;
+    match tls.clone() {
+        None => {
+            tracker.spawn(async move {
+                let served = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(t.cancelled_owned())
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP server failed.");
+                }
+            });
         }
-    });
+        Some(acceptor) => {
+            use axum::serve::ListenerExt;
+            let listener = crate::tls::TlsListener::new(listener, acceptor, token.clone())?.tap_io(|_| {});
+            tracker.spawn(async move {
+                let served = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(t.cancelled_owned())
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTPS server failed.");
+                }
+            });
+        }
+    }
     let pg_addr = match pg_listen {
         Some(pg) => {
             let l = tokio::net::TcpListener::bind(pg)
@@ -408,6 +446,7 @@ pub async fn start_with(
             let a = l.local_addr()?;
             tracker.spawn(crate::history::pg::serve(
                 l,
+                tls.clone(),
                 sql,
                 Arc::new(cfg.auth.clone()),
                 token.clone(),
@@ -423,10 +462,11 @@ pub async fn start_with(
             "NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only."
         );
     }
-    tracing::info!(%addr, scenario = %cfg.scenario.display(), data_dir = %data_dir.display(), "Listening.");
+    tracing::info!(%addr, tls = tls.is_some(), scenario = %cfg.scenario.display(), data_dir = %data_dir.display(), "Listening.");
     Ok(Server {
         addr,
         pg_addr,
+        tls: tls.is_some(),
         handles: handles_for_server,
         control: control_tx,
         token,
@@ -513,7 +553,12 @@ impl Stage {
         match self.history.flush() {
             Ok(s) => {
                 if s.files_written > 0 || s.hours_compacted > 0 {
-                    tracing::debug!(files = s.files_written, rows = s.rows_written, compacted = s.hours_compacted, "History flushed.");
+                    tracing::debug!(
+                        files = s.files_written,
+                        rows = s.rows_written,
+                        compacted = s.hours_compacted,
+                        "History flushed."
+                    );
                 }
                 true
             }
@@ -764,7 +809,8 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
         let server = start_with(cfg, args.listen, Some(args.pg_listen), &args.data_dir).await?;
         spawn_sighup_reload(server.control.clone());
         println!(
-            "throng is serving on http://{}/ (health: /api/health, metrics: /metrics); SQL: psql -h {} -p {} -U analyst",
+            "throng is serving on {}://{}/ (health: /api/health, metrics: /metrics); SQL: psql -h {} -p {} -U analyst",
+            if server.tls { "https" } else { "http" },
             server.addr,
             server.pg_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
             server.pg_addr.map(|a| a.port()).unwrap_or_default(),

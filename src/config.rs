@@ -40,6 +40,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// SQL over history.
     pub sql: SqlConfig,
+    /// Optional TLS for HTTP and the PostgreSQL wire.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             history: HistoryConfig::default(),
             sql: SqlConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -321,6 +324,16 @@ impl Default for SqlConfig {
     }
 }
 
+/// TLS for HTTP and the PostgreSQL wire: both files, or neither (plain TCP).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
 /// One MQTT broker subscription (`[[mqtt]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -463,6 +476,16 @@ impl Config {
                     "name at least one topic filter".into(),
                 );
             }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad(
+                if self.tls.cert.is_some() {
+                    "tls.key"
+                } else {
+                    "tls.cert"
+                },
+                "TLS needs both tls.cert and tls.key".into(),
+            );
         }
         if self.history.flush_every.is_zero() {
             return bad("history.flush_every", "must be positive".into());

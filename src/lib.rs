@@ -19,5 +19,6 @@ pub mod model;
 pub mod pipeline;
 pub mod risk;
 pub mod sim;
+pub mod tls;
 pub mod transport;
 pub mod window;

@@ -71,7 +71,8 @@ pub fn authorize(
                 "missing token: send Authorization: Bearer TOKEN",
             )
         })?;
-    let t = resolve(auth, presented).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
+    let t =
+        resolve(auth, presented).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
     if !allowed.contains(&t.role.as_str()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -46,26 +46,24 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
         Some(dir) => Some(StoreSink::open(&cfg, &pipe, dir)?),
         None => None,
     };
-    let mut emit = |windows: Vec<HexWindow>,
-                    summary: &mut ReplaySummary,
-                    out: &mut dyn Write|
-     -> anyhow::Result<()> {
-        for w in windows {
-            summary.windows += 1;
-            let batch = to_record_batch(&w)?;
-            if let Some(store) = store.as_mut() {
-                summary.rows += batch.num_rows() as u64;
-                store.window(&w, batch)?;
-                continue;
+    let mut emit =
+        |windows: Vec<HexWindow>, summary: &mut ReplaySummary, out: &mut dyn Write| -> anyhow::Result<()> {
+            for w in windows {
+                summary.windows += 1;
+                let batch = to_record_batch(&w)?;
+                if let Some(store) = store.as_mut() {
+                    summary.rows += batch.num_rows() as u64;
+                    store.window(&w, batch)?;
+                    continue;
+                }
+                for row in json_rows(&batch)? {
+                    summary.rows += 1;
+                    out.write_all(row.as_bytes())?;
+                    out.write_all(b"\n")?;
+                }
             }
-            for row in json_rows(&batch)? {
-                summary.rows += 1;
-                out.write_all(row.as_bytes())?;
-                out.write_all(b"\n")?;
-            }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let mut last_progress = std::time::Instant::now();
     while let Some(rec) = replay.next_record()? {
         // Offline, processing time is the newest event time seen: a source idles once the others
@@ -215,10 +213,15 @@ struct StoreSink {
 }
 
 impl StoreSink {
-    fn open(cfg: &crate::config::Config, pipe: &Pipeline, dir: &std::path::Path) -> anyhow::Result<StoreSink> {
+    fn open(
+        cfg: &crate::config::Config,
+        pipe: &Pipeline,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<StoreSink> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-        let history = crate::history::History::open(dir, cfg.history.retention_days, std::time::Duration::ZERO)
-            .with_context(|| format!("opening the history in {}", dir.display()))?;
+        let history =
+            crate::history::History::open(dir, cfg.history.retention_days, std::time::Duration::ZERO)
+                .with_context(|| format!("opening the history in {}", dir.display()))?;
         let map = std::sync::Arc::new(
             crate::app::load_segments(cfg)
                 .map_err(anyhow::Error::msg)
@@ -278,7 +281,10 @@ impl StoreSink {
     fn finish(self) -> anyhow::Result<()> {
         let s = self.history.close()?;
         if self.skipped > 0 {
-            tracing::warn!(windows = self.skipped, "Windows already in this history were skipped (not written twice).");
+            tracing::warn!(
+                windows = self.skipped,
+                "Windows already in this history were skipped (not written twice)."
+            );
         }
         tracing::info!(files = s.files_written, history = %self.history.root().display(), "History written; query it with `throng query --data-dir`.");
         Ok(())

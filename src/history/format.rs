@@ -98,9 +98,7 @@ fn json_values(col: &dyn Array) -> Result<Vec<serde_json::Value>, ArrowError> {
 pub fn csv(answer: &Answer) -> Result<Vec<u8>, ArrowError> {
     let mut buf = Vec::new();
     {
-        let mut w = arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut buf);
+        let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
         if answer.batches.is_empty() {
             w.write(&RecordBatch::new_empty(answer.schema.clone()))?;
         }

@@ -39,10 +39,7 @@ fn ints(a: &ArrayRef) -> Result<&Int64Array> {
 
 fn floats(a: &ArrayRef) -> Result<&Float64Array> {
     a.as_any().downcast_ref::<Float64Array>().ok_or_else(|| {
-        datafusion::error::DataFusionError::Execution(format!(
-            "expected a DOUBLE, got {}",
-            a.data_type()
-        ))
+        datafusion::error::DataFusionError::Execution(format!("expected a DOUBLE, got {}", a.data_type()))
     })
 }
 
@@ -109,9 +106,10 @@ pub fn functions() -> Vec<ScalarUDF> {
             Volatility::Immutable,
             Arc::new(|args: &[ColumnarValue]| {
                 let (a, scalar) = arrays(args)?;
-                let s = a[0].as_any().downcast_ref::<StringArray>().ok_or_else(|| {
-                    datafusion::error::DataFusionError::Execution("expected text".into())
-                })?;
+                let s = a[0]
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| datafusion::error::DataFusionError::Execution("expected text".into()))?;
                 let r: Int64Array = s
                     .iter()
                     .map(|v| {

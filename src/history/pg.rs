@@ -26,8 +26,8 @@ use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::Response;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers,
-    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
@@ -55,8 +55,8 @@ fn sql_error(e: SqlError) -> PgWireError {
     let code = match e {
         SqlError::Refused(_) => "25006", // read_only_sql_transaction
         SqlError::Syntax(_) => "42601",
-        SqlError::Timeout(_) => "57014", // query_canceled
-        SqlError::Memory(..) => "53200",  // out_of_memory
+        SqlError::Timeout(_) => "57014",     // query_canceled
+        SqlError::Memory(..) => "53200",     // out_of_memory
         SqlError::TooManyRows(_) => "54000", // program_limit_exceeded
         SqlError::Query(_) => "XX000",
     };
@@ -159,9 +159,10 @@ impl SimpleQueryHandler for Guarded {
         statements.iter().try_for_each(check)?;
         let timeout = self.engine.limits().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let responses = tokio::time::timeout_at(deadline, self.inner.do_query(client, query))
-            .await
-            .map_err(|_| sql_error(SqlError::Timeout(timeout)))??;
+        let responses =
+            tokio::time::timeout_at(deadline, SimpleQueryHandler::do_query(&self.inner, client, query))
+                .await
+                .map_err(|_| sql_error(SqlError::Timeout(timeout)))??;
         Ok(responses
             .into_iter()
             .map(|r| bound_response(r, deadline, &self.engine))
@@ -220,8 +221,9 @@ impl TokenLogin {
     }
 
     fn verify(&self, user: &str, password: &str) -> Result<(), String> {
-        let holder = crate::api::auth::resolve(&self.auth, password)
-            .ok_or_else(|| format!("password authentication failed for user \"{user}\": the password is an analyst token"))?;
+        let holder = crate::api::auth::resolve(&self.auth, password).ok_or_else(|| {
+            format!("password authentication failed for user \"{user}\": the password is an analyst token")
+        })?;
         if user != holder.name && user != holder.role {
             return Err(format!(
                 "password authentication failed for user \"{user}\": log in as the token's holder (\"{}\") or its role",
@@ -319,9 +321,11 @@ fn handlers(engine: &SqlEngine, auth: &Arc<AuthConfig>) -> anyhow::Result<Handle
     })
 }
 
-/// Accepts PostgreSQL connections on `listener` until `stop`, each in its own task on `tracker`.
+/// Accepts PostgreSQL connections on `listener` until `stop`, each in its own task on `tracker`;
+/// with `tls`, clients that ask for SSL get it (psql's `sslmode=require`).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     engine: SqlEngine,
     auth: Arc<AuthConfig>,
     stop: CancellationToken,
@@ -347,9 +351,10 @@ pub async fn serve(
             }
         };
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             tokio::select! {
-                r = pgwire::tokio::process_socket(socket, None, h) => {
+                r = pgwire::tokio::process_socket(socket, tls, h) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "PostgreSQL-wire connection ended with an error.");
                     }

@@ -3,8 +3,7 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -63,18 +62,14 @@ pub fn segment_batch(rows: &[SegmentStatus]) -> Result<RecordBatch, ArrowError> 
             f(|r| r.area_m2),
             f(|r| r.people),
             f(|r| r.density),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.inflow as i64),
-            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.inflow as i64))),
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|r| r.outflow as i64),
             )),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.flow))),
             f(|r| r.trend),
             s(|r| r.tier),
-            Arc::new(BooleanArray::from_iter(
-                rows.iter().map(|r| Some(r.degraded)),
-            )),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.degraded)))),
         ],
     )
 }
@@ -147,15 +142,9 @@ pub fn batch_from_ndjson(schema: &SchemaRef, text: &str) -> Result<(RecordBatch,
                 TimestampMillisecondArray::from_iter(vals.map(|v| v.and_then(|v| v.as_i64())))
                     .with_timezone("UTC"),
             ),
-            DataType::Int64 => Arc::new(Int64Array::from_iter(
-                vals.map(|v| v.and_then(|v| v.as_i64())),
-            )),
-            DataType::Float64 => Arc::new(Float64Array::from_iter(
-                vals.map(|v| v.and_then(|v| v.as_f64())),
-            )),
-            DataType::Boolean => Arc::new(BooleanArray::from_iter(
-                vals.map(|v| v.and_then(|v| v.as_bool())),
-            )),
+            DataType::Int64 => Arc::new(Int64Array::from_iter(vals.map(|v| v.and_then(|v| v.as_i64())))),
+            DataType::Float64 => Arc::new(Float64Array::from_iter(vals.map(|v| v.and_then(|v| v.as_f64())))),
+            DataType::Boolean => Arc::new(BooleanArray::from_iter(vals.map(|v| v.and_then(|v| v.as_bool())))),
             _ => Arc::new(StringArray::from_iter(vals.map(|v| {
                 v.map(|v| match v {
                     serde_json::Value::String(s) => s.clone(),

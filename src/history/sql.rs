@@ -8,9 +8,10 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{SessionConfig, SessionContext, SQLOptions};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
@@ -94,9 +95,7 @@ pub fn check_read_only(sql: &str) -> Result<(), SqlError> {
         match s {
             DfStatement::Statement(s) => allowed(s),
             DfStatement::Explain(e) => check(&e.statement),
-            DfStatement::CreateExternalTable(_) => {
-                Err(SqlError::Refused("`CREATE EXTERNAL TABLE`".into()))
-            }
+            DfStatement::CreateExternalTable(_) => Err(SqlError::Refused("`CREATE EXTERNAL TABLE`".into())),
             DfStatement::CopyTo(_) => Err(SqlError::Refused("`COPY`".into())),
             DfStatement::Reset(_) => Err(SqlError::Refused("`RESET`".into())),
         }
@@ -149,8 +148,10 @@ impl SqlEngine {
     /// A fresh session with its own memory pool: the memory limit holds per query over HTTP and
     /// the CLI, and per connection over the PostgreSQL wire (a connection runs one query at a time).
     pub fn context(&self) -> Result<SessionContext, SqlError> {
+        // No spilling: an analyst's query may not fill the server's disk; past the pool it fails.
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()?;
         let config = SessionConfig::new()
             .with_information_schema(true)
@@ -164,7 +165,11 @@ impl SqlEngine {
         )?;
         ctx.register_table(
             "segment_windows",
-            Arc::new(WindowTable::new(self.history.clone(), Table::SegmentWindows, None)),
+            Arc::new(WindowTable::new(
+                self.history.clone(),
+                Table::SegmentWindows,
+                None,
+            )),
         )?;
         for (name, file, schema) in [
             ("alerts", "alerts.ndjson", &*ALERTS_SCHEMA),
@@ -251,7 +256,10 @@ mod tests {
             ("DELETE FROM alerts", "DELETE FROM"),
             ("UPDATE alerts SET reason = 'x'", "UPDATE ALERTS"),
             ("COPY hex_windows TO '/tmp/x.parquet'", "COPY"),
-            ("CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'", "CREATE EXTERNAL TABLE"),
+            (
+                "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'",
+                "CREATE EXTERNAL TABLE",
+            ),
             ("SELECT 1; DROP TABLE alerts", "DROP TABLE"),
             ("EXPLAIN DELETE FROM alerts", "DELETE FROM"),
             ("SET datafusion.execution.batch_size = 1", "SET"),

@@ -83,7 +83,7 @@ pub enum HistoryError {
     },
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> HistoryError + 'a {
     move |source| HistoryError::Io {
         what,
         path: path.to_owned(),
@@ -417,7 +417,9 @@ fn scan_table(dir: &Path, read_only: bool) -> Result<Vec<FileEntry>, HistoryErro
         return Ok(out);
     };
     for day in days.flatten() {
-        let Ok(hours) = std::fs::read_dir(day.path()) else { continue };
+        let Ok(hours) = std::fs::read_dir(day.path()) else {
+            continue;
+        };
         for hour in hours.flatten() {
             let hour_path = hour.path();
             let entries = std::fs::read_dir(&hour_path).map_err(io("listing", &hour_path))?;
@@ -432,12 +434,15 @@ fn scan_table(dir: &Path, read_only: bool) -> Result<Vec<FileEntry>, HistoryErro
                     continue;
                 }
                 if let Some((compacted, first, last)) = parse_name(&name) {
-                    found.push((compacted, FileEntry {
-                        path,
-                        hour: hour_of(first),
-                        first,
-                        last,
-                    }));
+                    found.push((
+                        compacted,
+                        FileEntry {
+                            path,
+                            hour: hour_of(first),
+                            first,
+                            last,
+                        },
+                    ));
                 }
             }
             let covers: Vec<(i64, i64)> = found
@@ -589,7 +594,9 @@ mod tests {
         assert_eq!(s.hours_compacted, 1);
         let (files, _) = h.snapshot(Table::HexWindows);
         assert_eq!(files.len(), 2);
-        assert!(files.iter().any(|f| f.file_name().unwrap().to_string_lossy().starts_with("all-")));
+        assert!(files
+            .iter()
+            .any(|f| f.file_name().unwrap().to_string_lossy().starts_with("all-")));
         assert_eq!(rows(&h), 5);
         // Parts are gone from disk; a restart lists the same files.
         drop(h);

@@ -1,7 +1,6 @@
 //! SQL tables over history: the partitioned window tables (Parquet files plus the windows still
 //! in memory) and the small NDJSON logs of the data dir.
 
-use std::any::Any;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,10 +48,6 @@ impl WindowTable {
 
 #[async_trait]
 impl TableProvider for WindowTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         self.table.schema()
     }
@@ -95,8 +90,8 @@ impl TableProvider for WindowTable {
                 .iter()
                 .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
                 .collect::<Result<Vec<_>>>()?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
+            let options =
+                ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
                 .with_schema(schema.clone());
@@ -109,7 +104,10 @@ impl TableProvider for WindowTable {
         }
         if !memory.is_empty() || parts.is_empty() {
             let mem = MemTable::try_new(schema.clone(), vec![memory])?;
-            parts.push(mem.scan(state, inner_projection.as_ref(), filters, inner_limit).await?);
+            parts.push(
+                mem.scan(state, inner_projection.as_ref(), filters, inner_limit)
+                    .await?,
+            );
         }
         let plan = UnionExec::try_new(parts)?;
         let Some(k) = self.min_people else {
@@ -149,10 +147,6 @@ impl NdjsonTable {
 
 #[async_trait]
 impl TableProvider for NdjsonTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

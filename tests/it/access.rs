@@ -58,6 +58,12 @@ async fn every_route_checks_its_role() {
             &["organiser", "admin"],
         ),
         ("POST", "/api/segments/reload", String::new(), &["admin"]),
+        (
+            "POST",
+            "/api/sql",
+            "{\"sql\":\"SELECT count(*) FROM hex_windows\"}".into(),
+            &["analyst", "admin"],
+        ),
         ("GET", "/api/health", String::new(), &[]),
         ("GET", "/metrics", String::new(), &[]),
         ("GET", "/", String::new(), &[]),
@@ -172,6 +178,12 @@ async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
         files.len() >= 3,
         "log, WAL and checkpoint were written: {files:?}"
     );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|x| x == "parquet")),
+        "history was written before the checkpoints: {files:?}"
+    );
     for f in files {
         let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).to_string();
         assert!(!text.contains("PRIVATE-ID"), "raw device id in {}", f.display());
@@ -222,5 +234,84 @@ async fn limits_answer_429_with_a_reason() {
             .contains("limits.ingest_records_per_s"),
         "{v}"
     );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_and_the_postgresql_wire_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes a test certificate");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut cfg = crate::serve::fast(crate::serve::config());
+    cfg.tls.cert = Some(cert.clone());
+    cfg.tls.key = Some(key);
+    cfg.auth.tokens = vec![throng::config::TokenConfig {
+        name: "ana".into(),
+        role: "analyst".into(),
+        token: "analyst-secret".into(),
+    }];
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let data = dir.path().join("data");
+    let server = app::start_with(cfg, any, Some(any), &data).await.unwrap();
+    assert!(server.tls);
+    let (addr, pg) = (server.addr, server.pg_addr.unwrap().port());
+    let (https, plain, wire) = tokio::task::spawn_blocking(move || {
+        let curl = |url: String, extra: &[&str]| {
+            std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "5"])
+                .args(extra)
+                .arg(url)
+                .output()
+                .expect("curl")
+        };
+        let https = curl(
+            format!("https://{addr}/api/health"),
+            &["--cacert", cert.to_str().unwrap()],
+        );
+        let plain = curl(format!("http://{addr}/api/health"), &[]);
+        let wire = crate::history::psql_with(
+            pg,
+            "analyst",
+            "analyst-secret",
+            &[("PGSSLMODE", "require")],
+            &["-c", "SELECT 41 + 1", "-c", "\\conninfo"],
+        );
+        (https, plain, wire)
+    })
+    .await
+    .unwrap();
+    assert!(
+        https.status.success(),
+        "{}",
+        String::from_utf8_lossy(&https.stderr)
+    );
+    let health: serde_json::Value = serde_json::from_slice(&https.stdout).unwrap();
+    assert!(health["engine"].is_object(), "{health}");
+    assert!(
+        !plain.status.success(),
+        "plain HTTP must not be served on the TLS port"
+    );
+    let out = String::from_utf8_lossy(&wire.stdout);
+    assert!(wire.status.success(), "{}", String::from_utf8_lossy(&wire.stderr));
+    assert!(out.starts_with("42\n"), "{out}");
+    assert!(out.contains("SSL connection"), "{out}");
     server.shutdown().await.unwrap();
 }

@@ -20,6 +20,42 @@ pub async fn request(
     )
 }
 
+/// Sends one request with an `Accept` header; returns the status and the body's bytes.
+pub async fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    accept: &str,
+    body: &str,
+) -> (u16, Vec<u8>) {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Accept: {accept}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+    let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).expect("status line");
+    assert!(
+        !head.contains("transfer-encoding: chunked"),
+        "chunked bodies are not expected here"
+    );
+    (status, buf[split + 4..].to_vec())
+}
+
 /// Sends one request; returns the status and the raw body.
 pub async fn request_text(
     addr: SocketAddr,

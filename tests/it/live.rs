@@ -11,9 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::http::request;
 use crate::serve::{config, fast};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(addr: std::net::SocketAddr) -> Ws {
+pub async fn connect(addr: std::net::SocketAddr) -> Ws {
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(5),
         tokio_tungstenite::connect_async(format!("ws://{addr}/ws/live")),
@@ -24,7 +24,7 @@ async fn connect(addr: std::net::SocketAddr) -> Ws {
     ws
 }
 
-async fn next_json(ws: &mut Ws) -> Value {
+pub async fn next_json(ws: &mut Ws) -> Value {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await

@@ -4,6 +4,8 @@ mod access;
 mod browser;
 mod crash;
 mod demo;
+mod grafana;
+mod history;
 mod http;
 mod importers;
 mod live;
