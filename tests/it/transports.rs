@@ -22,12 +22,21 @@ async fn raw(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, Strin
     )
     .await
     .unwrap();
-    s.write_all(body).await.unwrap();
+    // A server refusing a body by its Content-Length may answer and close before the body is all
+    // written: a failed write or a reset after the answer is that refusal, not a test failure.
+    let _ = s.write_all(body).await;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(buf.len() >= 12, "no answer from the server");
     let text = String::from_utf8_lossy(&buf).to_string();
     (text[9..12].parse().unwrap(), text)
 }
