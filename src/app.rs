@@ -63,6 +63,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                 metrics::counter!(name).increment(0);
             }
             metrics::gauge!("throng_live_clients").increment(0.0);
+            metrics::gauge!("throng_window_devices_active").set(0.0);
+            metrics::gauge!("throng_window_state_bytes").set(0.0);
             handle
         })
         .clone()
@@ -374,6 +376,8 @@ pub async fn start_with(
         last_eval_end: i64::MIN,
         history,
         last_flush: std::time::Instant::now(),
+        last_census: std::time::Instant::now(),
+        census_every: Duration::from_secs(1),
     };
     tracker.spawn(stage.run(rx, control_rx));
     let handles = Handles {
@@ -497,6 +501,8 @@ struct Stage {
     last_checkpoint: std::time::Instant,
     history: Arc<History>,
     last_flush: std::time::Instant,
+    last_census: std::time::Instant,
+    census_every: Duration,
 }
 
 impl Stage {
@@ -529,6 +535,14 @@ impl Stage {
             }
             let closed = self.engine.advance(now_ms());
             self.publish(closed);
+            if self.last_census.elapsed() >= self.census_every {
+                // A set over every open pane costs milliseconds at city scale: it runs at most every
+                // second and never takes more than 1 % of this task's time.
+                let t = std::time::Instant::now();
+                metrics::gauge!("throng_window_devices_active").set(self.engine.distinct_devices() as f64);
+                self.census_every = Duration::from_secs(1).max(t.elapsed() * 100);
+                self.last_census = std::time::Instant::now();
+            }
             if self.last_flush.elapsed() >= self.cfg.history.flush_every {
                 self.flush_history();
             }
@@ -768,6 +782,7 @@ fn publish_health(
     metrics::counter!("throng_windows_closed_total").absolute(stats.windows_closed);
     metrics::counter!("throng_register_resets_total").absolute(stats.register_resets);
     metrics::gauge!("throng_window_device_entries").set(engine.device_entries() as f64);
+    metrics::gauge!("throng_window_state_bytes").set(engine.state_bytes() as f64);
     let mut srcs = Vec::new();
     for (i, c) in engine.watermark().sources().iter().enumerate() {
         if c.records == 0 {

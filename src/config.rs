@@ -173,6 +173,8 @@ pub struct IngestConfig {
     pub max_line_bytes: usize,
     /// Batches waiting for the engine; when full, feeds are told to retry (HTTP 503) or paused.
     pub queue_batches: usize,
+    /// Largest HTTP request body, and the most a gzip body may expand to (HTTP 413 past it).
+    pub max_body_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -181,6 +183,7 @@ impl Default for IngestConfig {
             max_future: Duration::from_secs(300),
             max_line_bytes: 64 * 1024,
             queue_batches: 256,
+            max_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -499,6 +502,12 @@ impl Config {
         if self.sql.max_rows == 0 {
             return bad("sql.max_rows", "must be at least 1".into());
         }
+        if self.ingest.max_body_bytes < self.ingest.max_line_bytes {
+            return bad(
+                "ingest.max_body_bytes",
+                "must be at least ingest.max_line_bytes".into(),
+            );
+        }
         if self.ingest.queue_batches == 0 {
             return bad("ingest.queue_batches", "must be at least 1".into());
         }
@@ -581,6 +590,20 @@ token = "abcdefghij"
         for b in blocks {
             Config::parse(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
         }
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_sql_limits_must_be_positive() {
+        let e = Config::parse("[tls]\ncert = \"c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.key"), "{e}");
+        let e = Config::parse("[sql]\nmax_rows = 0\n").unwrap_err().to_string();
+        assert!(e.contains("sql.max_rows"), "{e}");
+        let e = Config::parse("[ingest]\nmax_body_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ingest.max_body_bytes"), "{e}");
     }
 
     #[test]

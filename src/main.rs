@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => throng::cli::demo::run(args),
         Command::Import(args) => throng::cli::import::run(&args).map(|_| ()),
         Command::Simulate(args) => throng::cli::simulate::run(&args).map(|_| ()),
+        Command::Bench(args) => throng::cli::bench::run(&args).map(|_| ()),
         Command::Query(args) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

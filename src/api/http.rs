@@ -14,9 +14,6 @@ use crate::app::{now_ms, CommitError, Control, Handles};
 use crate::risk::{thresholds_for, ThresholdPatch};
 use std::collections::HashMap;
 
-/// Largest ingest body accepted.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
 /// A JSON error with its status.
 #[derive(Debug)]
 pub struct ApiError {
@@ -65,7 +62,7 @@ pub fn router(h: Handles) -> Router {
         .route("/", get(super::dashboard::index))
         .route("/dashboard/app.js", get(super::dashboard::app_js))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(h.config.ingest.max_body_bytes))
         .with_state(h)
 }
 
@@ -75,16 +72,19 @@ struct Rejected {
     error: String,
 }
 
-/// Reads an ingest body: at most `MAX_BODY_BYTES` on the wire and, when gzip-encoded, at most that
-/// once decompressed (a gzip bomb is refused, not expanded).
+/// Reads an ingest body: at most `ingest.max_body_bytes` on the wire and, when gzip-encoded, at
+/// most that once decompressed (a gzip bomb is refused, not expanded).
 fn ingest_body(
+    max: usize,
     headers: &axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Bytes, ApiError> {
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body refused ({e}); send at most {MAX_BODY_BYTES} bytes per request"),
+            format!(
+                "request body refused ({e}); send at most {max} bytes per request (ingest.max_body_bytes)"
+            ),
         )
     })?;
     let gzip = headers
@@ -97,13 +97,13 @@ fn ingest_body(
     use std::io::Read;
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(&body[..])
-        .take(MAX_BODY_BYTES as u64 + 1)
+        .take(max as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not valid gzip: {e}")))?;
-    if out.len() > MAX_BODY_BYTES {
+    if out.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("gzip body expands past {MAX_BODY_BYTES} bytes; send smaller requests"),
+            format!("gzip body expands past {max} bytes (ingest.max_body_bytes); send smaller requests"),
         ));
     }
     Ok(Bytes::from(out))
@@ -116,7 +116,7 @@ async fn ingest(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let who = check(&h, &headers, &q, roles::FEED)?;
-    let body = ingest_body(&headers, body)?;
+    let body = ingest_body(h.config.ingest.max_body_bytes, &headers, body)?;
     let now = now_ms();
     let max_line = h.config.ingest.max_line_bytes;
     let mut accepted = Vec::new();

@@ -1,5 +1,6 @@
 //! The command line: `throng serve`, `throng replay`.
 
+pub mod bench;
 pub mod demo;
 pub mod import;
 pub mod query;
@@ -47,6 +48,8 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Run SQL over history (offline on a data dir, or through a server).
     Query(query::QueryArgs),
+    /// The load harness: simulated traffic into a server with live viewers; throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 /// Options shared by commands that read a configuration.

@@ -33,14 +33,24 @@ pub struct ViewerContext {
     pub latest_segments: Vec<SegmentStatus>,
 }
 
+/// Adds `closed_at`: the server's wall clock (epoch ms) when the window closed or the snapshot was
+/// taken, so a viewer (or `throng bench`) can measure close → arrival on its own clock.
+fn stamp(text: String, at: Instant) -> String {
+    let closed_at = crate::app::now_ms() - at.elapsed().as_millis() as i64;
+    match text.strip_prefix('{') {
+        Some(rest) => format!("{{\"closed_at\":{closed_at},{rest}"),
+        None => text,
+    }
+}
+
 fn encode(e: &LiveEvent, sub: &Subscription, k: u32) -> (usize, String, Instant) {
     match e {
-        LiveEvent::Heatmap { window, at } => (0, frames::heatmap(window, sub, k), *at),
+        LiveEvent::Heatmap { window, at } => (0, stamp(frames::heatmap(window, sub, k), *at), *at),
         LiveEvent::Segments {
             window_end,
             segments,
             at,
-        } => (1, frames::segments(*window_end, segments), *at),
+        } => (1, stamp(frames::segments(*window_end, segments), *at), *at),
         LiveEvent::Alert { alert, at } => (2, frames::alert(alert), *at),
     }
 }

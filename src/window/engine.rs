@@ -542,6 +542,41 @@ impl Engine {
     pub fn open_panes(&self) -> usize {
         self.panes.len()
     }
+
+    /// Estimated heap bytes of the window state (the panes' hash tables, sized by their bucket
+    /// counts as hashbrown allocates them, and the register table).
+    pub fn state_bytes(&self) -> usize {
+        fn table<K, V>(capacity: usize) -> usize {
+            if capacity == 0 {
+                return 0;
+            }
+            // hashbrown: buckets = next power of two ≥ capacity × 8/7, one control byte each.
+            let buckets = (capacity * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        let panes: usize = self
+            .panes
+            .values()
+            .map(|p| {
+                table::<DeviceId, Seen>(p.devices.capacity())
+                    + table::<CellId, Flows>(p.flows.capacity())
+                    + table::<SensorIdx, Headcount>(p.zones.capacity())
+                    + table::<PointIdx, PointPane>(p.points.capacity())
+                    + table::<u64, ()>(p.keys.capacity())
+                    + std::mem::size_of::<Pane>()
+            })
+            .sum();
+        panes + self.registers.state_bytes()
+    }
+
+    /// Distinct devices held in the open panes (what "active devices" means for state per device).
+    pub fn distinct_devices(&self) -> usize {
+        let mut seen: rustc_hash::FxHashSet<DeviceId> = rustc_hash::FxHashSet::default();
+        for p in self.panes.values() {
+            seen.extend(p.devices.keys().copied());
+        }
+        seen.len()
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,15 @@ pub struct Registers {
 }
 
 impl Registers {
+    /// Estimated heap bytes of the register table.
+    pub fn state_bytes(&self) -> usize {
+        let cap = self.last.capacity();
+        if cap == 0 {
+            return 0;
+        }
+        (cap * 8 / 7).next_power_of_two() * (std::mem::size_of::<(RegisterKey, Reading)>() + 1)
+    }
+
     /// A register table allowing at most `max_rate_per_s` people per second per direction.
     pub fn new(max_rate_per_s: f64) -> Registers {
         Registers {

@@ -1,6 +1,7 @@
 //! End-to-end tests through throng's real interfaces (the binary, HTTP). One binary, many modules.
 
 mod access;
+mod bench;
 mod browser;
 mod crash;
 mod demo;

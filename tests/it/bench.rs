@@ -1,0 +1,51 @@
+//! `throng bench`: the load harness runs to completion by itself and reports what it measured.
+
+use crate::support::{root, throng};
+
+#[test]
+fn bench_drives_a_server_with_viewers_and_reports_rates_latencies_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bench.toml");
+    std::fs::write(
+        &cfg,
+        "[window]\nsize = \"2s\"\nslide = \"1s\"\nallowed_lateness = \"200ms\"\nidle_timeout = \"10s\"\n\
+         [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
+    )
+    .unwrap();
+    let out = throng(&[
+        "bench",
+        "--scenario",
+        root().join("fixtures/bund").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--devices",
+        "3000",
+        "--duration",
+        "30",
+        "--viewers",
+        "5",
+        "--senders",
+        "2",
+        "--batch",
+        "500",
+        "--max-seconds",
+        "60",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let records = r["records"].as_u64().unwrap();
+    assert!(records > 1000, "{r}");
+    // Every record the simulator writes is valid: the server takes them all.
+    assert_eq!(r["accepted"].as_u64(), Some(records), "{r}");
+    assert!(r["accepted_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["offline_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["ratio_to_offline"].as_f64().unwrap() > 0.0);
+    assert!(r["ack_ms"][1].as_f64().unwrap() >= r["ack_ms"][0].as_f64().unwrap());
+    // 1 s windows closed while 5 viewers watched: they saw final frames, stamped with close times.
+    assert!(r["heatmap_frames"].as_u64().unwrap() >= 5, "{r}");
+    assert!(r["close_to_viewer_ms"][2].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    let per_device = r["state_bytes_per_device"].as_f64().unwrap();
+    assert!(per_device > 8.0 && per_device < 100_000.0, "{r}");
+}
