@@ -110,6 +110,17 @@ pub struct BenchReport {
     pub state_bytes_per_device: Option<f64>,
 }
 
+/// What a viewer reads of a frame.
+#[derive(serde::Deserialize)]
+struct FrameHead {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(rename = "final", default)]
+    is_final: bool,
+    closed_at: Option<i64>,
+    window_end: Option<i64>,
+}
+
 fn rss_kib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
@@ -306,20 +317,22 @@ async fn drive(
                 let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
                     continue;
                 };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+                // Only the head: the cells are skipped without being built, so many viewers in this
+                // process take as little CPU from the server as they can.
+                let Ok(v) = serde_json::from_str::<FrameHead>(&t) else {
                     continue;
                 };
-                if v["type"] != "heatmap" || v["final"] != true {
+                if v.kind != "heatmap" || !v.is_final {
                     continue;
                 }
                 let arrived = crate::app::now_ms();
                 frames.fetch_add(1, Ordering::Relaxed);
-                if let Some(c) = v["closed_at"].as_i64() {
+                if let Some(c) = v.closed_at {
                     if let Ok(mut h) = close_lat.lock() {
                         let _ = h.record(((arrived - c).max(0) as u64) * 1000 + 1);
                     }
                 }
-                let end = v["window_end"].as_i64().unwrap_or(0);
+                let end = v.window_end.unwrap_or(0);
                 if let Some(prev) = last_end {
                     let step = end - prev;
                     let s = *slide.get_or_insert(step.max(1));

@@ -27,8 +27,18 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Where records go (`-`: standard output).
-    #[arg(long, default_value = "-")]
+    #[arg(long, default_value = "-", conflicts_with = "target")]
     pub out: PathBuf,
+    /// Send the records to a server (`http://HOST:PORT`) over HTTP ingest instead, in real time
+    /// (event time = the wall clock) or at --rate.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Feed token for --target.
+    #[arg(long, env = "THRONG_TOKEN")]
+    pub token: Option<String>,
+    /// With --target: records per second, regardless of their event times (0: real time).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Also write the true people per segment per window here (NDJSON).
     #[arg(long)]
     pub truth: Option<PathBuf>,
@@ -36,6 +46,9 @@ pub struct SimulateArgs {
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
 }
+
+/// Where simulated records go, one scenario second at a time.
+type Sink = Box<dyn FnMut(&[u8]) -> anyhow::Result<()> + Send>;
 
 /// Parses `--start`.
 pub fn parse_start(start: Option<&str>) -> anyhow::Result<i64> {
@@ -69,23 +82,57 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
             seed: args.seed,
         },
     );
-    let mut out: Box<dyn Write + Send> = if args.out.as_os_str() == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        let f =
-            std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-        Box::new(f)
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        anyhow::bail!("--rate must be a positive number of records per second (or 0: real time)");
+    }
+    let mut sink: Sink = match &args.target {
+        Some(url) => {
+            let mut sender = super::send::Sender::new(url, args.token.clone())?;
+            let started = std::time::Instant::now();
+            let (rate, mut sent, mut second) = (args.rate, 0u64, 0u64);
+            Box::new(move |chunk: &[u8]| {
+                // One chunk is one scenario second: real time holds it until that second has
+                // come; --rate spaces records evenly instead.
+                second += 1;
+                let lines: Vec<&[u8]> = chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+                for part in lines.chunks(5_000) {
+                    let due = if rate > 0.0 {
+                        std::time::Duration::from_secs_f64(sent as f64 / rate)
+                    } else {
+                        std::time::Duration::from_secs(second - 1)
+                    };
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    let mut body = part.join(&b'\n');
+                    body.push(b'\n');
+                    sender.send(&body)?;
+                    sent += part.len() as u64;
+                }
+                Ok(())
+            })
+        }
+        None => {
+            let mut out: Box<dyn Write + Send> = if args.out.as_os_str() == "-" {
+                Box::new(std::io::stdout())
+            } else {
+                let f = std::fs::File::create(&args.out)
+                    .with_context(|| format!("creating {}", args.out.display()))?;
+                Box::new(f)
+            };
+            Box::new(move |chunk: &[u8]| Ok(out.write_all(chunk)?))
+        }
     };
     // Writing on its own thread overlaps the kernel's copy with generating the next minute.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+    let writer = std::thread::spawn(move || -> anyhow::Result<()> {
         for mut chunk in rx {
-            out.write_all(&chunk)?;
+            sink(&chunk)?;
             chunk.clear();
             let _ = back_tx.try_send(chunk);
         }
-        out.flush()
+        Ok(())
     });
     let mut em = Emitter::new(&world);
     tracing::info!(

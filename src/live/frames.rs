@@ -61,18 +61,38 @@ impl Subscription {
     }
 }
 
+/// Cell areas are a spherical computation per cell; the same cells come back every window.
+fn area_m2(c: CellIndex) -> f64 {
+    thread_local! {
+        static AREAS: std::cell::RefCell<rustc_hash::FxHashMap<u64, f64>> =
+            std::cell::RefCell::new(rustc_hash::FxHashMap::default());
+    }
+    AREAS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() > 1 << 20 {
+            m.clear();
+        }
+        *m.entry(u64::from(c)).or_insert_with(|| c.area_m2())
+    })
+}
+
 /// A heatmap frame for one subscription: cells rolled up to `sub.res`, inside the bbox, and with at
 /// least `k` people (k ≤ 1 publishes all).
 pub fn heatmap(w: &HexWindow, sub: &Subscription, k: u32) -> String {
+    use std::fmt::Write;
     let res = Resolution::try_from(sub.res).unwrap_or(Resolution::Eleven);
     let [x0, y0, x1, y1] = sub.bbox;
+    // The default view is the whole world: no cell centre needs computing to decide.
+    let everywhere = x0 <= -180.0 && y0 <= -90.0 && x1 >= 180.0 && y1 >= 90.0;
     let mut cells: BTreeMap<CellIndex, f64> = BTreeMap::new();
     for r in &w.rows {
         let Some(c) = r.cell.index() else { continue };
-        // The bbox selects the engine's fine cells; a coarse parent then holds what is in view.
-        let ll = LatLng::from(c);
-        if !(ll.lng() >= x0 && ll.lng() <= x1 && ll.lat() >= y0 && ll.lat() <= y1) {
-            continue;
+        if !everywhere {
+            // The bbox selects the engine's fine cells; a coarse parent then holds what is in view.
+            let ll = LatLng::from(c);
+            if !(ll.lng() >= x0 && ll.lng() <= x1 && ll.lat() >= y0 && ll.lat() <= y1) {
+                continue;
+            }
         }
         let c = if c.resolution() > res {
             c.parent(res).unwrap_or(c)
@@ -81,20 +101,30 @@ pub fn heatmap(w: &HexWindow, sub: &Subscription, k: u32) -> String {
         };
         *cells.entry(c).or_default() += r.people();
     }
-    let out: Vec<serde_json::Value> = cells
-        .into_iter()
-        .filter(|(_, p)| *p >= k.max(1) as f64)
-        .map(|(c, p)| json!([c.to_string(), (p * 10.0).round() / 10.0, p / c.area_m2()]))
-        .collect();
-    json!({
-        "type": "heatmap",
-        "window_start": w.start.0,
-        "window_end": w.end.0,
-        "final": w.is_final,
-        "res": sub.res,
-        "cells": out,
-    })
-    .to_string()
+    // Written by hand: this runs once per viewer per frame, and building a JSON value per cell
+    // cost twenty times the bytes it produces.
+    let mut out = String::with_capacity(96 + cells.len() * 48);
+    let _ = write!(
+        out,
+        "{{\"type\":\"heatmap\",\"window_start\":{},\"window_end\":{},\"final\":{},\"res\":{},\"cells\":[",
+        w.start.0, w.end.0, w.is_final, sub.res
+    );
+    let mut first = true;
+    for (c, p) in cells.into_iter().filter(|(_, p)| *p >= k.max(1) as f64) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let density = p / area_m2(c);
+        let _ = write!(out, "[\"{c}\",{},", (p * 10.0).round() / 10.0);
+        if density.is_finite() {
+            let _ = write!(out, "{density}]");
+        } else {
+            out.push_str("null]");
+        }
+    }
+    out.push_str("]}");
+    out
 }
 
 /// A segments frame.
@@ -161,6 +191,28 @@ mod tests {
     fn cells(frame: &str) -> Vec<serde_json::Value> {
         let v: serde_json::Value = serde_json::from_str(frame).unwrap();
         v["cells"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn the_hand_written_frame_is_json_with_every_cell_its_people_and_density() {
+        let (w, _) = window();
+        let sub = Subscription {
+            res: 11,
+            bbox: [-180.0, -90.0, 180.0, 90.0],
+        };
+        let v: serde_json::Value = serde_json::from_str(&heatmap(&w, &sub, 0)).unwrap();
+        assert_eq!(v["type"], "heatmap");
+        assert_eq!(v["window_start"], w.start.0);
+        assert_eq!(v["final"], w.is_final);
+        let got = v["cells"].as_array().unwrap();
+        assert_eq!(got.len(), w.rows.len());
+        for r in &w.rows {
+            let c = r.cell.index().unwrap();
+            let cell = got.iter().find(|x| x[0] == c.to_string()).expect("every cell");
+            assert_eq!(cell[1].as_f64().unwrap(), (r.people() * 10.0).round() / 10.0);
+            let d = cell[2].as_f64().unwrap();
+            assert!((d - r.people() / c.area_m2()).abs() < 1e-12, "{cell}");
+        }
     }
 
     #[test]

@@ -60,13 +60,45 @@ pub struct Hub {
     tx: broadcast::Sender<LiveEvent>,
     /// Per-type frame latency.
     pub latency: Arc<Latency>,
+    /// Frames already encoded, shared by every viewer with the same view of the same event.
+    encoded: Arc<Mutex<std::collections::VecDeque<Encoded>>>,
 }
+
+/// An encoded frame and what it was encoded from (held, so its address is not reused).
+struct Encoded {
+    key: FrameKey,
+    _source: Arc<dyn std::any::Any + Send + Sync>,
+    text: axum::extract::ws::Utf8Bytes,
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Encoded({:?}, {} bytes)", self.key, self.text.len())
+    }
+}
+
+/// What makes two viewers' frames identical: the event (by address), the view and k.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameKey {
+    /// Address of the event's shared payload.
+    pub source: usize,
+    /// Resolution of the view.
+    pub res: u8,
+    /// Its bounding box.
+    pub bbox: [f64; 4],
+    /// Smallest count shown.
+    pub k: u32,
+}
+
+/// Frames kept for sharing: one per distinct view of the newest few events.
+const ENCODED_KEPT: usize = 16;
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
             tx: broadcast::channel(CAPACITY).0,
             latency: Arc::new(Latency::default()),
+            encoded: Arc::default(),
         }
     }
 }
@@ -80,6 +112,34 @@ impl Hub {
     /// A new viewer's receiver.
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
         self.tx.subscribe()
+    }
+
+    /// The frame for `key`, encoded once by `make` and then shared: a hundred viewers of the same
+    /// window with the same view cost one encoding, not a hundred.
+    pub fn frame(
+        &self,
+        key: FrameKey,
+        source: Arc<dyn std::any::Any + Send + Sync>,
+        make: impl FnOnce() -> String,
+    ) -> axum::extract::ws::Utf8Bytes {
+        // Held while encoding: viewers arriving meanwhile wait for this encoding instead of
+        // repeating it.
+        let Ok(mut cache) = self.encoded.lock() else {
+            return make().into();
+        };
+        if let Some(e) = cache.iter().find(|e| e.key == key) {
+            return e.text.clone();
+        }
+        let text: axum::extract::ws::Utf8Bytes = make().into();
+        if cache.len() >= ENCODED_KEPT {
+            cache.pop_front();
+        }
+        cache.push_back(Encoded {
+            key,
+            _source: source,
+            text: text.clone(),
+        });
+        text
     }
 
     /// Records a frame's latency.

@@ -1,6 +1,7 @@
 //! `/ws/live`: one task per viewer. It reads subscriptions, skips to the newest frames when it falls
 //! behind, pings to find dead peers, and drops viewers that cannot take a frame in time.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
@@ -8,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::frames::{self, Subscription};
-use super::hub::{Hub, LiveEvent};
+use super::hub::{FrameKey, Hub, LiveEvent};
 use crate::risk::SegmentStatus;
 use crate::window::HexWindow;
 
@@ -43,15 +44,38 @@ fn stamp(text: String, at: Instant) -> String {
     }
 }
 
-fn encode(e: &LiveEvent, sub: &Subscription, k: u32) -> (usize, String, Instant) {
+fn encode(hub: &Hub, e: &LiveEvent, sub: &Subscription, k: u32) -> (usize, Utf8Bytes, Instant) {
+    let key = |ptr: usize| FrameKey {
+        source: ptr,
+        res: sub.res,
+        bbox: sub.bbox,
+        k,
+    };
     match e {
-        LiveEvent::Heatmap { window, at } => (0, stamp(frames::heatmap(window, sub, k), *at), *at),
+        LiveEvent::Heatmap { window, at } => {
+            let text = hub.frame(key(Arc::as_ptr(window) as usize), window.clone(), || {
+                stamp(frames::heatmap(window, sub, k), *at)
+            });
+            (0, text, *at)
+        }
         LiveEvent::Segments {
             window_end,
             segments,
             at,
-        } => (1, stamp(frames::segments(*window_end, segments), *at), *at),
-        LiveEvent::Alert { alert, at } => (2, frames::alert(alert), *at),
+        } => {
+            // Segment frames do not depend on the view: one encoding for everybody.
+            let k = FrameKey {
+                source: Arc::as_ptr(segments) as usize,
+                res: 0,
+                bbox: [0.0; 4],
+                k: 0,
+            };
+            let text = hub.frame(k, segments.clone(), || {
+                stamp(frames::segments(*window_end, segments), *at)
+            });
+            (1, text, *at)
+        }
+        LiveEvent::Alert { alert, at } => (2, frames::alert(alert).into(), *at),
     }
 }
 
@@ -118,7 +142,7 @@ pub async fn serve_viewer(
                     Err(RecvError::Closed) => break,
                 };
                 for e in batch {
-                    let (kind, text, at) = encode(&e, &sub, ctx.k);
+                    let (kind, text, at) = encode(&hub, &e, &sub, ctx.k);
                     if !send(&mut tx, text).await {
                         metrics::counter!("throng_live_clients_dropped_total").increment(1);
                         ok = false;
@@ -141,8 +165,11 @@ pub async fn serve_viewer(
 }
 
 /// Writes one text frame; false when the viewer could not take it in time (it is then dropped).
-async fn send(tx: &mut futures_util::stream::SplitSink<WebSocket, Message>, text: String) -> bool {
-    let fut = tx.send(Message::Text(Utf8Bytes::from(text)));
+async fn send(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    text: impl Into<Utf8Bytes>,
+) -> bool {
+    let fut = tx.send(Message::Text(text.into()));
     matches!(tokio::time::timeout(SEND_TIMEOUT, fut).await, Ok(Ok(())))
 }
 

@@ -408,6 +408,37 @@ async fn sql_over_http_and_psql_sees_memory_and_files_with_roles_and_limits() {
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 2);
 
+    // `throng query --server` asks the running server (Arrow on the wire, a table or CSV out).
+    let url = format!("http://{addr}");
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::throng(&[
+            "query",
+            "SELECT h3, lbs_devices FROM hex_windows ORDER BY window_start, h3",
+            "--server",
+            &url,
+            "--token",
+            "analyst-secret",
+            "--format",
+            "csv",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), csv);
+    let url = format!("http://{addr}");
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::throng(&["query", "SELECT 1", "--server", &url, "--token", "viewer-secret"])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Read-only, and no way out to the file system.
     for bad in [
         "DROP TABLE hex_windows",

@@ -192,3 +192,58 @@ async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
     assert_eq!(accepted % 3000, 0);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_sends_its_feed_to_a_server_at_a_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = app::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let scenario = crate::support::root().join("fixtures/bund");
+    let file = dir.path().join("same.ndjson");
+    let (sent, written) = tokio::task::spawn_blocking(move || {
+        let common = [
+            "simulate",
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--devices",
+            "400",
+            "--duration",
+            "20",
+            "--seed",
+            "5",
+        ];
+        let sent = crate::support::throng(&[&common[..], &["--target", &url, "--rate", "20000"]].concat());
+        let written = crate::support::throng(&[&common[..], &["--out", file.to_str().unwrap()]].concat());
+        assert!(written.status.success());
+        (
+            sent,
+            std::fs::read_to_string(&file).unwrap().lines().count() as u64,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(written > 100);
+    // The server took exactly the records the same simulation writes to a file.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = request(server.addr, "GET", "/api/health", None, "").await;
+        let got: u64 = h["engine"]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["records"].as_u64().unwrap())
+            .sum();
+        if got == written {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server has {got} of {written}: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await.unwrap();
+}
