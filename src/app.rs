@@ -414,32 +414,12 @@ pub async fn start_with(
     let tls = crate::tls::acceptor(&cfg.tls)?;
     match tls.clone() {
         None => {
-            tracker.spawn(async move {
-                let served = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(t.cancelled_owned())
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTP server failed.");
-                }
-            });
+            tracker.spawn(serve_http(listener, router, t));
         }
         Some(acceptor) => {
             use axum::serve::ListenerExt;
             let listener = crate::tls::TlsListener::new(listener, acceptor, token.clone())?.tap_io(|_| {});
-            tracker.spawn(async move {
-                let served = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(t.cancelled_owned())
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTPS server failed.");
-                }
-            });
+            tracker.spawn(serve_http(listener, router, t));
         }
     }
     let pg_addr = match pg_listen {
@@ -476,6 +456,23 @@ pub async fn start_with(
         token,
         tracker,
     })
+}
+
+/// Serves the routes on `listener` (plain TCP or TLS) until `stop`.
+async fn serve_http<L>(listener: L, router: axum::Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server failed.");
+    }
 }
 
 /// The single owner of engine and segment state.

@@ -215,15 +215,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     if args.senders == 0 || args.batch == 0 {
         anyhow::bail!("--senders and --batch must be at least 1");
     }
-    let config_path = args.config.clone().or_else(|| {
-        let p = args.scenario.join("throng.toml");
-        p.exists().then_some(p)
-    });
-    let mut cfg = match &config_path {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    cfg.scenario = args.scenario.clone();
+    let mut cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
     cfg.limits.ws_per_address = cfg.limits.ws_per_address.max(args.viewers + 8);
     eprintln!(
         "generating {} people over {} s of event time…",

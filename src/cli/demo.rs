@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::app;
-use crate::config::Config;
 use crate::sim::{Emitter, Scenario, SimConfig, World};
 
 /// `throng demo`.
@@ -59,15 +58,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.pg_listen
         );
     }
-    let config_path = args.config.clone().or_else(|| {
-        let p = args.scenario.join("throng.toml");
-        p.exists().then_some(p)
-    });
-    let mut cfg = match &config_path {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    cfg.scenario = args.scenario.clone();
+    let cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
     let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -128,6 +128,19 @@ pub struct ReplayArgs {
     pub late: Option<PathBuf>,
 }
 
+/// The config for a scenario run: `config` if given, else the scenario's own `throng.toml` if it
+/// has one, else the defaults; `scenario` in force either way.
+pub fn scenario_config(scenario: &Path, config: Option<&Path>) -> Result<Config, ConfigError> {
+    let own = scenario.join("throng.toml");
+    let mut cfg = match config {
+        Some(p) => Config::load(p)?,
+        None if own.exists() => Config::load(&own)?,
+        None => Config::default(),
+    };
+    cfg.scenario = scenario.to_owned();
+    Ok(cfg)
+}
+
 /// Checks a path exists, for friendlier errors.
 pub fn must_exist(p: &Path, what: &str) -> anyhow::Result<()> {
     if p != Path::new("-") && !p.exists() {

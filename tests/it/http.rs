@@ -20,6 +20,31 @@ pub async fn request(
     )
 }
 
+/// Writes one raw request and reads the whole reply (bounded in time).
+async fn exchange(addr: SocketAddr, req: String) -> Vec<u8> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    buf
+}
+
+fn head(method: &str, path: &str, token: Option<&str>, extra: &str, body: &str) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Sends one request with an `Accept` header; returns the status and the body's bytes.
 pub async fn request_bytes(
     addr: SocketAddr,
@@ -29,23 +54,11 @@ pub async fn request_bytes(
     accept: &str,
     body: &str,
 ) -> (u16, Vec<u8>) {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Accept: {accept}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("reply in time")
-        .unwrap();
+    let buf = exchange(
+        addr,
+        head(method, path, token, &format!("Accept: {accept}\r\n"), body),
+    )
+    .await;
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
     let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
     let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).expect("status line");
@@ -64,23 +77,7 @@ pub async fn request_text(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("reply in time")
-        .unwrap();
+    let buf = exchange(addr, head(method, path, token, "", body)).await;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status: u16 = text.get(9..12).and_then(|s| s.parse().ok()).expect("status line");
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
