@@ -809,7 +809,7 @@ fn publish_health(
 /// `throng serve`: runs until Ctrl-C or SIGTERM.
 pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.config.load()?;
-    for addr in [args.listen, args.pg_listen] {
+    for addr in [args.place.listen, args.place.pg_listen] {
         if cfg.auth.tokens.is_empty() && !addr.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to listen on {addr} with no auth tokens configured: add [[auth.tokens]] to the config or listen on 127.0.0.1"
@@ -818,7 +818,7 @@ pub fn serve_blocking(args: ServeArgs) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let server = start_with(cfg, args.listen, Some(args.pg_listen), &args.data_dir).await?;
+        let server = start_with(cfg, args.place.listen, Some(args.place.pg_listen), &args.place.data_dir).await?;
         spawn_sighup_reload(server.control.clone());
         println!(
             "throng is serving on {}://{}/ (health: /api/health, metrics: /metrics); SQL: psql -h {} -p {} -U analyst",

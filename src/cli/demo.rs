@@ -1,7 +1,6 @@
 //! `throng demo`: the server on the Bund scenario with the simulator feeding it live.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,15 +31,9 @@ pub struct DemoArgs {
     /// Configuration (default: the scenario's throng.toml).
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
-    /// Where the server keeps what it must keep.
-    #[arg(long, default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// HTTP address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// PostgreSQL-wire address for SQL clients (`psql -h 127.0.0.1 -p 5433 -U analyst`).
-    #[arg(long, default_value = "127.0.0.1:5433")]
-    pub pg_listen: SocketAddr,
+    /// Files and addresses, as for `serve`.
+    #[command(flatten)]
+    pub place: super::ServerPlace,
     /// Seconds between terminal tables.
     #[arg(long, default_value_t = 3.0)]
     pub table_every: f64,
@@ -51,19 +44,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !(args.speed > 0.0 && args.speed <= 3600.0) {
         anyhow::bail!("--speed must be in (0, 3600]");
     }
-    if !args.listen.ip().is_loopback() || !args.pg_listen.ip().is_loopback() {
+    if !args.place.listen.ip().is_loopback() || !args.place.pg_listen.ip().is_loopback() {
         anyhow::bail!(
             "the demo has no auth tokens: it listens on loopback only (got {} and {})",
-            args.listen,
-            args.pg_listen
+            args.place.listen,
+            args.place.pg_listen
         );
     }
     let cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
     let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let server = app::start_with(cfg, args.listen, Some(args.pg_listen), &args.data_dir).await?;
-        let pg = server.pg_addr.unwrap_or(args.pg_listen);
+        let server = app::start_with(cfg, args.place.listen, Some(args.place.pg_listen), &args.place.data_dir).await?;
+        let pg = server.pg_addr.unwrap_or(args.place.pg_listen);
         println!("throng demo: the Bund, New Year's Eve — http://{}/  (API: /api/segments, /api/alerts; SQL: psql -h {} -p {} -U analyst; Ctrl-C to stop)", server.addr, pg.ip(), pg.port());
         let _ = std::io::stdout().flush();
         let world = World::new(

@@ -77,12 +77,9 @@ impl ConfigArgs {
     }
 }
 
-/// `throng serve`.
+/// Where a server keeps its files and listens (`serve` and `demo`).
 #[derive(Debug, Args, Clone)]
-pub struct ServeArgs {
-    /// Configuration.
-    #[command(flatten)]
-    pub config: ConfigArgs,
+pub struct ServerPlace {
     /// Where the server keeps what it must keep.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
@@ -93,6 +90,17 @@ pub struct ServeArgs {
     /// an analyst token.
     #[arg(long, default_value = "127.0.0.1:5433")]
     pub pg_listen: SocketAddr,
+}
+
+/// `throng serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Files and addresses.
+    #[command(flatten)]
+    pub place: ServerPlace,
 }
 
 /// `throng replay`.
