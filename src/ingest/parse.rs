@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use h3o::{LatLng, Resolution};
+use h3o::Resolution;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
@@ -90,8 +90,17 @@ fn missing(field: &str) -> Reject {
 }
 
 /// `ts`: epoch milliseconds or RFC 3339.
-#[derive(Debug, Clone, Copy)]
-struct Ts(Result<i64, &'static str>);
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Ts(pub(super) Result<i64, &'static str>);
+
+impl Ts {
+    /// An RFC 3339 string's epoch ms, or why it is not one.
+    pub(super) fn rfc3339(v: &str) -> Ts {
+        Ts(chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| "is not an RFC 3339 time with an offset (e.g. 2026-12-31T23:59:58.120+08:00)"))
+    }
+}
 
 impl<'de> Deserialize<'de> for Ts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -115,11 +124,7 @@ impl<'de> Deserialize<'de> for Ts {
                 }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Ts, E> {
-                Ok(Ts(chrono::DateTime::parse_from_rfc3339(v)
-                    .map(|t| t.timestamp_millis())
-                    .map_err(|_| {
-                        "is not an RFC 3339 time with an offset (e.g. 2026-12-31T23:59:58.120+08:00)"
-                    })))
+                Ok(Ts::rfc3339(v))
             }
         }
         d.deserialize_any(V)
@@ -127,39 +132,39 @@ impl<'de> Deserialize<'de> for Ts {
 }
 
 /// Every field any kind may carry; unknown fields are ignored.
-#[derive(Deserialize, Default)]
-struct Raw<'a> {
+#[derive(Deserialize, Default, Debug, PartialEq)]
+pub(super) struct Raw<'a> {
     #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
-    ts: Option<Ts>,
+    pub(super) kind: Option<Cow<'a, str>>,
+    pub(super) ts: Option<Ts>,
     #[serde(borrow)]
-    device: Option<Cow<'a, str>>,
-    lat: Option<f64>,
-    lng: Option<f64>,
+    pub(super) device: Option<Cow<'a, str>>,
+    pub(super) lat: Option<f64>,
+    pub(super) lng: Option<f64>,
     #[serde(borrow)]
-    crs: Option<Cow<'a, str>>,
-    accuracy_m: Option<f64>,
+    pub(super) crs: Option<Cow<'a, str>>,
+    pub(super) accuracy_m: Option<f64>,
     #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    pub(super) source: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    sensor: Option<Cow<'a, str>>,
+    pub(super) sensor: Option<Cow<'a, str>>,
     #[serde(rename = "in")]
-    inn: Option<u64>,
-    out: Option<u64>,
-    period_s: Option<f64>,
-    in_total: Option<u64>,
-    out_total: Option<u64>,
-    occupancy: Option<u64>,
+    pub(super) inn: Option<u64>,
+    pub(super) out: Option<u64>,
+    pub(super) period_s: Option<f64>,
+    pub(super) in_total: Option<u64>,
+    pub(super) out_total: Option<u64>,
+    pub(super) occupancy: Option<u64>,
     #[serde(borrow)]
-    station: Option<Cow<'a, str>>,
+    pub(super) station: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    gate: Option<Cow<'a, str>>,
-    entries: Option<u64>,
-    exits: Option<u64>,
+    pub(super) gate: Option<Cow<'a, str>>,
+    pub(super) entries: Option<u64>,
+    pub(super) exits: Option<u64>,
     #[serde(borrow)]
-    dir: Option<Cow<'a, str>>,
-    entries_total: Option<u64>,
-    exits_total: Option<u64>,
+    pub(super) dir: Option<Cow<'a, str>>,
+    pub(super) entries_total: Option<u64>,
+    pub(super) exits_total: Option<u64>,
 }
 
 /// Parses and validates feed records for one configuration.
@@ -201,14 +206,18 @@ impl Parser {
     /// Parses one line. `now_ms` is the server clock for the far-future check (`None` skips it, for
     /// offline replay of recorded or simulated feeds).
     pub fn parse_line(&self, line: &[u8], now_ms: Option<i64>) -> Result<Record, Reject> {
-        let raw: Raw = match serde_json::from_slice(line) {
-            Ok(r) => r,
-            Err(_) => return Err(explain(line)),
-        };
-        self.validate(raw, now_ms)
+        // The common line takes the scanner; anything it is unsure of, serde_json.
+        let mut raw = Raw::default();
+        if !super::scan::raw(line, &mut raw) {
+            raw = match serde_json::from_slice(line) {
+                Ok(r) => r,
+                Err(_) => return Err(explain(line)),
+            };
+        }
+        self.validate(&raw, now_ms)
     }
 
-    fn validate(&self, raw: Raw, now_ms: Option<i64>) -> Result<Record, Reject> {
+    fn validate(&self, raw: &Raw, now_ms: Option<i64>) -> Result<Record, Reject> {
         let kind = match raw.kind.as_deref() {
             None => return Err(missing("kind")),
             Some("lbs") => Kind::Lbs,
@@ -259,8 +268,8 @@ impl Parser {
         }
     }
 
-    fn lbs(&self, raw: Raw, ts: EventTime) -> Result<Record, Reject> {
-        let device = raw.device.ok_or_else(|| missing("device"))?;
+    fn lbs(&self, raw: &Raw, ts: EventTime) -> Result<Record, Reject> {
+        let device = raw.device.as_deref().ok_or_else(|| missing("device"))?;
         if device.is_empty() {
             return Err(reject("device", RejectCode::Value, "must not be empty"));
         }
@@ -317,10 +326,9 @@ impl Parser {
             })?,
         };
         let (lat, lng) = crs.to_wgs84(lat, lng);
-        let cell = LatLng::new(lat, lng)
-            .map_err(|e| reject("lat", RejectCode::Value, e.to_string()))?
-            .to_cell(self.res);
-        let device = self.pseudo.pseudonym_at(&device, ts.millis());
+        let cell = super::cells::locate(lat, lng, self.res)
+            .map_err(|e| reject("lat", RejectCode::Value, e.to_string()))?;
+        let device = self.pseudo.pseudonym_at(device, ts.millis());
         let source = self.sources.lbs(raw.source.as_deref());
         Ok(Record {
             ts,
@@ -331,7 +339,7 @@ impl Parser {
         })
     }
 
-    fn counter(&self, raw: Raw, ts: EventTime) -> Result<Record, Reject> {
+    fn counter(&self, raw: &Raw, ts: EventTime) -> Result<Record, Reject> {
         let id = raw.sensor.as_deref().ok_or_else(|| missing("sensor"))?;
         let (idx, sensor, cell, point) = self.registry.sensor(id).ok_or_else(|| {
             reject(
@@ -397,7 +405,7 @@ impl Parser {
         })
     }
 
-    fn gate(&self, raw: Raw, ts: EventTime) -> Result<Record, Reject> {
+    fn gate(&self, raw: &Raw, ts: EventTime) -> Result<Record, Reject> {
         let id = raw.station.as_deref().ok_or_else(|| missing("station"))?;
         let gate = raw.gate.as_deref();
         let (station, cell, point) = self.registry.station_gate_cell(id, gate).ok_or_else(|| {
@@ -545,6 +553,7 @@ mod tests {
     use super::*;
     use crate::config::LbsConfig;
     use crate::ingest::registry::{Sensor, Station, StationExit};
+    use h3o::LatLng;
 
     const NOW: i64 = 1_767_196_800_000; // 2025-12-31T16:00:00Z: New Year in Shanghai
 

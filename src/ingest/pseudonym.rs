@@ -9,11 +9,21 @@
 //! The price: a window that straddles a rotation instant (UTC midnight for daily) sees a device that
 //! pinged on both sides as two devices — at most a window's worth of double counting, once a day.
 
+use std::cell::Cell;
 use std::hash::Hasher;
 
 use siphasher::sip::SipHasher24;
 
 use crate::model::DeviceId;
+
+/// (secret key halves, period number) → that period's key halves.
+type PeriodKeys = ([u64; 3], (u64, u64));
+
+thread_local! {
+    /// The keys of the period last used on this thread, by (secret key, period number): deriving
+    /// them costs two SipHash runs, twice the pseudonym itself, and a feed's records share a period.
+    static PERIOD_KEYS: Cell<Option<PeriodKeys>> = const { Cell::new(None) };
+}
 
 /// Turns device strings into pseudonyms.
 #[derive(Clone)]
@@ -66,7 +76,15 @@ impl Pseudonymiser {
                 h.write_u64(x);
                 h.finish()
             };
-            (prf(period << 1), prf((period << 1) | 1))
+            let id = [self.k0, self.k1, period];
+            PERIOD_KEYS.with(|c| match c.get() {
+                Some((seen, keys)) if seen == id => keys,
+                _ => {
+                    let keys = (prf(period << 1), prf((period << 1) | 1));
+                    c.set(Some((id, keys)));
+                    keys
+                }
+            })
         } else {
             (self.k0, self.k1)
         };
@@ -104,6 +122,31 @@ mod tests {
                 .rotating(86_400_000)
                 .pseudonym_at("phone", day)
         );
+    }
+
+    #[test]
+    fn cached_period_keys_never_leak_between_secrets_or_periods() {
+        let day = 86_400_000;
+        let (a, b) = (
+            Pseudonymiser::new("a").rotating(day),
+            Pseudonymiser::new("b").rotating(day),
+        );
+        let calls = [(&a, 0), (&b, 0), (&a, day), (&a, 0), (&b, 3 * day), (&b, 0)];
+        let here: Vec<DeviceId> = calls.iter().map(|(p, t)| p.pseudonym_at("phone", *t)).collect();
+        // Each computed afresh on its own thread (an empty cache).
+        let fresh: Vec<DeviceId> = calls
+            .iter()
+            .map(|(p, t)| {
+                let (p, t) = ((*p).clone(), *t);
+                std::thread::spawn(move || p.pseudonym_at("phone", t))
+                    .join()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(here, fresh);
+        assert_ne!(here[0], here[1]);
+        assert_ne!(here[0], here[2]);
+        assert_eq!(here[0], here[3]);
     }
 
     #[test]

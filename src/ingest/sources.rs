@@ -4,7 +4,10 @@
 //! from input, so the table is capped: past `MAX_SOURCES` new names share one `lbs/(other)` entry.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
+
+use rustc_hash::FxHashMap;
 
 use crate::config::LbsConfig;
 use crate::model::SourceId;
@@ -20,13 +23,16 @@ pub const MAX_SOURCES: usize = 256;
 struct Inner {
     names: Vec<String>,
     scales: Vec<f64>,
-    index: HashMap<String, SourceId>,
+    /// Fx, not SipHash: looked up for every ping, and capped, so colliding names cannot grow it.
+    index: FxHashMap<String, SourceId>,
 }
 
 /// The shared source table.
 #[derive(Debug)]
 pub struct Sources {
     inner: RwLock<Inner>,
+    /// `inner.names.len()`, readable without the lock (asked after every record).
+    len: AtomicUsize,
     default_scale: f64,
     configured: HashMap<String, f64>,
 }
@@ -37,9 +43,10 @@ impl Sources {
         let inner = Inner {
             names: vec!["counter".into(), "gate".into()],
             scales: vec![1.0, 1.0],
-            index: HashMap::new(),
+            index: FxHashMap::default(),
         };
         let s = Sources {
+            len: AtomicUsize::new(inner.names.len()),
             inner: RwLock::new(inner),
             default_scale: cfg.default_scale,
             configured: cfg.sources.iter().map(|(k, v)| (k.clone(), v.scale)).collect(),
@@ -80,6 +87,7 @@ impl Sources {
         w.names.push(name);
         w.scales.push(scale);
         w.index.insert(key.to_string(), id);
+        self.len.store(w.names.len(), Ordering::Release);
         id
     }
 
@@ -103,7 +111,7 @@ impl Sources {
 
     /// Number of sources so far.
     pub fn len(&self) -> usize {
-        self.read().names.len()
+        self.len.load(Ordering::Acquire)
     }
 
     /// Always false: the fixed sources exist from the start.
