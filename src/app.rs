@@ -373,6 +373,7 @@ pub async fn start_with(
         data_dir: data_dir.to_owned(),
         checkpoint_every: cfg.durability.checkpoint_every,
         last_checkpoint: std::time::Instant::now(),
+        checkpointing: Arc::default(),
         last_eval_end: i64::MIN,
         history,
         last_flush: std::time::Instant::now(),
@@ -496,6 +497,8 @@ struct Stage {
     data_dir: PathBuf,
     checkpoint_every: Duration,
     last_checkpoint: std::time::Instant,
+    /// True while a checkpoint is being written in the background.
+    checkpointing: Arc<std::sync::atomic::AtomicBool>,
     history: Arc<History>,
     last_flush: std::time::Instant,
     last_census: std::time::Instant,
@@ -597,20 +600,37 @@ impl Stage {
             tracing::error!("Checkpoint skipped because the history could not be written.");
             return;
         }
-        let started = std::time::Instant::now();
-        match crate::durability::wal::checkpoint(&self.data_dir, segment, &self.engine) {
-            Ok(()) => {
-                tracing::debug!(
-                    segment,
-                    ms = started.elapsed().as_millis() as u64,
-                    "Checkpoint written."
-                );
-                metrics::counter!("throng_checkpoints_total").increment(1);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Checkpoint failed; the log keeps growing until one succeeds.")
-            }
+        // Serialising a city's window state takes seconds; ingest must not wait for it. The engine
+        // is cloned here (tens of milliseconds) and written on a blocking thread. While one write
+        // is in flight the next is skipped: the log simply keeps its older segments a while longer.
+        if self.checkpointing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tracing::debug!(
+                segment,
+                "A checkpoint is still being written; this one is skipped."
+            );
+            return;
         }
+        let started = std::time::Instant::now();
+        let snapshot = self.engine.clone();
+        let cloned_ms = started.elapsed().as_millis() as u64;
+        let (dir, running) = (self.data_dir.clone(), self.checkpointing.clone());
+        tokio::task::spawn_blocking(move || {
+            match crate::durability::wal::checkpoint(&dir, segment, &snapshot) {
+                Ok(()) => {
+                    tracing::debug!(
+                        segment,
+                        cloned_ms,
+                        ms = started.elapsed().as_millis() as u64,
+                        "Checkpoint written."
+                    );
+                    metrics::counter!("throng_checkpoints_total").increment(1);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Checkpoint failed; the log keeps growing until one succeeds.")
+                }
+            }
+            running.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     fn control(&mut self, c: Control) {

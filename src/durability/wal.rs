@@ -141,13 +141,14 @@ impl Wal {
 /// deletes those segments.
 pub fn checkpoint(data_dir: &Path, segment: u64, engine: &Engine) -> io::Result<()> {
     let tmp = data_dir.join("checkpoint.json.tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
     #[derive(Serialize)]
     struct Out<'a> {
         segment: u64,
         engine: &'a Engine,
     }
     serde_json::to_writer(&mut f, &Out { segment, engine }).map_err(io::Error::other)?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     fs::rename(&tmp, data_dir.join("checkpoint.json"))?;
     if let Ok(d) = File::open(data_dir) {

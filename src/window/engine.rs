@@ -56,7 +56,7 @@ struct PointPane {
     occupancy: Option<(i64, u32)>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Pane {
     devices: FxHashMap<DeviceId, Seen>,
     flows: FxHashMap<CellId, Flows>,
@@ -166,8 +166,9 @@ pub struct EngineStats {
     pub duplicates: u64,
 }
 
-/// The single-owner window engine. Serializable whole: a checkpoint is the engine as JSON.
-#[derive(Debug, Serialize, Deserialize)]
+/// The single-owner window engine. Serializable whole: a checkpoint is the engine as JSON (written
+/// from a clone, so ingest never waits for the file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Engine {
     slide: i64,
     size: i64,

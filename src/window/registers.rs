@@ -28,7 +28,7 @@ pub enum Delta {
 }
 
 /// Last reading of every register seen.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Registers {
     last: FxHashMap<RegisterKey, Reading>,
     max_rate_per_s: f64,
