@@ -43,9 +43,14 @@ pub struct BenchArgs {
     pub devices: usize,
     /// Event-time seconds of traffic (the night compressed into them). They start a minute
     /// ahead of the clock and are sent faster than real time, so at most 230 s keeps every record
-    /// inside the server's 5-minute `ingest.max_future`.
+    /// inside the server's 5-minute `ingest.max_future`. With --soak: the length of one night.
     #[arg(long, default_value_t = 180.0)]
     pub duration: f64,
+    /// Soak mode: stream the traffic in real time (event time = wall clock) for this many seconds,
+    /// the night repeating every --duration seconds, generated as it is sent; reports resident
+    /// memory minute by minute. No offline comparison (the records are not kept).
+    #[arg(long, value_name = "SECONDS")]
+    pub soak: Option<u64>,
     /// Records per second to offer (0: as fast as the server acknowledges).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
@@ -106,6 +111,8 @@ pub struct BenchReport {
     pub state_bytes: Option<f64>,
     /// Distinct devices in open windows.
     pub active_devices: Option<f64>,
+    /// Soak mode: the highest resident memory (MiB) seen in each minute of sending.
+    pub rss_by_minute_mib: Vec<f64>,
     /// state_bytes / active_devices.
     pub state_bytes_per_device: Option<f64>,
 }
@@ -164,38 +171,105 @@ fn generate(args: &BenchArgs) -> anyhow::Result<(Vec<Vec<u8>>, u64, i64)> {
             "--duration must be between 10 and 230 seconds (records must stay within the server's 5-minute ingest.max_future)"
         );
     }
-    let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
     let start_ms = crate::app::now_ms() + LEAD_MS;
-    let world = World::new(
+    let world = night(args, start_ms, args.seed)?;
+    let mut em = Emitter::new(&world);
+    let mut all = Vec::new();
+    em.emit_until(args.duration + 1.0, &mut all);
+    let mut bodies = Vec::new();
+    let total = split_bodies(&all, args.batch, |b| bodies.push(b));
+    Ok((bodies, total, start_ms))
+}
+
+/// One simulated night of `--duration` seconds from `start_ms`.
+fn night(args: &BenchArgs, start_ms: i64, seed: u64) -> anyhow::Result<World> {
+    let scenario = Scenario::load(&args.scenario, seed).map_err(anyhow::Error::msg)?;
+    Ok(World::new(
         scenario,
         SimConfig {
             people: args.devices,
             duration_s: args.duration,
             start_ms,
             speed: 1.0,
-            seed: args.seed,
+            seed,
         },
-    );
-    let mut em = Emitter::new(&world);
-    let mut all = Vec::new();
-    em.emit_until(args.duration + 1.0, &mut all);
-    let mut bodies = Vec::new();
-    let mut body = Vec::with_capacity(args.batch * 140);
+    ))
+}
+
+/// Cuts NDJSON into bodies of at most `batch` lines; returns the number of lines.
+fn split_bodies(all: &[u8], batch: usize, mut push: impl FnMut(Vec<u8>)) -> u64 {
+    let mut body = Vec::with_capacity(batch * 140);
     let (mut n, mut total) = (0, 0u64);
     for line in all.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         body.extend_from_slice(line);
         body.push(b'\n');
         n += 1;
         total += 1;
-        if n == args.batch {
-            bodies.push(std::mem::replace(&mut body, Vec::with_capacity(args.batch * 140)));
+        if n == batch {
+            push(std::mem::replace(&mut body, Vec::with_capacity(batch * 140)));
             n = 0;
         }
     }
     if !body.is_empty() {
-        bodies.push(body);
+        push(body);
     }
-    Ok((bodies, total, start_ms))
+    total
+}
+
+/// Soak mode's generator: nights back to back in real time, each second's records sent as they
+/// fall due, until `stop_at`. Returns the records generated. The next night is built while the
+/// current one plays, so the stream has no pause between nights.
+fn stream(
+    args: &BenchArgs,
+    tx: std::sync::mpsc::SyncSender<(usize, Vec<u8>)>,
+    stop_at: Instant,
+) -> anyhow::Result<u64> {
+    let cycle_ms = (args.duration * 1000.0) as i64;
+    let mut start_ms = crate::app::now_ms();
+    let mut world = night(args, start_ms, args.seed)?;
+    let (mut total, mut seq, mut cycle) = (0u64, 0usize, 0u64);
+    loop {
+        cycle += 1;
+        let next_start = start_ms + cycle_ms;
+        let next = std::thread::scope(|s| -> anyhow::Result<Option<World>> {
+            let builder = s.spawn(|| night(args, next_start, args.seed + cycle));
+            let mut em = Emitter::new(&world);
+            let mut buf = Vec::new();
+            while !em.done() {
+                if Instant::now() >= stop_at {
+                    return Ok(None);
+                }
+                let t = (crate::app::now_ms() - start_ms) as f64 / 1000.0;
+                buf.clear();
+                em.emit_until(t, &mut buf);
+                let mut gone = false;
+                total += split_bodies(&buf, args.batch, |b| {
+                    gone |= tx.send((seq, b)).is_err();
+                    seq += 1;
+                });
+                if gone {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let w = builder
+                .join()
+                .map_err(|_| anyhow::anyhow!("building the next night panicked"))??;
+            Ok(Some(w))
+        })?;
+        match next {
+            Some(w) => world = w,
+            None => return Ok(total),
+        }
+        start_ms = next_start;
+        // The night's last second may end before the next begins on the clock.
+        if let Some(wait) = u64::try_from(start_ms - crate::app::now_ms())
+            .ok()
+            .filter(|w| *w > 0)
+        {
+            std::thread::sleep(Duration::from_millis(wait));
+        }
+    }
 }
 
 fn offline_rate(cfg: &Config, bodies: &[Vec<u8>], records: u64) -> anyhow::Result<f64> {
@@ -217,19 +291,36 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let mut cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
     cfg.limits.ws_per_address = cfg.limits.ws_per_address.max(args.viewers + 8);
-    eprintln!(
-        "generating {} people over {} s of event time…",
-        args.devices, args.duration
-    );
-    let (bodies, records, first_ts) = generate(args)?;
-    eprintln!(
-        "{records} records in {} requests; timing the offline pipeline on them…",
-        bodies.len()
-    );
-    let offline = if args.target.is_none() {
-        Some(offline_rate(&cfg, &bodies, records)?)
-    } else {
-        None
+    let (feed, records, first_ts, offline) = match args.soak {
+        Some(secs) => {
+            if !(10.0..=3600.0).contains(&args.duration) || secs < 10 {
+                anyhow::bail!(
+                    "with --soak, --duration (one night) must be 10 to 3600 s and --soak at least 10 s"
+                );
+            }
+            eprintln!(
+                "soak: {} people, a {} s night repeating, streamed in real time for {secs} s…",
+                args.devices, args.duration
+            );
+            (None, 0, i64::MAX, None)
+        }
+        None => {
+            eprintln!(
+                "generating {} people over {} s of event time…",
+                args.devices, args.duration
+            );
+            let (bodies, records, first_ts) = generate(args)?;
+            eprintln!(
+                "{records} records in {} requests; timing the offline pipeline on them…",
+                bodies.len()
+            );
+            let offline = if args.target.is_none() {
+                Some(offline_rate(&cfg, &bodies, records)?)
+            } else {
+                None
+            };
+            (Some(bodies), records, first_ts, offline)
+        }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let data = tempfile::tempdir()?;
@@ -251,11 +342,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             LEAD_MS / 1000 - 5
         );
     }
-    let report = rt.block_on(drive(args, &base, bodies, records))?;
+    let (feed, generator) = match feed {
+        Some(bodies) => (
+            Feed::Fixed(Mutex::new(bodies.into_iter().enumerate().collect())),
+            None,
+        ),
+        None => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(64);
+            let stop_at = Instant::now() + Duration::from_secs(args.soak.unwrap_or(0));
+            let a = args.clone();
+            let generator = std::thread::spawn(move || stream(&a, tx, stop_at));
+            (Feed::Stream(Mutex::new(rx)), Some(generator))
+        }
+    };
+    let report = rt.block_on(drive(args, &base, feed, records));
+    let generated = generator.map(|g| {
+        g.join()
+            .map_err(|_| anyhow::anyhow!("the traffic generator panicked"))?
+    });
     if let Some(s) = server {
         rt.block_on(s.shutdown())?;
     }
-    let mut report = report;
+    let mut report = report?;
+    if let Some(g) = generated {
+        report.records = g?;
+    }
     report.offline_per_s = offline;
     report.ratio_to_offline = offline.map(|o| report.accepted_per_s / o);
     if args.target.is_none() {
@@ -269,12 +380,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-async fn drive(
-    args: &BenchArgs,
-    base: &str,
-    bodies: Vec<Vec<u8>>,
-    records: u64,
-) -> anyhow::Result<BenchReport> {
+/// Where senders take request bodies from: pre-generated, or streamed by the soak generator.
+enum Feed {
+    Fixed(Mutex<VecDeque<(usize, Vec<u8>)>>),
+    Stream(Mutex<std::sync::mpsc::Receiver<(usize, Vec<u8>)>>),
+}
+
+impl Feed {
+    /// The next body and its sequence number; None when the feed is exhausted.
+    fn next(&self) -> Option<(usize, Vec<u8>)> {
+        match self {
+            Feed::Fixed(q) => q.lock().ok()?.pop_front(),
+            Feed::Stream(rx) => rx.lock().ok()?.recv().ok(),
+        }
+    }
+}
+
+async fn drive(args: &BenchArgs, base: &str, feed: Feed, records: u64) -> anyhow::Result<BenchReport> {
     let host = base
         .strip_prefix("http://")
         .context("--target must be an http:// URL")?
@@ -337,27 +459,27 @@ async fn drive(
             }
         }));
     }
-    // Senders: blocking HTTP in threads, sharing one queue of bodies, paced when --rate is set.
-    let queue = Arc::new(Mutex::new(
-        bodies.into_iter().enumerate().collect::<VecDeque<_>>(),
-    ));
+    // Senders: blocking HTTP in threads, sharing one feed of bodies, paced when --rate is set
+    // (a streamed soak feed is paced by the clock already).
+    let streamed = matches!(feed, Feed::Stream(_));
+    let queue = Arc::new(feed);
     let accepted = Arc::new(AtomicU64::new(0));
     let retries = Arc::new(AtomicU64::new(0));
     let acks = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.max_seconds);
+    // A soak's senders outlive its generator, so the stream always drains.
+    let deadline = started + Duration::from_secs(args.max_seconds.max(args.soak.unwrap_or(0) + 60));
     let mut threads = Vec::new();
     for _ in 0..args.senders {
         let (queue, accepted, retries, acks) =
             (queue.clone(), accepted.clone(), retries.clone(), acks.clone());
         let url = format!("{base}/api/ingest");
         let token = args.token.clone();
-        let (rate, batch) = (args.rate, args.batch);
+        let (rate, batch) = (if streamed { 0.0 } else { args.rate }, args.batch);
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
             loop {
-                let Some((i, body)) = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop_front()
-                else {
+                let Some((i, body)) = queue.next() else {
                     return Ok(());
                 };
                 if Instant::now() > deadline {
@@ -463,6 +585,19 @@ async fn drive(
         .filter(|(t, _)| *t >= send_seconds / 2.0)
         .map(|(_, m)| *m)
         .collect();
+    let rss_by_minute_mib = if streamed {
+        let minutes = (send_seconds / 60.0).ceil() as usize;
+        (0..minutes)
+            .map(|m| {
+                rss.iter()
+                    .filter(|(t, _)| (*t / 60.0) as usize == m)
+                    .map(|(_, v)| *v)
+                    .fold(0.0, f64::max)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (state_bytes, active) = match state {
         Some((b, a)) => (Some(b), Some(a)),
         None => (None, None),
@@ -487,6 +622,7 @@ async fn drive(
         }),
         state_bytes,
         active_devices: active,
+        rss_by_minute_mib,
         state_bytes_per_device: match (state_bytes, active) {
             (Some(b), Some(a)) if a > 0.0 => Some(b / a),
             _ => None,
@@ -528,6 +664,10 @@ fn print_report(r: &BenchReport) {
         r.rss_second_half_mib
             .map_or("n/a".into(), |[a, b]| format!("{a:.0}–{b:.0} MiB"))
     );
+    if !r.rss_by_minute_mib.is_empty() {
+        let by: Vec<String> = r.rss_by_minute_mib.iter().map(|m| format!("{m:.0}")).collect();
+        println!("  RSS by minute  {} MiB", by.join(" · "));
+    }
     println!(
         "  window state   {} bytes for {} active devices = {} bytes/device",
         opt(r.state_bytes, ""),

@@ -49,3 +49,48 @@ fn bench_drives_a_server_with_viewers_and_reports_rates_latencies_and_memory() {
     let per_device = r["state_bytes_per_device"].as_f64().unwrap();
     assert!(per_device > 8.0 && per_device < 100_000.0, "{r}");
 }
+
+#[test]
+fn soak_streams_real_time_traffic_until_its_time_is_up_and_reports_memory_by_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bench.toml");
+    std::fs::write(
+        &cfg,
+        "[window]\nsize = \"2s\"\nslide = \"1s\"\nallowed_lateness = \"500ms\"\nidle_timeout = \"10s\"\n\
+         [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = throng(&[
+        "bench",
+        "--scenario",
+        root().join("fixtures/bund").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--devices",
+        "3000",
+        "--duration",
+        "10",
+        "--soak",
+        "14",
+        "--viewers",
+        "2",
+        "--batch",
+        "200",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    // The stream is paced by the clock: it lasts its 14 s (and not much more), spans two nights,
+    // and every record generated is accepted (event time = wall clock, so nothing is refused).
+    let secs = r["send_seconds"].as_f64().unwrap();
+    assert!((13.0..40.0).contains(&secs), "{r}");
+    assert!(started.elapsed().as_secs() < 90);
+    let records = r["records"].as_u64().unwrap();
+    assert!(records > 100, "{r}");
+    assert_eq!(r["accepted"].as_u64(), Some(records), "{r}");
+    assert!(r["offline_per_s"].is_null(), "{r}");
+    let by_minute = r["rss_by_minute_mib"].as_array().unwrap();
+    assert!(!by_minute.is_empty() && by_minute.iter().all(|m| m.as_f64().unwrap() > 1.0), "{r}");
+    assert!(r["heatmap_frames"].as_u64().unwrap() >= 2, "{r}");
+}
