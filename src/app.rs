@@ -374,6 +374,7 @@ pub async fn start_with(
         checkpoint_every: cfg.durability.checkpoint_every,
         last_checkpoint: std::time::Instant::now(),
         checkpointing: Arc::default(),
+        maintaining: Arc::default(),
         last_eval_end: i64::MIN,
         history,
         last_flush: std::time::Instant::now(),
@@ -500,6 +501,8 @@ struct Stage {
     /// True while a checkpoint is being written in the background.
     checkpointing: Arc<std::sync::atomic::AtomicBool>,
     history: Arc<History>,
+    /// True while history compaction runs in the background.
+    maintaining: Arc<std::sync::atomic::AtomicBool>,
     last_flush: std::time::Instant,
     last_census: std::time::Instant,
     census_every: Duration,
@@ -564,15 +567,26 @@ impl Stage {
         self.last_flush = std::time::Instant::now();
         // Written inline: a flush is a few milliseconds of file writing every `flush_every`, the
         // queue absorbs the pause, and windows stay in order with the engine that closes them.
-        match self.history.flush() {
+        // Compaction (seconds, once an hour) and retention run on a blocking thread instead.
+        match self.history.write_pending() {
             Ok(s) => {
-                if s.files_written > 0 || s.hours_compacted > 0 {
-                    tracing::debug!(
-                        files = s.files_written,
-                        rows = s.rows_written,
-                        compacted = s.hours_compacted,
-                        "History flushed."
-                    );
+                if s.files_written > 0 {
+                    tracing::debug!(files = s.files_written, rows = s.rows_written, "History flushed.");
+                }
+                if !self.maintaining.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (history, running) = (self.history.clone(), self.maintaining.clone());
+                    tokio::task::spawn_blocking(move || {
+                        match history.maintain() {
+                            Ok(m) if m.hours_compacted > 0 => {
+                                tracing::debug!(hours = m.hours_compacted, "History compacted.")
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "History compaction failed; the next flush retries.")
+                            }
+                        }
+                        running.store(false, std::sync::atomic::Ordering::Release);
+                    });
                 }
                 true
             }

@@ -134,6 +134,9 @@ pub struct History {
     inner: Mutex<Inner>,
     /// Serialises flushes (the pipeline's timer and shutdown).
     flushing: Mutex<()>,
+    /// One compaction/retention pass at a time (apart from `flushing`, so writing new windows never
+    /// waits for an hour being compacted).
+    maintaining: Mutex<()>,
     retention_days: u32,
     /// How long a replaced file is kept for queries that may still be reading it.
     grace: Duration,
@@ -196,6 +199,7 @@ impl History {
             root,
             inner: Mutex::new(inner),
             flushing: Mutex::new(()),
+            maintaining: Mutex::new(()),
             retention_days,
             grace,
             read_only,
@@ -246,9 +250,17 @@ impl History {
             .sum()
     }
 
-    /// Writes buffered windows to files, compacts complete hours, applies retention and deletes
-    /// replaced files whose grace period is over.
+    /// Writes buffered windows to files, then [`maintain`](History::maintain)s them.
     pub fn flush(&self) -> Result<FlushStats, HistoryError> {
+        let mut stats = self.write_pending()?;
+        let more = self.maintain()?;
+        stats.hours_compacted = more.hours_compacted;
+        stats.files_expired = more.files_expired;
+        Ok(stats)
+    }
+
+    /// Writes buffered windows to files (milliseconds: what must happen before a checkpoint).
+    pub fn write_pending(&self) -> Result<FlushStats, HistoryError> {
         let mut stats = FlushStats::default();
         if self.read_only {
             return Ok(stats);
@@ -256,13 +268,27 @@ impl History {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         for table in Table::ALL {
             self.flush_table(table, &mut stats)?;
+        }
+        if stats.files_written > 0 {
+            metrics::counter!("throng_history_rows_written_total").increment(stats.rows_written as u64);
+        }
+        Ok(stats)
+    }
+
+    /// Compacts complete hours, applies retention and deletes replaced files whose grace period is
+    /// over. Seconds at city scale once an hour, so the server runs it off the engine's task; it
+    /// may run beside `write_pending`, which only ever adds files for the hour still open.
+    pub fn maintain(&self) -> Result<FlushStats, HistoryError> {
+        let mut stats = FlushStats::default();
+        if self.read_only {
+            return Ok(stats);
+        }
+        let _one_at_a_time = self.maintaining.lock().unwrap_or_else(|p| p.into_inner());
+        for table in Table::ALL {
             self.compact_table(table, &mut stats)?;
         }
         self.expire(&mut stats);
         self.delete_doomed(false);
-        if stats.files_written > 0 {
-            metrics::counter!("throng_history_rows_written_total").increment(stats.rows_written as u64);
-        }
         Ok(stats)
     }
 
@@ -575,6 +601,47 @@ mod tests {
         assert!(!h.append(Table::HexWindows, t0 + 10_000, window(t0 + 10_000, 5)));
         assert!(h.append(Table::HexWindows, t0 + 20_000, window(t0 + 20_000, 5)));
         assert_eq!(rows(&h), 3);
+    }
+
+    #[test]
+    fn new_windows_are_written_while_a_past_hour_is_compacted_and_each_row_stays_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = std::sync::Arc::new(History::open(dir.path(), 0, Duration::ZERO).unwrap());
+        let t0 = 1_767_139_200_000; // 2025-12-31T00:00Z
+        for i in 0..30 {
+            let t = t0 + i * 60_000;
+            h.append(Table::HexWindows, t, window(t, 3));
+            h.write_pending().unwrap();
+        }
+        // The next hour opens: hour 0 may be compacted while hour 1 keeps being written.
+        let t1 = t0 + HOUR_MS;
+        h.append(Table::HexWindows, t1, window(t1, 3));
+        h.write_pending().unwrap();
+        let compactor = {
+            let h = h.clone();
+            std::thread::spawn(move || h.maintain().unwrap())
+        };
+        for i in 1..20 {
+            let t = t1 + i * 60_000;
+            h.append(Table::HexWindows, t, window(t, 3));
+            h.write_pending().unwrap();
+        }
+        assert_eq!(compactor.join().unwrap().hours_compacted, 1);
+        assert_eq!(rows(&h), 50);
+        let (files, _) = h.snapshot(Table::HexWindows);
+        let compacted: Vec<_> = files
+            .iter()
+            .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("all-"))
+            .collect();
+        assert_eq!(compacted.len(), 1, "{files:?}");
+        assert_eq!(
+            read_file(compacted[0])
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            30
+        );
     }
 
     #[test]
