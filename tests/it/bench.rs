@@ -91,6 +91,9 @@ fn soak_streams_real_time_traffic_until_its_time_is_up_and_reports_memory_by_min
     assert_eq!(r["accepted"].as_u64(), Some(records), "{r}");
     assert!(r["offline_per_s"].is_null(), "{r}");
     let by_minute = r["rss_by_minute_mib"].as_array().unwrap();
-    assert!(!by_minute.is_empty() && by_minute.iter().all(|m| m.as_f64().unwrap() > 1.0), "{r}");
+    assert!(
+        !by_minute.is_empty() && by_minute.iter().all(|m| m.as_f64().unwrap() > 1.0),
+        "{r}"
+    );
     assert!(r["heatmap_frames"].as_u64().unwrap() >= 2, "{r}");
 }
