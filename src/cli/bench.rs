@@ -51,7 +51,8 @@ pub struct BenchArgs {
     /// memory minute by minute. No offline comparison (the records are not kept).
     #[arg(long, value_name = "SECONDS")]
     pub soak: Option<u64>,
-    /// Records per second to offer (0: as fast as the server acknowledges).
+    /// Records per second to offer (0: as fast as the server acknowledges; with --soak the clock
+    /// paces the stream and this is ignored).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// Live viewers connected to /ws/live.

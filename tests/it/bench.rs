@@ -2,22 +2,31 @@
 
 use crate::support::{root, throng};
 
-#[test]
-fn bench_drives_a_server_with_viewers_and_reports_rates_latencies_and_memory() {
+/// Runs `throng bench` on the Bund with 1 s windows (so a short run closes many) and `args`.
+fn bench(args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bench.toml");
     std::fs::write(
         &cfg,
-        "[window]\nsize = \"2s\"\nslide = \"1s\"\nallowed_lateness = \"200ms\"\nidle_timeout = \"10s\"\n\
+        "[window]\nsize = \"2s\"\nslide = \"1s\"\nallowed_lateness = \"500ms\"\nidle_timeout = \"10s\"\n\
          [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
     )
     .unwrap();
-    let out = throng(&[
+    let scenario = root().join("fixtures/bund");
+    let mut all = vec![
         "bench",
         "--scenario",
-        root().join("fixtures/bund").to_str().unwrap(),
+        scenario.to_str().unwrap(),
         "--config",
         cfg.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    throng(&all)
+}
+
+#[test]
+fn bench_drives_a_server_with_viewers_and_reports_rates_latencies_and_memory() {
+    let out = bench(&[
         "--devices",
         "3000",
         "--duration",
@@ -52,21 +61,8 @@ fn bench_drives_a_server_with_viewers_and_reports_rates_latencies_and_memory() {
 
 #[test]
 fn soak_streams_real_time_traffic_until_its_time_is_up_and_reports_memory_by_minute() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bench.toml");
-    std::fs::write(
-        &cfg,
-        "[window]\nsize = \"2s\"\nslide = \"1s\"\nallowed_lateness = \"500ms\"\nidle_timeout = \"10s\"\n\
-         [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
-    )
-    .unwrap();
     let started = std::time::Instant::now();
-    let out = throng(&[
-        "bench",
-        "--scenario",
-        root().join("fixtures/bund").to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
+    let out = bench(&[
         "--devices",
         "3000",
         "--duration",
