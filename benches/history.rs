@@ -40,34 +40,7 @@ fn build(dir: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
     for w in 0..WINDOWS {
         let start = T0 + w * SLIDE;
-        // Crowds build towards midnight (Shanghai), with a ripple across cells.
-        let hour = (w * SLIDE) as f64 / 3_600_000.0;
-        let evening = (-(hour - 16.0).powi(2) / 8.0).exp();
-        let rows = cells
-            .iter()
-            .enumerate()
-            .map(|(k, &cell)| {
-                let base = 5.0 + 400.0 * evening * (1.0 + ((k as f64) * 0.37 + hour).sin()) / 2.0;
-                let devices = base as u64;
-                HexRow {
-                    cell,
-                    lbs_devices: devices,
-                    lbs_people: devices as f64 * 1.3,
-                    counter_in: (k as u64 + w as u64) % 7,
-                    counter_out: (k as u64 * 3 + w as u64) % 5,
-                    occupancy: None,
-                    gate_entries: 0,
-                    gate_exits: 0,
-                }
-            })
-            .collect();
-        let win = HexWindow {
-            start: EventTime(start),
-            end: EventTime(start + 60_000),
-            rows,
-            points: Vec::new(),
-            is_final: true,
-        };
+        let (win, evening) = window(&cells, w);
         history.append(Table::HexWindows, start, to_record_batch(&win)?);
         let seg_rows: Vec<throng::risk::SegmentStatus> =
             (0..14).map(|s| segment_row(s, start, evening)).collect();
@@ -82,6 +55,77 @@ fn build(dir: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     history.close()?;
+    Ok(())
+}
+
+/// Window `w` of the day (and how far into the evening crowd it is).
+fn window(cells: &[CellId], w: i64) -> (HexWindow, f64) {
+    let start = T0 + w * SLIDE;
+    // Crowds build towards midnight (Shanghai), with a ripple across cells.
+    let hour = (w * SLIDE) as f64 / 3_600_000.0;
+    let evening = (-(hour - 16.0).powi(2) / 8.0).exp();
+    let rows = cells
+        .iter()
+        .enumerate()
+        .map(|(k, &cell)| {
+            let base = 5.0 + 400.0 * evening * (1.0 + ((k as f64) * 0.37 + hour).sin()) / 2.0;
+            let devices = base as u64;
+            HexRow {
+                cell,
+                lbs_devices: devices,
+                lbs_people: devices as f64 * 1.3,
+                counter_in: (k as u64 + w as u64) % 7,
+                counter_out: (k as u64 * 3 + w as u64) % 5,
+                occupancy: None,
+                gate_entries: 0,
+                gate_exits: 0,
+            }
+        })
+        .collect();
+    let win = HexWindow {
+        start: EventTime(start),
+        end: EventTime(start + 60_000),
+        rows,
+        points: Vec::new(),
+        is_final: true,
+    };
+    (win, evening)
+}
+
+/// What the server does once an hour, timed: an hour of windows written the way the server writes
+/// them (a part file every 30 s), then the compaction of that hour into one file — which runs off
+/// the engine's task — beside one 30 s flush, which runs on it.
+fn compaction(cells: &[CellId]) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let history = History::open(dir.path(), 0, Duration::ZERO)?;
+    let hour0 = 15 * 360; // 15:00Z, the evening peak
+    let mut flushes = Vec::new();
+    for w in hour0..hour0 + 361 {
+        history.append(
+            Table::HexWindows,
+            T0 + w * SLIDE,
+            to_record_batch(&window(cells, w).0)?,
+        );
+        if w % 3 == 2 || w == hour0 + 360 {
+            let t = Instant::now();
+            history.write_pending()?;
+            flushes.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let t = Instant::now();
+    let m = history.maintain()?;
+    let compact = t.elapsed().as_secs_f64();
+    flushes.sort_by(f64::total_cmp);
+    let flush = flushes[flushes.len() / 2];
+    eprintln!(
+        "compacting one Bund-scale hour ({} part files, {} rows): {:.0} ms off the engine task; \
+         a 30 s flush (3 windows) on it: {:.1} ms median",
+        flushes.len() - 1,
+        360 * cells.len(),
+        compact * 1e3,
+        flush * 1e3
+    );
+    anyhow::ensure!(m.hours_compacted == 1, "expected one hour compacted");
     Ok(())
 }
 
@@ -160,6 +204,7 @@ fn bench(c: &mut Criterion) {
             dir.display()
         );
     }
+    compaction(&cells()).expect("timing compaction");
     let history = Arc::new(History::open_read_only(&dir).expect("history"));
     let limits = SqlConfig {
         timeout: Duration::from_secs(600),
