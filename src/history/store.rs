@@ -277,8 +277,7 @@ impl History {
 
     /// Compacts complete hours, applies retention and deletes replaced files whose grace period is
     /// over. About 0.6 s for a Bund-scale hour (`benches/history.rs`), so the server runs it off the
-    /// engine's task; it
-    /// may run beside `write_pending`, which only ever adds files for the hour still open.
+    /// engine's task; it may run beside `write_pending`, which only adds files for the open hour.
     pub fn maintain(&self) -> Result<FlushStats, HistoryError> {
         let mut stats = FlushStats::default();
         if self.read_only {
