@@ -103,6 +103,52 @@ fn bench(c: &mut Criterion) {
     println!("\nnaive serde_json + h3o: {:>10.0} ev/s", n);
     println!("throng pipeline:        {:>10.0} ev/s", p);
     println!("ratio pipeline / naive: {:.2}", p / n);
+    indexing();
+}
+
+/// Indexing alone: the cached lookup (`ingest::cells`) against h3o's `to_cell` on the same points,
+/// for a crowd (the bench's area, 2 km²) and for points spread over a whole city (60 × 60 km,
+/// nearly every point in a square never seen before: the cache's worst case).
+fn indexing() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let crowd: Vec<(f64, f64)> = (0..PINGS)
+        .map(|_| (31.233 + rnd() * 0.0115, 121.476 + rnd() * 0.0175))
+        .collect();
+    let city: Vec<(f64, f64)> = (0..PINGS)
+        .map(|_| (30.95 + rnd() * 0.54, 121.15 + rnd() * 0.63))
+        .collect();
+    for (name, pts) in [("crowd (2 km²)", &crowd), ("city (3,600 km²)", &city)] {
+        let (mut best_h3o, mut best_cached) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut acc = 0u64;
+            for &(lat, lng) in pts.iter() {
+                acc ^= u64::from(LatLng::new(lat, lng).unwrap().to_cell(Resolution::Eleven));
+            }
+            black_box(acc);
+            best_h3o = best_h3o.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let mut acc2 = 0u64;
+            for &(lat, lng) in pts.iter() {
+                acc2 ^= u64::from(throng::ingest::cells::locate(lat, lng, Resolution::Eleven).unwrap());
+            }
+            black_box(acc2);
+            assert_eq!(acc, acc2, "the cached lookup must give h3o's cells");
+            best_cached = best_cached.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "indexing, {name}: h3o {:.0} ns/point, cached {:.0} ns/point → {:.1}x",
+            best_h3o * 1e9 / PINGS as f64,
+            best_cached * 1e9 / PINGS as f64,
+            best_h3o / best_cached
+        );
+    }
 }
 
 criterion_group!(benches, bench);

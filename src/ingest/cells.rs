@@ -55,6 +55,9 @@ thread_local! {
 /// One cell as six inward half-planes in its local plane, shrunk by the margin.
 struct Hex {
     cell: CellIndex,
+    /// False until the cell is met a second time in a square: its boundary (about 1 µs) is only
+    /// worth computing where points come back.
+    built: bool,
     lat0: f64,
     lng0: f64,
     /// cos(lat0): scales longitude differences to latitude degrees.
@@ -67,12 +70,21 @@ impl Hex {
     /// The cell's geometry, or one that holds no point where the fast path must not be used.
     fn new(cell: CellIndex) -> Hex {
         Hex::shape(cell).unwrap_or(Hex {
+            built: true,
+            ..Hex::pending(cell)
+        })
+    }
+
+    /// A cell whose geometry is not computed yet: it holds no point.
+    fn pending(cell: CellIndex) -> Hex {
+        Hex {
             cell,
+            built: false,
             lat0: 0.0,
             lng0: 0.0,
             kx: 0.0,
             edges: [[0.0, 0.0, -1.0]; 6],
-        })
+        }
     }
 
     fn shape(cell: CellIndex) -> Option<Hex> {
@@ -122,6 +134,7 @@ impl Hex {
         }
         Some(Hex {
             cell,
+            built: true,
             lat0,
             lng0,
             kx,
@@ -154,10 +167,20 @@ struct Cache {
     squares: FxHashMap<u64, Square>,
     hexes: Vec<Hex>,
     by_cell: FxHashMap<CellIndex, u32>,
+    /// Points answered from the cache, and by h3o, since the last reset.
+    hits: u64,
+    misses: u64,
+    /// Points left to send straight to h3o: set when the cache filled up without helping (points
+    /// spread over a whole region rarely share a square), so sparse feeds pay only h3o's price.
+    bypass: u32,
 }
 
 impl Cache {
     fn reset(&mut self, res: Resolution) {
+        if self.res == Some(res) && self.hits < self.misses {
+            self.bypass = (4 * MAX_SQUARES) as u32;
+        }
+        (self.hits, self.misses) = (0, 0);
         self.res = Some(res);
         self.side = res.edge_length_m() / 3.0 / M_PER_DEG;
         self.squares.clear();
@@ -166,6 +189,10 @@ impl Cache {
     }
 
     fn locate(&mut self, ll: LatLng, lat: f64, lng: f64, res: Resolution) -> CellIndex {
+        if self.bypass > 0 && self.res == Some(res) {
+            self.bypass -= 1;
+            return ll.to_cell(res);
+        }
         if self.res != Some(res) || self.squares.len() >= MAX_SQUARES {
             self.reset(res);
         }
@@ -176,25 +203,34 @@ impl Cache {
         for &i in &square.hexes[..usize::from(square.len)] {
             let h = &self.hexes[i as usize];
             if h.holds(lat, lng) {
+                self.hits += 1;
                 return h.cell;
             }
         }
+        self.misses += 1;
         let cell = ll.to_cell(res);
         let known = square.hexes[..usize::from(square.len)]
             .iter()
-            .any(|&i| self.hexes[i as usize].cell == cell);
-        if !known && usize::from(square.len) < PER_SQUARE {
-            let i = match self.by_cell.get(&cell) {
-                Some(&i) => i,
-                None => {
-                    let i = self.hexes.len() as u32;
-                    self.hexes.push(Hex::new(cell));
-                    self.by_cell.insert(cell, i);
-                    i
-                }
-            };
-            square.hexes[usize::from(square.len)] = i;
-            square.len += 1;
+            .copied()
+            .find(|&i| self.hexes[i as usize].cell == cell);
+        match known {
+            // Met again in this square: now its shape is worth computing.
+            Some(i) if !self.hexes[i as usize].built => self.hexes[i as usize] = Hex::new(cell),
+            Some(_) => {}
+            None if usize::from(square.len) < PER_SQUARE => {
+                let i = match self.by_cell.get(&cell) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.hexes.len() as u32;
+                        self.hexes.push(Hex::pending(cell));
+                        self.by_cell.insert(cell, i);
+                        i
+                    }
+                };
+                square.hexes[usize::from(square.len)] = i;
+                square.len += 1;
+            }
+            None => {}
         }
         cell
     }
