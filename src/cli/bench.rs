@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
-use crate::sim::{Emitter, Scenario, SimConfig, World};
+use crate::sim::{Emitter, SimConfig, World};
 
 /// `throng bench`.
 #[derive(Debug, Args, Clone)]
@@ -184,17 +184,14 @@ fn generate(args: &BenchArgs) -> anyhow::Result<(Vec<Vec<u8>>, u64, i64)> {
 
 /// One simulated night of `--duration` seconds from `start_ms`.
 fn night(args: &BenchArgs, start_ms: i64, seed: u64) -> anyhow::Result<World> {
-    let scenario = Scenario::load(&args.scenario, seed).map_err(anyhow::Error::msg)?;
-    Ok(World::new(
-        scenario,
-        SimConfig {
-            people: args.devices,
-            duration_s: args.duration,
-            start_ms,
-            speed: 1.0,
-            seed,
-        },
-    ))
+    let cfg = SimConfig {
+        people: args.devices,
+        duration_s: args.duration,
+        start_ms,
+        speed: 1.0,
+        seed,
+    };
+    World::load(&args.scenario, cfg).map_err(anyhow::Error::msg)
 }
 
 /// Cuts NDJSON into bodies of at most `batch` lines; returns the number of lines.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::sim::{Emitter, Scenario, SimConfig, World};
+use crate::sim::{Emitter, SimConfig, World};
 
 /// `throng simulate`.
 #[derive(Debug, Args, Clone)]
@@ -70,18 +70,15 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
         None => crate::config::Config::default(),
     };
     let start_ms = parse_start(args.start.as_deref())?;
-    let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
     let built = std::time::Instant::now();
-    let world = World::new(
-        scenario,
-        SimConfig {
-            people: args.devices,
-            duration_s: args.duration,
-            start_ms,
-            speed: 1.0,
-            seed: args.seed,
-        },
-    );
+    let sim = SimConfig {
+        people: args.devices,
+        duration_s: args.duration,
+        start_ms,
+        speed: 1.0,
+        seed: args.seed,
+    };
+    let world = World::load(&args.scenario, sim).map_err(anyhow::Error::msg)?;
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         anyhow::bail!("--rate must be a positive number of records per second (or 0: real time)");
     }

@@ -25,11 +25,7 @@ pub(super) fn raw<'a>(line: &'a [u8], raw: &mut Raw<'a>) -> bool {
 fn read<'a>(line: &'a [u8], raw: &mut Raw<'a>) -> Option<()> {
     // One UTF-8 check for the line (vectorised for ASCII), so strings are slices of it.
     let text = std::str::from_utf8(line).ok()?;
-    let mut s = Scan {
-        t: text,
-        b: line,
-        i: 0,
-    };
+    let mut s = Scan { t: text, i: 0 };
     let mut seen = 0u32;
     s.ws();
     s.eat(b'{')?;
@@ -96,7 +92,7 @@ fn read<'a>(line: &'a [u8], raw: &mut Raw<'a>) -> Option<()> {
         }
     }
     s.ws();
-    (s.i == s.b.len()).then_some(())
+    (s.i == s.t.len()).then_some(())
 }
 
 /// A JSON number as scanned: its digits (up to 19 kept exactly) and shape.
@@ -135,13 +131,16 @@ impl Num {
 
 struct Scan<'a> {
     t: &'a str,
-    b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Scan<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.t.as_bytes()
+    }
+
     fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
+        self.bytes().get(self.i).copied()
     }
 
     fn next(&mut self) -> Option<u8> {
@@ -155,7 +154,7 @@ impl<'a> Scan<'a> {
     }
 
     fn ws(&mut self) {
-        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        while matches!(self.bytes().get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
         }
     }
@@ -164,7 +163,7 @@ impl<'a> Scan<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let len = self.b[start..]
+        let len = self.bytes()[start..]
             .iter()
             .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
         self.i = start + len;
@@ -175,7 +174,7 @@ impl<'a> Scan<'a> {
 
     fn word(&mut self, w: &[u8]) -> Option<()> {
         let end = self.i + w.len();
-        (self.b.get(self.i..end)? == w).then(|| self.i = end)
+        (self.bytes().get(self.i..end)? == w).then(|| self.i = end)
     }
 
     /// A JSON number, checked against JSON's grammar.

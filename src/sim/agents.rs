@@ -354,6 +354,11 @@ pub struct World {
 }
 
 impl World {
+    /// Loads the scenario folder (seeded with `cfg.seed`) and builds every agent's schedule.
+    pub fn load(dir: &Path, cfg: SimConfig) -> Result<World, String> {
+        Ok(World::new(Scenario::load(dir, cfg.seed)?, cfg))
+    }
+
     /// Builds every agent's schedule.
     pub fn new(scenario: Scenario, cfg: SimConfig) -> World {
         let mut rng = Rng::new(cfg.seed);
