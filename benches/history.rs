@@ -221,7 +221,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     eprintln!(
         "hex_windows rows: {}",
-        throng::history::format::json(&total).unwrap()
+        throng::query::format::json(&total).unwrap()
     );
     let mut g = c.benchmark_group("history_sql");
     g.sample_size(10);

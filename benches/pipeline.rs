@@ -11,7 +11,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use h3o::{LatLng, Resolution};
 use serde::Deserialize;
 use throng::config::Config;
-use throng::ingest::Registry;
+use throng::scenario::Registry;
 use throng::pipeline::Pipeline;
 
 const PINGS: usize = 1_000_000;

@@ -5,7 +5,7 @@
 //! `cargo bench --bench stages` prints criterion's figures, then per-window times and ratios.
 
 use std::hint::black_box;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, Criterion};
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
         )
         .expect("the Bund segments"),
     );
-    let store = Arc::new(RwLock::new(ThresholdStore::open(None).expect("store")));
+    let store = ThresholdStore::open(None).expect("store");
     let mut risk = Risk::new(map, Vec::new(), RiskConfig::default(), store, 60_000);
     let windows: Vec<HexWindow> = (0..32).map(window).collect();
     let cells = windows[0].rows.len();

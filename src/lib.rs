@@ -1,24 +1,28 @@
 //! throng: a crowd-flow stream processor for large public events.
 //!
-//! Data flows one way: `ingest` (feeds → validated, pseudonymised, H3-indexed records) →
-//! `window` (event-time hopping windows per cell → Arrow batches) → downstream stages
-//! `risk` (cells → road segments → tiers and alerts) → live push and history. `pipeline` wires parser and engine for offline use;
-//! `app` runs the server; `api` holds its HTTP routes; `cli` the command line.
+//! The modules are layers, listed here from the bottom up; each imports only those above it in
+//! this list (a test, `layers`, fails otherwise). Data flows the same way: feeds (`ingest`) →
+//! event-time windows (`window`) → segment tiers (`risk`) → the one closed-window loop (`flow`) →
+//! viewers (`live`) and files (`history`) → SQL (`query`). `server` and `cli` wire them up;
+//! `tools` are the simulator and importers, feeds like any other. ARCHITECTURE.md has the map.
 
-pub mod api;
-pub mod app;
-pub mod cli;
-pub mod config;
-pub mod durability;
-pub mod error;
-pub mod history;
-pub mod import;
-pub mod ingest;
-pub mod live;
 pub mod model;
+pub mod error;
+pub mod config;
+pub mod scenario;
+pub mod ingest;
+pub mod window;
+pub mod durability;
 pub mod pipeline;
 pub mod risk;
-pub mod sim;
-pub mod tls;
+pub mod flow;
+pub mod history;
+pub mod live;
+pub mod query;
 pub mod transport;
-pub mod window;
+pub mod server;
+pub mod tools;
+pub mod cli;
+
+#[cfg(test)]
+mod layers;

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             let mut out = std::io::BufWriter::new(stdout.lock());
             throng::cli::replay::run(&args, &mut out).map(|_| ())
         }
-        Command::Serve(args) => throng::app::serve_blocking(args),
+        Command::Serve(args) => throng::cli::serve::run(args),
         Command::Demo(args) => throng::cli::demo::run(args),
         Command::Import(args) => throng::cli::import::run(&args).map(|_| ()),
         Command::Simulate(args) => throng::cli::simulate::run(&args).map(|_| ()),

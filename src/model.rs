@@ -153,3 +153,58 @@ impl Body {
         }
     }
 }
+
+/// Wall-clock milliseconds since the epoch: the server's processing time. Only the edges read it
+/// (the engine task, feed adapters, viewers); stages below take `now` as an argument.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What a token holder may do (CONTRACT.md roles); `admin` may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Pushes feed records.
+    Feed,
+    /// Watches the live picture.
+    Viewer,
+    /// Watches, and changes thresholds.
+    Organiser,
+    /// Queries history with SQL.
+    Analyst,
+    /// Everything, including reloads.
+    Admin,
+}
+
+impl Role {
+    /// The role's name as in the config and the contract.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Feed => "feed",
+            Role::Viewer => "viewer",
+            Role::Organiser => "organiser",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        [Role::Feed, Role::Viewer, Role::Organiser, Role::Analyst, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role `{s}` (feed, viewer, organiser, analyst or admin)"))
+    }
+}

@@ -1,12 +1,12 @@
-//! The offline pipeline: configuration → parser + engine, shared by `replay`, `serve` and the benches.
+//! Configuration → parser + engine: the records half of every run (`serve`, `replay`, the
+//! simulator's checks, the benches). What happens to a closed window is `flow`'s.
 
 use std::sync::Arc;
 
-use h3o::Resolution;
-
 use crate::config::Config;
 use crate::error::Result;
-use crate::ingest::{Parser, Pseudonymiser, Registry, Sources};
+use crate::ingest::{Parser, Pseudonymiser, Sources};
+use crate::scenario::Registry;
 use crate::window::{Engine, HexWindow};
 
 /// A parser and the engine it feeds, built from one configuration.
@@ -21,15 +21,10 @@ pub struct Pipeline {
     pub registry: Arc<Registry>,
 }
 
-/// The configured H3 resolution as h3o's type (validated by `Config::validate`).
-pub fn resolution(cfg: &Config) -> Resolution {
-    Resolution::try_from(cfg.h3.resolution).unwrap_or(Resolution::Eleven)
-}
-
 impl Pipeline {
     /// Loads the scenario's registries and builds the parser and engine.
     pub fn from_config(cfg: &Config) -> Result<Pipeline> {
-        let res = resolution(cfg);
+        let res = cfg.resolution();
         let registry = Registry::load_dir(&cfg.scenario, res)?;
         Ok(Pipeline::with_registry(cfg, Arc::new(registry)))
     }
@@ -41,7 +36,7 @@ impl Pipeline {
             registry.clone(),
             Pseudonymiser::new(&cfg.privacy.hash_key).rotating(cfg.privacy.rotate.as_millis() as i64),
             sources.clone(),
-            resolution(cfg),
+            cfg.resolution(),
             cfg.lbs.max_accuracy_m,
             cfg.ingest.max_future.as_millis() as i64,
         );
@@ -64,22 +59,30 @@ impl Pipeline {
     ) -> Result<(u64, u64)> {
         let (mut ok, mut bad) = (0u64, 0u64);
         let mut now = i64::MIN;
-        for line in bytes.split(|b| *b == b'\n') {
-            if line.is_empty() {
-                continue;
+        let mut failed = None;
+        let max_line = usize::MAX;
+        crate::ingest::decode::each_line(&self.parser.clone(), bytes, None, max_line, |_, r| {
+            if failed.is_some() {
+                return;
             }
-            match self.parser.parse_line(line, None) {
+            match r {
                 Ok(rec) => {
                     ok += 1;
                     now = now.max(rec.ts.millis());
                     self.engine.ingest(&rec, now);
                     for w in self.engine.advance(now) {
-                        on_window(w)?;
+                        if let Err(e) = on_window(w) {
+                            failed = Some(e);
+                            return;
+                        }
                     }
                 }
                 Err(_) => bad += 1,
             }
             self.refresh_scales();
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
         for w in self.engine.flush() {
             on_window(w)?;

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
-use crate::sim::{Emitter, SimConfig, World};
+use crate::tools::sim::{Emitter, SimConfig, World};
 
 /// `throng bench`.
 #[derive(Debug, Args, Clone)]
@@ -172,7 +172,7 @@ fn generate(args: &BenchArgs) -> anyhow::Result<(Vec<Vec<u8>>, u64, i64)> {
             "--duration must be between 10 and 230 seconds (records must stay within the server's 5-minute ingest.max_future)"
         );
     }
-    let start_ms = crate::app::now_ms() + LEAD_MS;
+    let start_ms = crate::model::now_ms() + LEAD_MS;
     let world = night(args, start_ms, args.seed)?;
     let mut em = Emitter::new(&world);
     let mut all = Vec::new();
@@ -223,7 +223,7 @@ fn stream(
     stop_at: Instant,
 ) -> anyhow::Result<u64> {
     let cycle_ms = (args.duration * 1000.0) as i64;
-    let mut start_ms = crate::app::now_ms();
+    let mut start_ms = crate::model::now_ms();
     let mut world = night(args, start_ms, args.seed)?;
     let (mut total, mut seq, mut cycle) = (0u64, 0usize, 0u64);
     loop {
@@ -237,7 +237,7 @@ fn stream(
                 if Instant::now() >= stop_at {
                     return Ok(None);
                 }
-                let t = (crate::app::now_ms() - start_ms) as f64 / 1000.0;
+                let t = (crate::model::now_ms() - start_ms) as f64 / 1000.0;
                 buf.clear();
                 em.emit_until(t, &mut buf);
                 let mut gone = false;
@@ -261,7 +261,7 @@ fn stream(
         }
         start_ms = next_start;
         // The night's last second may end before the next begins on the clock.
-        if let Some(wait) = u64::try_from(start_ms - crate::app::now_ms())
+        if let Some(wait) = u64::try_from(start_ms - crate::model::now_ms())
             .ok()
             .filter(|w| *w > 0)
         {
@@ -325,7 +325,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (server, base) = match &args.target {
         Some(t) => (None, t.trim_end_matches('/').to_owned()),
         None => {
-            let s = rt.block_on(crate::app::start(
+            let s = rt.block_on(crate::server::start(
                 cfg.clone(),
                 "127.0.0.1:0".parse()?,
                 data.path(),
@@ -334,7 +334,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             (Some(s), base)
         }
     };
-    if crate::app::now_ms() > first_ts - 5_000 {
+    if crate::model::now_ms() > first_ts - 5_000 {
         anyhow::bail!(
             "preparing the traffic took over {} s, so its event times are no longer ahead of the clock; lower --devices or --duration",
             LEAD_MS / 1000 - 5
@@ -437,7 +437,7 @@ async fn drive(args: &BenchArgs, base: &str, feed: Feed, records: u64) -> anyhow
                 if v.kind != "heatmap" || !v.is_final {
                     continue;
                 }
-                let arrived = crate::app::now_ms();
+                let arrived = crate::model::now_ms();
                 frames.fetch_add(1, Ordering::Relaxed);
                 if let Some(c) = v.closed_at {
                     if let Ok(mut h) = close_lat.lock() {

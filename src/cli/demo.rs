@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use crate::app;
-use crate::sim::{Emitter, Scenario, SimConfig, World};
+use crate::server;
+use crate::tools::sim::{Emitter, Scenario, SimConfig, World};
 
 /// `throng demo`.
 #[derive(Debug, Args, Clone)]
@@ -55,7 +55,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let server = app::start_with(cfg, args.place.listen, Some(args.place.pg_listen), &args.place.data_dir).await?;
+        let server = server::start_with(cfg, args.place.listen, Some(args.place.pg_listen), &args.place.data_dir).await?;
         let pg = server.pg_addr.unwrap_or(args.place.pg_listen);
         println!("throng demo: the Bund, New Year's Eve — http://{}/  (API: /api/segments, /api/alerts; SQL: psql -h {} -p {} -U analyst; Ctrl-C to stop)", server.addr, pg.ip(), pg.port());
         let _ = std::io::stdout().flush();
@@ -64,7 +64,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             SimConfig {
                 people: args.devices,
                 duration_s: args.duration,
-                start_ms: app::now_ms(),
+                start_ms: crate::model::now_ms(),
                 speed: args.speed,
                 seed: args.seed,
             },
@@ -74,7 +74,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut last_table = Instant::now();
-        let stop = shutdown();
+        let stop = super::signals::shutdown();
         tokio::pin!(stop);
         let mut announced = false;
         loop {
@@ -104,7 +104,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
 }
 
-fn print_table(server: &app::Server, scenario_t: f64, cfg: &SimConfig) {
+fn print_table(server: &server::Server, scenario_t: f64, cfg: &SimConfig) {
     let mut rows = server.segments();
     rows.sort_by(|a, b| b.people.total_cmp(&a.people));
     let clock = 23.0 * 3600.0 + (scenario_t - cfg.midnight() + 3600.0);
@@ -127,8 +127,4 @@ fn print_table(server: &app::Server, scenario_t: f64, cfg: &SimConfig) {
     }
     print!("{out}");
     let _ = std::io::stdout().flush();
-}
-
-async fn shutdown() {
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::import::{geolife, melbourne, mta, sptcc, Format, Summary};
+use crate::tools::import::{geolife, melbourne, mta, sptcc, Format, Summary};
 
 /// `throng import`.
 #[derive(Debug, Args, Clone)]

@@ -6,6 +6,8 @@ pub mod import;
 pub mod query;
 pub mod replay;
 pub mod send;
+pub mod serve;
+pub mod signals;
 pub mod simulate;
 
 use std::net::SocketAddr;

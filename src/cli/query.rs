@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::ConfigArgs;
-use crate::history::{format, Answer, History, SqlEngine};
+use crate::history::History;
+use crate::query::{format, Answer, SqlEngine};
 
 /// How answers are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

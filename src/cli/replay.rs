@@ -1,13 +1,22 @@
-//! `throng replay FILE... --print`: recorded feeds through the engine, offline, closed windows out.
+//! `throng replay FILE...`: recorded feeds through the one flow, offline — closed windows printed
+//! (`--print`), written into a data dir (`--data-dir`, exactly what a server would have written), or
+//! the records sent to a server (`--target`).
 
 use std::io::Write;
 
 use anyhow::Context;
 
+use std::sync::Arc;
+
 use super::ReplayArgs;
+use crate::flow::{Closed, Flow, Outputs, WindowKind};
+use crate::history::{History, Recorder};
 use crate::ingest::replay::Replay;
+use crate::ingest::Sources;
 use crate::pipeline::Pipeline;
-use crate::window::{json_rows, to_record_batch, HexWindow};
+use crate::risk::{Risk, ThresholdStore};
+use crate::scenario::SegmentMap;
+use crate::window::{json_rows, to_record_batch, HexWindow, LateRecord};
 
 /// What a replay did.
 #[derive(Debug, Default, Clone)]
@@ -38,38 +47,60 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
         super::must_exist(f, "feed file")?;
     }
     let cfg = args.config.load()?;
-    let mut pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
+    let pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
     let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
-    let mut summary = ReplaySummary::default();
-    let mut now = i64::MIN;
-    let mut store = match &args.data_dir {
-        Some(dir) => Some(StoreSink::open(&cfg, &pipe, dir)?),
+    let recorder = match &args.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+            let history = History::open(dir, cfg.history.retention_days, std::time::Duration::ZERO)
+                .with_context(|| format!("opening the history in {}", dir.display()))?;
+            Some(Recorder::new(Arc::new(history), dir, cfg.history.flush_every))
+        }
         None => None,
     };
-    let mut emit =
-        |windows: Vec<HexWindow>, summary: &mut ReplaySummary, out: &mut dyn Write| -> anyhow::Result<()> {
-            for w in windows {
-                summary.windows += 1;
-                let batch = to_record_batch(&w)?;
-                if let Some(store) = store.as_mut() {
-                    summary.rows += batch.num_rows() as u64;
-                    store.window(&w, batch)?;
-                    continue;
-                }
-                for row in json_rows(&batch)? {
-                    summary.rows += 1;
-                    out.write_all(row.as_bytes())?;
-                    out.write_all(b"\n")?;
-                }
-            }
-            Ok(())
-        };
+    // Segments are evaluated only where their rows are kept: printed output is `hex_windows` only.
+    let (map, thresholds) = match &args.data_dir {
+        Some(dir) => (
+            crate::scenario::load_segments(&cfg)
+                .map_err(anyhow::Error::msg)
+                .context("loading segments")?,
+            ThresholdStore::open(Some(dir)).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => (SegmentMap::default(), ThresholdStore::open(None).map_err(|e| anyhow::anyhow!("{e}"))?),
+    };
+    let risk = Risk::new(
+        Arc::new(map),
+        pipe.registry.points().to_vec(),
+        cfg.risk.clone(),
+        thresholds,
+        cfg.window.size.as_millis() as i64,
+    );
+    let late = match &args.late {
+        // A --late file is written afresh.
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let outputs = Offline {
+        print: args.print.then_some(out),
+        recorder,
+        late,
+        windows: 0,
+        rows: 0,
+        late_records: 0,
+        failed: None,
+    };
+    let Pipeline { engine, sources, .. } = pipe;
+    let mut flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
+    let mut summary = ReplaySummary::default();
+    let mut now = i64::MIN;
     let mut last_progress = std::time::Instant::now();
     while let Some(rec) = replay.next_record()? {
         // Offline, processing time is the newest event time seen: a source idles once the others
         // have run `idle_timeout` of event time past it.
         now = now.max(rec.ts.millis());
-        pipe.engine.ingest(&rec, now);
+        flow.ingest(&rec, now);
         summary.accepted += 1;
         if summary.accepted % 4096 == 0 {
             report_bad(&mut replay, &mut summary);
@@ -77,64 +108,124 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
                 last_progress = std::time::Instant::now();
                 tracing::info!(
                     records = summary.accepted,
-                    windows = summary.windows,
+                    windows = flow.outputs().windows,
                     event_time = %crate::model::EventTime(now),
                     "Replaying…"
                 );
             }
         }
-        pipe.refresh_scales();
-        let closed = pipe.engine.advance(now);
-        if !closed.is_empty() {
-            emit(closed, &mut summary, out)?;
+        flow.advance(now);
+        if let Some(e) = flow.outputs_mut().failed.take() {
+            return Err(e);
         }
     }
     report_bad(&mut replay, &mut summary);
-    pipe.refresh_scales();
-    let closed = pipe.engine.flush();
-    emit(closed, &mut summary, out)?;
-    out.flush()?;
-    let late = pipe.engine.take_late();
-    summary.late = late.len() as u64;
-    let late_path = args
-        .late
-        .clone()
-        .or_else(|| args.data_dir.as_ref().map(|d| d.join("late-records.ndjson")));
-    if let Some(store) = store.take() {
-        store.finish()?;
-    }
-    if let Some(path) = &late_path {
-        // Into a data dir the log grows like the server's; a --late file is written afresh.
-        let file = if args.late.is_some() {
-            std::fs::File::create(path)
-        } else {
-            std::fs::OpenOptions::new().create(true).append(true).open(path)
-        };
-        let mut f = std::io::BufWriter::new(file.with_context(|| format!("creating {}", path.display()))?);
-        for l in &late {
-            writeln!(f, "{}", crate::window::late_row(l, &pipe.sources.name(l.source)))?;
-        }
-        f.flush()?;
-    }
-    for (i, c) in pipe.engine.watermark().sources().iter().enumerate() {
+    for (i, c) in flow.engine().watermark().sources().iter().enumerate() {
         if c.late > 0 {
             tracing::warn!(
-                source = %pipe.sources.name(crate::model::SourceId(i as u16)),
+                source = %flow.sources().name(crate::model::SourceId(i as u16)),
                 late = c.late,
                 "Late records: they missed windows already closed and were added to the open ones."
             );
         }
     }
+    let register_resets = flow.engine().stats().register_resets;
+    let mut outputs = flow.finish();
+    if let Some(e) = outputs.failed.take() {
+        return Err(e);
+    }
+    if let Some(r) = outputs.recorder.as_mut() {
+        if let Some(e) = r.take_error() {
+            return Err(anyhow::Error::new(e).context("writing the history"));
+        }
+        tracing::info!(history = %r.history().root().display(), "History written; query it with `throng query --data-dir`.");
+    }
+    summary.windows = outputs.windows;
+    summary.rows = outputs.rows;
+    summary.late = outputs.late_records;
     tracing::info!(
         accepted = summary.accepted,
         rejected = summary.rejected,
         late = summary.late,
         windows = summary.windows,
         rows = summary.rows,
-        register_resets = pipe.engine.stats().register_resets,
+        register_resets,
         "Replay finished."
     );
     Ok(summary)
+}
+
+/// Where an offline replay's results go: standard output, a data dir, a late file.
+struct Offline<'a> {
+    print: Option<&'a mut dyn Write>,
+    recorder: Option<Recorder>,
+    late: Option<std::io::BufWriter<std::fs::File>>,
+    windows: u64,
+    rows: u64,
+    late_records: u64,
+    /// The first write that failed: the replay stops with it.
+    failed: Option<anyhow::Error>,
+}
+
+impl Offline<'_> {
+    fn print(&mut self, w: &HexWindow) -> anyhow::Result<u64> {
+        let Some(out) = self.print.as_mut() else { return Ok(0) };
+        let batch = to_record_batch(w)?;
+        let mut n = 0;
+        for row in json_rows(&batch)? {
+            out.write_all(row.as_bytes())?;
+            out.write_all(b"\n")?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+impl Outputs for Offline<'_> {
+    fn closed(&mut self, c: &Closed<'_>) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.closed(c);
+        }
+        if c.kind != WindowKind::Data {
+            return;
+        }
+        self.windows += 1;
+        match self.print(c.window) {
+            Ok(n) => self.rows += n,
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
+        }
+        if self.print.is_none() {
+            self.rows += c.window.rows.len() as u64;
+        }
+    }
+
+    fn late(&mut self, late: &[LateRecord], sources: &Sources) {
+        self.late_records += late.len() as u64;
+        if let Some(r) = self.recorder.as_mut() {
+            r.late(late, sources);
+        }
+        if let Some(f) = self.late.as_mut() {
+            for l in late {
+                if let Err(e) = writeln!(f, "{}", crate::window::late_row(l, &sources.name(l.source))) {
+                    self.failed.get_or_insert(e.into());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.finish();
+        }
+        let printed = self.print.as_mut().map_or(Ok(()), |p| p.flush());
+        let late = self.late.as_mut().map_or(Ok(()), |l| l.flush());
+        if let Err(e) = printed.and(late) {
+            self.failed.get_or_insert(e.into());
+        }
+    }
 }
 
 fn report_bad(replay: &mut Replay, summary: &mut ReplaySummary) {
@@ -200,93 +291,4 @@ fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
     );
     summary.accepted = sender.accepted;
     Ok(summary)
-}
-
-/// `replay --data-dir`: closed windows and segment evaluations into the data dir's history, tier
-/// changes into its `alerts.ndjson` — what a server would have written, without a server.
-struct StoreSink {
-    history: crate::history::History,
-    risk: crate::risk::Risk,
-    alerts: std::path::PathBuf,
-    unflushed: usize,
-    skipped: u64,
-}
-
-impl StoreSink {
-    fn open(
-        cfg: &crate::config::Config,
-        pipe: &Pipeline,
-        dir: &std::path::Path,
-    ) -> anyhow::Result<StoreSink> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-        let history =
-            crate::history::History::open(dir, cfg.history.retention_days, std::time::Duration::ZERO)
-                .with_context(|| format!("opening the history in {}", dir.display()))?;
-        let map = std::sync::Arc::new(
-            crate::app::load_segments(cfg)
-                .map_err(anyhow::Error::msg)
-                .context("loading segments")?,
-        );
-        let store = crate::risk::ThresholdStore::open(Some(dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let risk = crate::risk::Risk::new(
-            map,
-            pipe.registry.points().to_vec(),
-            cfg.risk.clone(),
-            std::sync::Arc::new(std::sync::RwLock::new(store)),
-            cfg.window.size.as_millis() as i64,
-        );
-        Ok(StoreSink {
-            history,
-            risk,
-            alerts: dir.join("alerts.ndjson"),
-            unflushed: 0,
-            skipped: 0,
-        })
-    }
-
-    fn window(&mut self, w: &HexWindow, batch: arrow::array::RecordBatch) -> anyhow::Result<()> {
-        use crate::history::Table;
-        let (statuses, alerts) = self.risk.evaluate(w);
-        if !self.history.append(Table::HexWindows, w.start.0, batch) {
-            self.skipped += 1;
-            return Ok(());
-        }
-        if !statuses.is_empty() {
-            self.history.append(
-                Table::SegmentWindows,
-                w.start.0,
-                crate::history::schema::segment_batch(&statuses)?,
-            );
-        }
-        if !alerts.is_empty() {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.alerts)
-                .with_context(|| format!("opening {}", self.alerts.display()))?;
-            for a in &alerts {
-                serde_json::to_writer(&mut f, a)?;
-                f.write_all(b"\n")?;
-            }
-        }
-        self.unflushed += 1;
-        // About an hour of 10-second windows per file keeps memory bounded on a long replay.
-        if self.unflushed >= 360 {
-            self.history.flush()?;
-            self.unflushed = 0;
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        let s = self.history.close()?;
-        if self.skipped > 0 {
-            tracing::warn!(
-                windows = self.skipped,
-                "Windows already in this history were skipped (not written twice)."
-            );
-        }
-        tracing::info!(files = s.files_written, history = %self.history.root().display(), "History written; query it with `throng query --data-dir`.");
-        Ok(())
-    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::sim::{Emitter, SimConfig, World};
+use crate::tools::sim::{Emitter, SimConfig, World};
 
 /// `throng simulate`.
 #[derive(Debug, Args, Clone)]
@@ -53,7 +53,7 @@ type Sink = Box<dyn FnMut(&[u8]) -> anyhow::Result<()> + Send>;
 /// Parses `--start`.
 pub fn parse_start(start: Option<&str>) -> anyhow::Result<i64> {
     match start {
-        None => Ok(crate::app::now_ms()),
+        None => Ok(crate::model::now_ms()),
         Some(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.timestamp_millis())
             .with_context(|| format!("--start {s:?} is not RFC 3339 (e.g. 2025-12-31T23:00:00+08:00)")),

@@ -61,11 +61,11 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 impl Wal {
     /// Opens the log in `data_dir`, returning what must be replayed.
     pub fn open(data_dir: &Path, fsync: bool) -> io::Result<(Wal, Recovery)> {
-        let dir = data_dir.join("wal");
+        let dir = data_dir.join(super::files::names::WAL);
         fs::create_dir_all(&dir)?;
         let mut rec = Recovery::default();
         let mut first = 0;
-        let cp = data_dir.join("checkpoint.json");
+        let cp = data_dir.join(super::files::names::CHECKPOINT);
         if cp.exists() {
             let text = fs::read(&cp)?;
             let c: Checkpoint = serde_json::from_slice(&text)
@@ -130,31 +130,21 @@ impl Wal {
             .open(seg_path(&self.dir, self.segment))?;
         Ok(self.segment)
     }
-
-    /// The current segment.
-    pub fn segment(&self) -> u64 {
-        self.segment
-    }
 }
 
 /// Writes a checkpoint of `engine`, which holds every record of the segments before `segment`, then
 /// deletes those segments.
 pub fn checkpoint(data_dir: &Path, segment: u64, engine: &Engine) -> io::Result<()> {
-    let tmp = data_dir.join("checkpoint.json.tmp");
-    let mut f = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
     #[derive(Serialize)]
     struct Out<'a> {
         segment: u64,
         engine: &'a Engine,
     }
-    serde_json::to_writer(&mut f, &Out { segment, engine }).map_err(io::Error::other)?;
-    let f = f.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    fs::rename(&tmp, data_dir.join("checkpoint.json"))?;
-    if let Ok(d) = File::open(data_dir) {
-        let _ = d.sync_all();
-    }
-    let dir = data_dir.join("wal");
+    super::files::replace(&data_dir.join(super::files::names::CHECKPOINT), |w| {
+        serde_json::to_writer(w, &Out { segment, engine }).map_err(io::Error::other)
+    })
+    .map_err(super::files::ReplaceError::into_io)?;
+    let dir = data_dir.join(super::files::names::WAL);
     for n in segments(&dir)?.into_iter().filter(|n| *n < segment) {
         fs::remove_file(seg_path(&dir, n))?;
     }

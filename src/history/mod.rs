@@ -1,12 +1,10 @@
-//! History: closed windows in Parquet, and SQL over them for analysts (HTTP, CLI, PostgreSQL wire).
+//! History: what a closed window leaves behind — Parquet tables per UTC day and hour (`store`),
+//! their schemas (`schema`), and `recorder`, the flow's output that writes a window's rows, its
+//! alerts and the late records into a data dir. The only writer of `history/`.
 
-pub mod format;
-pub mod h3fn;
-pub mod pg;
+pub mod recorder;
 pub mod schema;
-pub mod sql;
 pub mod store;
-pub mod tables;
 
-pub use sql::{Answer, SqlEngine, SqlError};
+pub use recorder::Recorder;
 pub use store::{History, HistoryError, Table};

@@ -22,6 +22,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use super::schema::{HEX_WINDOWS_SCHEMA, SEGMENT_WINDOWS_SCHEMA};
+use crate::durability::files;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
@@ -493,32 +494,28 @@ fn scan_table(dir: &Path, read_only: bool) -> Result<Vec<FileEntry>, HistoryErro
 }
 
 fn write_file(path: &Path, schema: &SchemaRef, batches: &[&RecordBatch]) -> Result<usize, HistoryError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let tmp = path.with_extension("parquet.tmp");
-    let file = File::create(&tmp).map_err(io("creating", &tmp))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         // Row groups small enough for window_start statistics to skip most of an hour.
         .set_max_row_group_row_count(Some(65_536))
         .build();
-    let pq = |source| HistoryError::Parquet {
-        path: path.to_owned(),
-        source,
-    };
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq)?;
-    let mut rows = 0;
-    for b in batches {
-        rows += b.num_rows();
-        w.write(b).map_err(pq)?;
-    }
-    let file = w.into_inner().map_err(pq)?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(rows)
+    files::replace(path, |file| {
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        let mut rows = 0;
+        for b in batches {
+            rows += b.num_rows();
+            w.write(b)?;
+        }
+        w.close()?;
+        Ok::<_, parquet::errors::ParquetError>(rows)
+    })
+    .map_err(|e| match e {
+        files::ReplaceError::Write(source) => HistoryError::Parquet {
+            path: path.to_owned(),
+            source,
+        },
+        files::ReplaceError::Io { what, path, source } => HistoryError::Io { what, path, source },
+    })
 }
 
 fn read_file(path: &Path) -> Result<Vec<RecordBatch>, HistoryError> {

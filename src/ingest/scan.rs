@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use super::parse::{Raw, Ts};
+use super::raw::{Raw, Ts};
 
 /// Reads the record in `line` into `raw` (which must start empty); false when serde_json should
 /// read it instead (`raw` is then left part-filled).

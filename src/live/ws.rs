@@ -37,7 +37,7 @@ pub struct ViewerContext {
 /// Adds `closed_at`: the server's wall clock (epoch ms) when the window closed or the snapshot was
 /// taken, so a viewer (or `throng bench`) can measure close → arrival on its own clock.
 fn stamp(text: String, at: Instant) -> String {
-    let closed_at = crate::app::now_ms() - at.elapsed().as_millis() as i64;
+    let closed_at = crate::model::now_ms() - at.elapsed().as_millis() as i64;
     match text.strip_prefix('{') {
         Some(rest) => format!("{{\"closed_at\":{closed_at},{rest}"),
         None => text,

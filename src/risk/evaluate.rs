@@ -2,15 +2,15 @@
 //! No I/O: the caller persists alerts and publishes statuses.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::segments::SegmentMap;
 use super::thresholds::{ThresholdStore, Thresholds};
 use super::tiers::{Measures, Tier, TierMachine, TierRules};
 use crate::config::RiskConfig;
-use crate::ingest::registry::FeedPoint;
+use crate::scenario::registry::FeedPoint;
+use crate::scenario::SegmentMap;
 use crate::window::HexWindow;
 
 /// One segment after one evaluation.
@@ -95,7 +95,7 @@ pub struct Risk {
     states: HashMap<String, SegState>,
     cfg: RiskConfig,
     rules: TierRules,
-    store: Arc<RwLock<ThresholdStore>>,
+    store: ThresholdStore,
     window_minutes: f64,
     lbs_period_ms: i64,
 }
@@ -106,7 +106,7 @@ impl Risk {
         map: Arc<SegmentMap>,
         points: Vec<FeedPoint>,
         cfg: RiskConfig,
-        store: Arc<RwLock<ThresholdStore>>,
+        store: ThresholdStore,
         window_size_ms: i64,
     ) -> Risk {
         let rules = TierRules {
@@ -319,7 +319,7 @@ impl Risk {
 pub fn thresholds_for(
     map: &SegmentMap,
     cfg: &RiskConfig,
-    store: &RwLock<ThresholdStore>,
+    store: &ThresholdStore,
     i: usize,
 ) -> Thresholds {
     let seg = &map.segments()[i];
@@ -328,7 +328,6 @@ pub fn thresholds_for(
         t.capacity = seg.capacity;
     }
     t = seg.thresholds.apply(t);
-    let store = store.read().unwrap_or_else(|p| p.into_inner());
     match store.overrides(&seg.id.0) {
         Some(o) => o.apply(t),
         None => t,
@@ -361,7 +360,7 @@ fn slope_per_min(h: &VecDeque<(i64, f64)>) -> f64 {
 mod tests {
     use super::*;
     use crate::model::{CellId, EventTime, PointIdx};
-    use crate::risk::segments::Segment;
+    use crate::scenario::segments::Segment;
     use crate::window::engine::{HexRow, PointWindow};
     use geo::polygon;
     use h3o::Resolution;
@@ -382,7 +381,7 @@ mod tests {
             zone: false,
             width_m: Some(20.0),
         }];
-        let store = Arc::new(RwLock::new(ThresholdStore::open(None).unwrap()));
+        let store = ThresholdStore::open(None).unwrap();
         (
             Risk::new(Arc::new(map), points, RiskConfig::default(), store, 60_000),
             cells,
@@ -481,9 +480,14 @@ mod tests {
         let patch = serde_json::from_str(r#"{"density":{"medium":0.3,"high":0.4,"critical":0.45}}"#).unwrap();
         let current = r.thresholds(0);
         r.store
-            .write()
-            .unwrap()
-            .update("enr", current, &patch, "t", "organiser", 0)
+            .update(crate::risk::thresholds::Change {
+                segment: "enr",
+                current,
+                patch: &patch,
+                by: "t",
+                role: crate::model::Role::Organiser,
+                now_ms: 0,
+            })
             .unwrap();
         assert_eq!(
             r.evaluate(&window(20_000, &cells, per_cell, None)).0[0].tier,

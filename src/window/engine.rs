@@ -314,7 +314,7 @@ impl Engine {
             }
             self.late.push(LateRecord {
                 ts: rec.ts,
-                watermark: EventTime(self.watermark.current()),
+                watermark: EventTime(self.watermark.get().unwrap_or(i64::MIN)),
                 source: rec.source,
                 kind: rec.body.kind(),
                 cell: rec.cell,
@@ -402,7 +402,7 @@ impl Engine {
         };
         let wm = last * self.slide + self.size;
         self.watermark.force(wm);
-        self.close_until(self.watermark.current())
+        self.close_until(self.watermark.get().unwrap_or(i64::MIN))
     }
 
     fn close_until(&mut self, wm: i64) -> Vec<HexWindow> {

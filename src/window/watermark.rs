@@ -76,9 +76,10 @@ impl Watermark {
         self.current = self.current.max(to);
     }
 
-    /// The current watermark (ms; `i64::MIN` before anything).
-    pub fn current(&self) -> i64 {
-        self.current
+    /// The current watermark (ms), None before it has been set. (Kept as `i64::MIN` inside:
+    /// that is how checkpoints already on disk spell "not yet".)
+    pub fn get(&self) -> Option<i64> {
+        (self.current != i64::MIN).then_some(self.current)
     }
 
     /// Every source's clock, indexed by `SourceId`.

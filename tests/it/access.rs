@@ -1,6 +1,6 @@
 //! Who may do what: every route and both WebSockets against every role, no token and a wrong token.
 
-use throng::app;
+use throng::server;
 use throng::config::TokenConfig;
 
 use crate::http::request;
@@ -20,15 +20,15 @@ async fn every_route_checks_its_role() {
         .iter()
         .map(|r| TokenConfig {
             name: format!("{r}-holder"),
-            role: r.to_string(),
+            role: r.parse().unwrap(),
             token: token(r),
         })
         .collect();
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let a = server.addr;
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let ping =
         format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"x\",\"lat\":31.2405,\"lng\":121.4832}}\n");
     let view: &[&str] = &["viewer", "organiser", "admin"];
@@ -138,7 +138,7 @@ async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
     cmd.env("RUST_LOG", "debug")
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     let (child, addr) = crate::support::serving(cmd);
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let mut body = String::new();
     for i in 0..100 {
         body.push_str(&format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"PRIVATE-ID-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n"));
@@ -196,7 +196,7 @@ async fn limits_answer_429_with_a_reason() {
     let mut cfg = fast(config());
     cfg.limits.ws_per_address = 2;
     cfg.limits.ingest_records_per_s = 100.0;
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let a = server.addr;
@@ -216,7 +216,7 @@ async fn limits_answer_429_with_a_reason() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let body = |k: usize| -> String {
         (0..150).map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"r{k}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n")).collect()
     };
@@ -265,12 +265,12 @@ async fn tls_serves_https_and_the_postgresql_wire_with_the_configured_certificat
     cfg.tls.key = Some(key);
     cfg.auth.tokens = vec![throng::config::TokenConfig {
         name: "ana".into(),
-        role: "analyst".into(),
+        role: throng::model::Role::Analyst,
         token: "analyst-secret".into(),
     }];
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let data = dir.path().join("data");
-    let server = app::start_with(cfg, any, Some(any), &data).await.unwrap();
+    let server = server::start_with(cfg, any, Some(any), &data).await.unwrap();
     assert!(server.tls);
     let (addr, pg) = (server.addr, server.pg_addr.unwrap().port());
     let (https, plain, wire) = tokio::task::spawn_blocking(move || {

@@ -31,7 +31,7 @@ async fn a_killed_server_loses_no_acknowledged_record_and_counts_none_twice() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let base = (throng::app::now_ms() - 2 * HOUR).div_euclid(HOUR) * HOUR + 1_000;
+    let base = (throng::model::now_ms() - 2 * HOUR).div_euclid(HOUR) * HOUR + 1_000;
     let mut rng = Rng(0x00c4_a511);
     let batches: Vec<Vec<(i64, u32, f64, f64)>> = (0..40)
         .map(|b| {
@@ -72,7 +72,7 @@ async fn a_killed_server_loses_no_acknowledged_record_and_counts_none_twice() {
         *expected.entry(format!("{cell:x}")).or_default() += 1.0;
     }
 
-    let kill_after = 17 + (throng::app::now_ms() % 13) as usize; // an arbitrary point
+    let kill_after = 17 + (throng::model::now_ms() % 13) as usize; // an arbitrary point
     let (mut first, addr) = spawn(&cfg, &data);
     for b in &batches[..kill_after] {
         let (s, v) = request(addr, "POST", "/api/ingest", None, &body(b)).await;
@@ -153,7 +153,7 @@ async fn replay_target_sends_a_recorded_feed_to_a_server() {
     )
     .unwrap();
     let (_server, addr) = spawn(&cfg, &dir.path().join("data"));
-    let base = (throng::app::now_ms() - 2 * HOUR).div_euclid(HOUR) * HOUR + 1_000;
+    let base = (throng::model::now_ms() - 2 * HOUR).div_euclid(HOUR) * HOUR + 1_000;
     // Two files, each in time order, interleaved in event time by the replay; one bad line.
     let (mut a, mut b) = (String::new(), String::new());
     for i in 0..3000i64 {

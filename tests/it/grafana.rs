@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value;
-use throng::app;
+use throng::server;
 
 use crate::http::{request, request_text};
 use crate::support::root;
@@ -88,12 +88,12 @@ async fn grafana_dashboards_name_real_metrics_and_runnable_sql() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = crate::serve::fast(crate::serve::config());
     cfg.privacy.k = 0;
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let addr = server.addr;
     let mut viewer = crate::live::connect(addr).await;
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let mut body = String::new();
     for i in 0..15 {
         body += &format!(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use throng::app;
+use throng::server;
 use throng::config::{Config, TokenConfig};
 
 use crate::http::{request, request_bytes};
@@ -221,7 +221,7 @@ fn tokens() -> Vec<TokenConfig> {
     .into_iter()
     .map(|(name, role, token)| TokenConfig {
         name: name.into(),
-        role: role.into(),
+        role: role.parse().unwrap(),
         token: token.into(),
     })
     .collect()
@@ -252,7 +252,7 @@ async fn sql(addr: std::net::SocketAddr, token: Option<&str>, q: &str) -> (u16, 
 }
 
 async fn feed_cell(addr: std::net::SocketAddr, p: (f64, f64), devices: usize, prefix: &str) {
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let body: String = (0..devices)
         .map(|i| ping(now, &format!("{prefix}{i}"), p))
         .collect();
@@ -342,7 +342,7 @@ async fn sql_over_http_and_psql_sees_memory_and_files_with_roles_and_limits() {
     let q = "SELECT h3, lbs_devices FROM hex_windows ORDER BY window_start, h3";
 
     // First run: the closed window is answered from memory (nothing on disk yet).
-    let server = app::start_with(server_config(), any, Some(any), data)
+    let server = server::start_with(server_config(), any, Some(any), data)
         .await
         .unwrap();
     let addr = server.addr;
@@ -361,7 +361,7 @@ async fn sql_over_http_and_psql_sees_memory_and_files_with_roles_and_limits() {
     assert!(parquet_files(data) > 0, "shutdown writes the buffered windows");
 
     // Second run on the same data dir: one window from a file, one from memory, in one answer.
-    let server = app::start_with(server_config(), any, Some(any), data)
+    let server = server::start_with(server_config(), any, Some(any), data)
         .await
         .unwrap();
     let addr = server.addr;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use throng::app;
+use throng::server;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::http::request;
@@ -39,7 +39,7 @@ pub async fn next_json(ws: &mut Ws) -> Value {
 
 /// Pings from 12 phones in one res-11 cell and 3 in another, now.
 fn pings(n_big: usize, n_small: usize) -> String {
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let mut s = String::new();
     for i in 0..n_big {
         s.push_str(&format!(
@@ -61,7 +61,7 @@ async fn viewers_get_provisional_then_final_frames_with_k_suppression_and_roll_u
     cfg.window.size = Duration::from_secs(4);
     cfg.window.slide = Duration::from_secs(4);
     cfg.privacy.k = 10;
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let mut ws = connect(server.addr).await;
@@ -83,7 +83,7 @@ async fn viewers_get_provisional_then_final_frames_with_k_suppression_and_roll_u
     assert!(err["error"].as_str().unwrap().contains("res 99"));
 
     // Start at the top of a 4 s window, so it stays open long enough for provisional frames.
-    while app::now_ms() % 4_000 > 300 {
+    while throng::model::now_ms() % 4_000 > 300 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
@@ -154,7 +154,7 @@ async fn a_stalled_viewer_does_not_delay_another() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = fast(config());
     cfg.privacy.k = 0;
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     // This one never reads: its socket buffers fill and its task must not hold anyone up.

@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use throng::app;
+use throng::server;
 use throng::config::MqttConfig;
 
 use crate::serve::{config, fast};
@@ -47,7 +47,7 @@ async fn records_published_to_mosquitto_reach_the_windows() {
         topics: vec!["throng/feeds/#".into()],
         client_id: "throng-test".into(),
     }];
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), &dir.path().join("data"))
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), &dir.path().join("data"))
         .await
         .unwrap();
 
@@ -55,7 +55,7 @@ async fn records_published_to_mosquitto_reach_the_windows() {
     let pump = tokio::spawn(async move { while events.poll().await.is_ok() {} });
     // Give the server time to subscribe before publishing.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     for m in 0..3 {
         let payload: String = (0..10)
             .map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"m{m}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n"))

@@ -75,7 +75,7 @@ fn replay_print_rows_match_an_independent_count() {
     // Counters and gates in a second file: interval counts every 10 s, a cumulative register with a
     // reset, and taps.
     let reg =
-        throng::ingest::Registry::load_dir(&crate::support::root().join("fixtures/bund"), Resolution::Eleven)
+        throng::scenario::Registry::load_dir(&crate::support::root().join("fixtures/bund"), Resolution::Eleven)
             .unwrap();
     let sensor_cell = |id: &str| {
         let s = reg.sensors().iter().find(|s| s.id == id).unwrap();

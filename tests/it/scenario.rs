@@ -2,8 +2,8 @@
 //! are valid and do not overlap, and the registries load.
 
 use h3o::Resolution;
-use throng::ingest::Registry;
-use throng::risk::SegmentMap;
+use throng::scenario::Registry;
+use throng::scenario::SegmentMap;
 
 #[test]
 fn bund_scenario_files_are_consistent() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use throng::app;
+use throng::server;
 use throng::config::TokenConfig;
 
 use crate::http::request;
@@ -17,7 +17,7 @@ fn with_tokens() -> throng::config::Config {
     let mut cfg = fast(config());
     let t = |name: &str, role: &str, token: &str| TokenConfig {
         name: name.into(),
-        role: role.into(),
+        role: role.parse().unwrap(),
         token: token.into(),
     };
     cfg.auth.tokens = vec![
@@ -32,7 +32,7 @@ fn with_tokens() -> throng::config::Config {
 #[tokio::test]
 async fn thresholds_are_validated_persisted_audited_and_drive_alerts() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let a = server.addr;
@@ -88,7 +88,7 @@ async fn thresholds_are_validated_persisted_audited_and_drive_alerts() {
     );
 
     // 20 phones on East Nanjing Road: 400 % of a capacity of 5 → critical at once.
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let body: String = (0..20)
         .map(|i| {
             format!(
@@ -160,7 +160,7 @@ async fn thresholds_are_validated_persisted_audited_and_drive_alerts() {
     server.shutdown().await.unwrap();
 
     // A restart on the same data dir keeps the organiser's thresholds and the audit trail.
-    let server = app::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let (_, one) = request(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use throng::app;
+use throng::server;
 use throng::config::Config;
 
 use crate::http::{request, request_text};
@@ -26,10 +26,10 @@ pub fn fast(mut cfg: Config) -> Config {
 #[tokio::test]
 async fn ingest_accepts_good_lines_rejects_bad_ones_and_windows_close_on_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let body = format!(
         "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"a\",\"lat\":31.2405,\"lng\":121.4832}}\n\
          {{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"b\",\"lat\":91,\"lng\":121.4832}}\n\

@@ -2,12 +2,12 @@
 //! give segment people close to its ground truth.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use throng::config::Config;
 use throng::pipeline::Pipeline;
 use throng::risk::{Risk, ThresholdStore};
-use throng::sim::{Emitter, Scenario, SimConfig, World};
+use throng::tools::sim::{Emitter, Scenario, SimConfig, World};
 
 /// Per-segment mean absolute percentage error of people over the windows where the truth has at
 /// least `floor` people, and the error of the grand total.
@@ -31,8 +31,8 @@ pub fn accuracy(people: usize, duration_s: f64, seed: u64) -> (HashMap<String, f
     let truth = em.truth(cfg.window.size.as_millis() as i64, cfg.slide_ms());
 
     let mut pipe = Pipeline::from_config(&cfg).unwrap();
-    let store = Arc::new(RwLock::new(ThresholdStore::open(None).unwrap()));
-    let map = Arc::new(throng::app::load_segments(&cfg).unwrap());
+    let store = ThresholdStore::open(None).unwrap();
+    let map = Arc::new(throng::scenario::load_segments(&cfg).unwrap());
     let mut risk = Risk::new(
         map,
         pipe.registry.points().to_vec(),

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use throng::app;
+use throng::server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -50,10 +50,10 @@ fn gzip(b: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn gzip_bodies_are_accepted_and_bombs_and_oversize_bodies_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let lines: String = (0..20)
         .map(|i| {
             format!(
@@ -96,13 +96,13 @@ async fn gzip_bodies_are_accepted_and_bombs_and_oversize_bodies_refused() {
 #[tokio::test]
 async fn websocket_ingest_acknowledges_every_frame() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/ingest", server.addr))
         .await
         .unwrap();
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     for f in 1..=5u64 {
         let frame: String = (0..10)
             .map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"w{f}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n"))
@@ -152,11 +152,11 @@ async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
     cfg.window.size = Duration::from_secs(3600);
     cfg.window.slide = Duration::from_secs(3600);
     cfg.window.allowed_lateness = Duration::from_secs(7200);
-    let server = app::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let addr = server.addr;
-    let now = app::now_ms();
+    let now = throng::model::now_ms();
     let mut tasks = Vec::new();
     for t in 0..6 {
         tasks.push(tokio::spawn(async move {
@@ -196,7 +196,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_sends_its_feed_to_a_server_at_a_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
+    let server = server::start(fast(config()), "127.0.0.1:0".parse().unwrap(), dir.path())
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);

@@ -13,7 +13,7 @@ use h3o::{CellIndex, Resolution};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::thresholds::ThresholdPatch;
+use crate::config::thresholds::ThresholdPatch;
 use crate::model::CellId;
 
 /// A segment's id (the GeoJSON `id` property).

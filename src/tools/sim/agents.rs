@@ -6,8 +6,8 @@ use geo::{BoundingRect, Contains, Point};
 use h3o::Resolution;
 use serde::Deserialize;
 
-use crate::ingest::Registry;
-use crate::risk::SegmentMap;
+use crate::scenario::Registry;
+use crate::scenario::SegmentMap;
 
 /// Small, fast, deterministic PRNG (SplitMix64): simulation needs repeatability, not cryptography.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::store::{History, Table};
+use crate::history::store::{History, Table};
 
 /// `hex_windows` or `segment_windows`: every Parquet file plus the buffered windows, as one table.
 /// With `min_people`, rows with fewer people are left out (k-anonymity for analysts).
@@ -172,7 +172,7 @@ impl TableProvider for NdjsonTable {
                 )))
             }
         };
-        let (batch, skipped) = super::schema::batch_from_ndjson(&self.schema, &text)?;
+        let (batch, skipped) = crate::history::schema::batch_from_ndjson(&self.schema, &text)?;
         if skipped > 0 {
             tracing::warn!(path = %self.path.display(), skipped, "Unreadable lines skipped.");
         }

@@ -2,8 +2,9 @@
 
 use axum::http::{HeaderMap, StatusCode};
 
-use super::http::ApiError;
+use super::error::ApiError;
 use crate::config::AuthConfig;
+use crate::model::Role;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq)]
@@ -11,40 +12,23 @@ pub struct Principal {
     /// The token's name (audit logs show it).
     pub name: String,
     /// Its role.
-    pub role: String,
+    pub role: Role,
 }
 
 /// Role sets a route accepts.
 pub mod roles {
+    use crate::model::Role;
+
     /// Watch the live picture.
-    pub const VIEW: &[&str] = &["viewer", "organiser", "admin"];
+    pub const VIEW: &[Role] = &[Role::Viewer, Role::Organiser, Role::Admin];
     /// Change thresholds.
-    pub const ORGANISE: &[&str] = &["organiser", "admin"];
+    pub const ORGANISE: &[Role] = &[Role::Organiser, Role::Admin];
     /// Push feed records.
-    pub const FEED: &[&str] = &["feed", "admin"];
+    pub const FEED: &[Role] = &[Role::Feed, Role::Admin];
     /// Query history with SQL.
-    pub const ANALYSE: &[&str] = &["analyst", "admin"];
+    pub const ANALYSE: &[Role] = &[Role::Analyst, Role::Admin];
     /// Run the server.
-    pub const ADMIN: &[&str] = &["admin"];
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    // Constant time for equal lengths; a length mismatch says nothing about the content.
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The token holder whose token equals `presented` (every token is compared, in constant time).
-pub fn resolve<'a>(auth: &'a AuthConfig, presented: &str) -> Option<&'a crate::config::TokenConfig> {
-    let mut found = None;
-    for t in &auth.tokens {
-        if ct_eq(t.token.as_bytes(), presented.as_bytes()) {
-            found = Some(t);
-        }
-    }
-    found
+    pub const ADMIN: &[Role] = &[Role::Admin];
 }
 
 /// Checks the request's token (`Authorization: Bearer`, or `token` from the query) against `allowed`.
@@ -52,12 +36,12 @@ pub fn authorize(
     auth: &AuthConfig,
     headers: &HeaderMap,
     query_token: Option<&str>,
-    allowed: &[&str],
+    allowed: &[Role],
 ) -> Result<Principal, ApiError> {
     if auth.tokens.is_empty() {
         return Ok(Principal {
             name: "open-mode".into(),
-            role: "admin".into(),
+            role: Role::Admin,
         });
     }
     let presented = headers
@@ -71,35 +55,32 @@ pub fn authorize(
                 "missing token: send Authorization: Bearer TOKEN",
             )
         })?;
-    let t =
-        resolve(auth, presented).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
-    if !allowed.contains(&t.role.as_str()) {
+    let t = auth
+        .resolve(presented)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid token"))?;
+    if !allowed.contains(&t.role) {
+        let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "role `{}` may not do this (needs one of: {})",
                 t.role,
-                allowed.join(", ")
+                names.join(", ")
             ),
         ));
     }
     Ok(Principal {
         name: t.name.clone(),
-        role: t.role.clone(),
+        role: t.role,
     })
 }
 
 /// `authorize` with the server's tokens and the request's `?token=`.
 pub fn check(
-    h: &crate::app::Handles,
+    auth: &AuthConfig,
     headers: &HeaderMap,
     query: &std::collections::HashMap<String, String>,
-    allowed: &[&str],
+    allowed: &[Role],
 ) -> Result<Principal, ApiError> {
-    authorize(
-        &h.config.auth,
-        headers,
-        query.get("token").map(String::as_str),
-        allowed,
-    )
+    authorize(auth, headers, query.get("token").map(String::as_str), allowed)
 }

@@ -11,21 +11,23 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::auth::{check, roles};
-use super::http::ApiError;
-use crate::app::{commit, now_ms, Handles};
+use super::ApiError;
+use crate::durability::WhenFull;
+use crate::model::now_ms;
+use crate::server::state::AppState;
 
 /// Largest frame accepted.
 const MAX_FRAME: usize = 1 << 20;
 
 /// The upgrade.
 pub async fn ws_ingest(
-    State(h): State<Handles>,
+    State(h): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    check(&h, &headers, &q, roles::FEED)?;
+    check(&h.config.auth, &headers, &q, roles::FEED)?;
     let slot = h.limits.socket(peer.ip(), h.config.limits.ws_per_address)?;
     Ok(ws
         .max_message_size(MAX_FRAME)
@@ -36,7 +38,7 @@ pub async fn ws_ingest(
         }))
 }
 
-async fn feed(mut socket: WebSocket, h: Handles) {
+async fn feed(mut socket: WebSocket, h: AppState) {
     let mut frame = 0u64;
     loop {
         // Stop with the server: an open feed socket must not keep the pipeline alive.
@@ -65,37 +67,14 @@ async fn feed(mut socket: WebSocket, h: Handles) {
             Ok(_) => continue,
         };
         frame += 1;
-        let now = now_ms();
-        let max_line = h.config.ingest.max_line_bytes;
-        let (mut ok, mut rejected) = (Vec::new(), Vec::new());
-        for (i, line) in text.as_str().split('\n').enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() {
-                continue;
-            }
-            if line.len() > max_line {
-                rejected.push(json!({"line": i + 1, "error": format!("line is {} bytes, over the {max_line}-byte limit", line.len())}));
-                continue;
-            }
-            match h.parser.parse_line(line.as_bytes(), Some(now)) {
-                Ok(r) => ok.push(r),
-                Err(e) => {
-                    metrics::counter!("throng_ingest_rejected_total", "reason" => e.code.as_str())
-                        .increment(1);
-                    rejected.push(json!({"line": i + 1, "error": e.to_string()}));
-                }
-            }
-        }
-        let n = ok.len();
-        let ack = if n == 0 {
+        let decoded = h.sink.decode(text.as_bytes(), now_ms());
+        let rejected = decoded.rejected;
+        let ack = if decoded.records.is_empty() {
             json!({"frame": frame, "accepted": 0, "rejected": rejected})
         } else {
             // Waiting here is the backpressure: this socket is not read until there is room.
-            match commit(&h, ok, true).await {
-                Ok(()) => {
-                    metrics::counter!("throng_ingest_records_total").increment(n as u64);
-                    json!({"frame": frame, "accepted": n, "rejected": rejected})
-                }
+            match h.sink.commit(decoded.records, WhenFull::Wait).await {
+                Ok(n) => json!({"frame": frame, "accepted": n, "rejected": rejected}),
                 Err(e) => json!({"frame": frame, "accepted": 0, "error": e.to_string()}),
             }
         };

@@ -8,13 +8,13 @@ use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::auth::{check, roles};
-use super::http::ApiError;
-use crate::app::Handles;
+use super::ApiError;
+use crate::server::state::AppState;
 use crate::live::frames::Subscription;
 use crate::live::ws::{serve_viewer, ViewerContext, MAX_CLIENT_MESSAGE};
 
-const INDEX: &str = include_str!("../../dashboards/live/index.html");
-const APP_JS: &str = include_str!("../../dashboards/live/app.js");
+const INDEX: &str = include_str!("../../../dashboards/live/index.html");
+const APP_JS: &str = include_str!("../../../dashboards/live/app.js");
 
 /// `GET /`: the page (its data still needs a viewer token).
 pub async fn index() -> Html<&'static str> {
@@ -28,19 +28,15 @@ pub async fn app_js() -> impl IntoResponse {
 
 /// `GET /ws/live`: viewers' live frames.
 pub async fn ws_live(
-    State(h): State<Handles>,
+    State(h): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    check(&h, &headers, &q, roles::VIEW)?;
-    let bbox = h
-        .segments
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .bbox()
-        .unwrap_or([-180.0, -90.0, 180.0, 90.0]);
+    check(&h.config.auth, &headers, &q, roles::VIEW)?;
+    let bbox = h.picture.segments().bbox().unwrap_or([-180.0, -90.0, 180.0, 90.0]);
+    // About 200 m around the segments, so the streets' ends are in view.
     let margin = 0.002;
     let ctx = ViewerContext {
         engine_res: h.config.h3.resolution,
@@ -55,12 +51,7 @@ pub async fn ws_live(
             ],
         },
         latest_window: h.latest.borrow().clone(),
-        latest_segments: h
-            .board
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .latest()
-            .to_vec(),
+        latest_segments: h.picture.latest(),
     };
     let slot = h.limits.socket(peer.ip(), h.config.limits.ws_per_address)?;
     let hub = h.hub.clone();

@@ -39,9 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use super::sql::{allowed, SqlEngine, SqlError};
 use crate::config::AuthConfig;
-
-/// Roles that may query history.
-pub const ANALYSE: &[&str] = &["analyst", "admin"];
+use crate::model::Role;
 
 fn user_error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -221,20 +219,19 @@ impl TokenLogin {
     }
 
     fn verify(&self, user: &str, password: &str) -> Result<(), String> {
-        let holder = crate::api::auth::resolve(&self.auth, password).ok_or_else(|| {
+        let holder = self.auth.resolve(password).ok_or_else(|| {
             format!("password authentication failed for user \"{user}\": the password is an analyst token")
         })?;
-        if user != holder.name && user != holder.role {
+        if user != holder.name && user != holder.role.as_str() {
             return Err(format!(
                 "password authentication failed for user \"{user}\": log in as the token's holder (\"{}\") or its role",
                 holder.name
             ));
         }
-        if !ANALYSE.contains(&holder.role.as_str()) {
+        if !matches!(holder.role, Role::Analyst | Role::Admin) {
             return Err(format!(
-                "role `{}` may not query history (needs one of: {})",
-                holder.role,
-                ANALYSE.join(", ")
+                "role `{}` may not query history (needs one of: analyst, admin)",
+                holder.role
             ));
         }
         Ok(())

@@ -99,7 +99,7 @@ impl<'w> Emitter<'w> {
             let Some(seg) = s.segment.as_deref().and_then(|x| map.index(x)) else {
                 continue;
             };
-            let kind = if s.kind == crate::ingest::registry::SensorKind::Zone {
+            let kind = if s.kind == crate::scenario::registry::SensorKind::Zone {
                 zone_segments.push(seg);
                 ReporterKind::Zone {
                     sensor: s.id.clone(),
@@ -486,7 +486,7 @@ fn device(seed: u64, agent: usize, provider: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{Scenario, SimConfig};
+    use crate::tools::sim::{Scenario, SimConfig};
 
     fn world(seed: u64) -> World {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund");

@@ -17,8 +17,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures_util::StreamExt;
 
-use super::schema::{ALERTS_SCHEMA, AUDIT_SCHEMA, LATE_SCHEMA};
-use super::store::{History, Table};
+use crate::durability::files::names;
+use crate::history::schema::{ALERTS_SCHEMA, AUDIT_SCHEMA, LATE_SCHEMA};
+use crate::history::store::{History, Table};
 use super::tables::{NdjsonTable, WindowTable};
 use crate::config::SqlConfig;
 
@@ -172,9 +173,9 @@ impl SqlEngine {
             )),
         )?;
         for (name, file, schema) in [
-            ("alerts", "alerts.ndjson", &*ALERTS_SCHEMA),
-            ("thresholds_audit", "thresholds-audit.ndjson", &*AUDIT_SCHEMA),
-            ("late_records", "late-records.ndjson", &*LATE_SCHEMA),
+            ("alerts", names::ALERTS, &*ALERTS_SCHEMA),
+            ("thresholds_audit", names::THRESHOLDS_AUDIT, &*AUDIT_SCHEMA),
+            ("late_records", names::LATE_RECORDS, &*LATE_SCHEMA),
         ] {
             ctx.register_table(
                 name,

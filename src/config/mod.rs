@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 
+pub mod thresholds;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -208,7 +210,7 @@ impl Default for RegisterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RiskConfig {
     /// Default entry levels of every tier.
-    pub thresholds: crate::risk::Thresholds,
+    pub thresholds: thresholds::Thresholds,
     /// Leave a tier only when every trigger is this fraction below its entry level.
     pub hysteresis: f64,
     /// Consecutive evaluations before escalating (critical is immediate).
@@ -225,7 +227,7 @@ pub struct RiskConfig {
 impl Default for RiskConfig {
     fn default() -> Self {
         RiskConfig {
-            thresholds: crate::risk::Thresholds::default(),
+            thresholds: thresholds::Thresholds::default(),
             hysteresis: 0.15,
             dwell: 2,
             calm_period: Duration::from_secs(300),
@@ -354,6 +356,33 @@ fn default_client_id() -> String {
     "throng".into()
 }
 
+/// The MQTT port when a URL names none.
+const MQTT_DEFAULT_PORT: u16 = 1883;
+
+impl MqttConfig {
+    /// The broker's host and port from `url` (`mqtt://host:port`, port 1883 by default).
+    pub fn host_port(&self) -> Result<(String, u16), String> {
+        let url = self.url.as_str();
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("{url:?}: expected mqtt://HOST:PORT"))?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.trim_end_matches('/')
+                    .parse::<u16>()
+                    .map_err(|_| format!("{url:?}: bad port"))?,
+            ),
+            None => (rest.trim_end_matches('/'), MQTT_DEFAULT_PORT),
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?}: no host"));
+        }
+        Ok((host.to_string(), port))
+    }
+}
+
 /// Role tokens.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -369,12 +398,39 @@ pub struct TokenConfig {
     /// Who holds it (shown in audit logs).
     pub name: String,
     /// `feed`, `viewer`, `organiser`, `analyst` or `admin`.
-    pub role: String,
+    pub role: crate::model::Role,
     /// The secret.
     pub token: String,
 }
 
+impl AuthConfig {
+    /// The token holder whose token equals `presented`. Every token is compared, each in constant
+    /// time, so the answer's timing says nothing about which token nearly matched.
+    pub fn resolve(&self, presented: &str) -> Option<&TokenConfig> {
+        let mut found = None;
+        for t in &self.tokens {
+            if ct_eq(t.token.as_bytes(), presented.as_bytes()) {
+                found = Some(t);
+            }
+        }
+        found
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    // Constant time for equal lengths; a length mismatch says nothing about the content.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl Config {
+    /// The configured H3 resolution as h3o's type (validated by `validate`).
+    pub fn resolution(&self) -> h3o::Resolution {
+        h3o::Resolution::try_from(self.h3.resolution).unwrap_or(h3o::Resolution::Eleven)
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -470,7 +526,7 @@ impl Config {
             return bad("risk.stale_factor", "must be positive".into());
         }
         for (i, m) in self.mqtt.iter().enumerate() {
-            if let Err(e) = crate::transport::mqtt::parse_url(&m.url) {
+            if let Err(e) = m.host_port() {
                 return bad(&format!("mqtt[{i}].url"), e);
             }
             if m.topics.is_empty() {
@@ -515,15 +571,6 @@ impl Config {
             return bad("privacy.hash_key", "must not be empty".into());
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {
-            if !["feed", "viewer", "organiser", "analyst", "admin"].contains(&t.role.as_str()) {
-                return bad(
-                    &format!("auth.tokens[{i}].role"),
-                    format!(
-                        "unknown role `{}` (feed, viewer, organiser, analyst or admin)",
-                        t.role
-                    ),
-                );
-            }
             if t.token.len() < 8 {
                 return bad(
                     &format!("auth.tokens[{i}].token"),
@@ -542,6 +589,25 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    fn mqtt(url: &str) -> MqttConfig {
+        MqttConfig {
+            url: url.into(),
+            topics: Vec::new(),
+            client_id: "t".into(),
+        }
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            mqtt("mqtt://127.0.0.1:1884").host_port().unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(mqtt("mqtt://broker").host_port().unwrap(), ("broker".into(), 1883));
+        assert!(mqtt("http://x").host_port().is_err());
+        assert!(mqtt("mqtt://x:port").host_port().is_err());
+    }
+
     use super::*;
 
     #[test]
@@ -580,7 +646,7 @@ token = "abcdefghij"
 
     #[test]
     fn every_toml_example_in_the_readme_is_a_valid_config() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let blocks: Vec<&str> = readme
             .split("```toml\n")
             .skip(1)

@@ -10,9 +10,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::auth::{check, roles};
-use super::http::ApiError;
-use crate::app::Handles;
-use crate::history::{format, SqlError};
+use super::ApiError;
+use crate::query::{format, SqlError};
+use crate::server::state::AppState;
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -54,12 +54,12 @@ pub fn status(e: &SqlError) -> StatusCode {
 
 /// Runs the query with the server's limits.
 pub async fn sql(
-    State(h): State<Handles>,
+    State(h): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Result<Json<SqlRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let who = check(&h, &headers, &q, roles::ANALYSE)?;
+    let who = check(&h.config.auth, &headers, &q, roles::ANALYSE)?;
     let Json(req) = body.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

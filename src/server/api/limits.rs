@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 
-use super::http::ApiError;
+use super::error::ApiError;
 
 /// Shared limit state.
 #[derive(Debug, Default)]

@@ -1,0 +1,222 @@
+//! The flow's history output: a closed window's `hex_windows` rows and its `segment_windows`
+//! rows into the store, its alerts into `alerts.ndjson`, late records into
+//! `late-records.ndjson`. `serve` and `replay --data-dir` both write through this, so a data
+//! dir means the same whichever wrote it.
+//!
+//! A window the history already holds in a file (written before a crash, closed again by
+//! recovery) is recognised by its start and skipped whole — rows and alerts — so nothing is
+//! written twice. Buffered windows are written every `history.flush_every`, or sooner after
+//! `WINDOWS_PER_FLUSH` windows (a fast replay must not hold a night in memory); compaction of
+//! complete hours runs on a thread of its own so writing new windows never waits for it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::store::{History, HistoryError, Table};
+use crate::durability::files::{self, names};
+use crate::flow::{Closed, Outputs, WindowKind};
+use crate::ingest::Sources;
+use crate::window::{late_row, to_record_batch, LateRecord};
+
+/// Windows buffered before a flush at the latest: an hour of 10-second windows.
+pub const WINDOWS_PER_FLUSH: usize = 360;
+
+/// What the recorder wrote.
+#[derive(Debug, Default, Clone)]
+pub struct RecorderStats {
+    /// Windows whose `hex_windows` rows were taken.
+    pub windows: u64,
+    /// `hex_windows` rows taken.
+    pub rows: u64,
+    /// Windows skipped because the history already held them.
+    pub skipped: u64,
+    /// Late records kept.
+    pub late: u64,
+    /// Writes that failed (logged; the next flush retries buffered windows).
+    pub errors: u64,
+}
+
+/// Writes closed windows, alerts and late records into one data dir.
+pub struct Recorder {
+    history: Arc<History>,
+    alerts_file: PathBuf,
+    late_file: PathBuf,
+    flush_every: Duration,
+    last_flush: Instant,
+    unflushed: usize,
+    maintenance: Option<JoinHandle<()>>,
+    /// Late rows waiting for the next flush (written with the windows, so a checkpoint covers them).
+    late_rows: String,
+    stats: RecorderStats,
+    first_error: Option<HistoryError>,
+}
+
+impl Recorder {
+    /// A recorder into `history` and the NDJSON logs of `data_dir`.
+    pub fn new(history: Arc<History>, data_dir: &Path, flush_every: Duration) -> Recorder {
+        Recorder {
+            history,
+            alerts_file: data_dir.join(names::ALERTS),
+            late_file: data_dir.join(names::LATE_RECORDS),
+            flush_every,
+            last_flush: Instant::now(),
+            unflushed: 0,
+            maintenance: None,
+            late_rows: String::new(),
+            stats: RecorderStats::default(),
+            first_error: None,
+        }
+    }
+
+    /// What was written so far.
+    pub fn stats(&self) -> &RecorderStats {
+        &self.stats
+    }
+
+    /// The history written to.
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
+    }
+
+    /// The first write that failed, if any (offline runs turn it into their exit status).
+    pub fn take_error(&mut self) -> Option<HistoryError> {
+        self.first_error.take()
+    }
+
+    /// Writes buffered windows if `history.flush_every` has passed.
+    pub fn flush_if_due(&mut self) {
+        if self.last_flush.elapsed() >= self.flush_every {
+            self.write();
+        }
+    }
+
+    fn failed(&mut self, e: HistoryError, what: &str) {
+        tracing::error!(error = %e, "{what}");
+        self.stats.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+
+    /// Writes buffered windows to files, then starts compaction in the background. False when the
+    /// write failed (the windows stay buffered and the next flush retries).
+    fn write(&mut self) -> bool {
+        self.last_flush = Instant::now();
+        self.unflushed = 0;
+        if !self.late_rows.is_empty() {
+            let rows = std::mem::take(&mut self.late_rows);
+            let path = self.late_file.clone();
+            self.append_log(&path, rows.as_bytes());
+        }
+        match self.history.write_pending() {
+            Ok(s) => {
+                if s.files_written > 0 {
+                    tracing::debug!(files = s.files_written, rows = s.rows_written, "History flushed.");
+                }
+                self.maintain_in_background();
+                true
+            }
+            Err(e) => {
+                self.failed(
+                    e,
+                    "History flush failed; windows stay in memory and the next flush retries.",
+                );
+                false
+            }
+        }
+    }
+
+    fn maintain_in_background(&mut self) {
+        if self.maintenance.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let history = self.history.clone();
+        self.maintenance = Some(std::thread::spawn(move || match history.maintain() {
+            Ok(m) if m.hours_compacted > 0 => tracing::debug!(hours = m.hours_compacted, "History compacted."),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "History compaction failed; the next flush retries."),
+        }));
+    }
+
+    fn append_log(&mut self, path: &Path, buf: &[u8]) {
+        if let Err(e) = files::append_lines(path, buf, false) {
+            self.stats.errors += 1;
+            tracing::error!(error = %e, path = %path.display(), "Could not append to the data dir.");
+        }
+    }
+}
+
+impl Outputs for Recorder {
+    fn closed(&mut self, c: &Closed<'_>) {
+        let start = c.window.start.0;
+        if c.kind == WindowKind::Data {
+            match to_record_batch(c.window) {
+                Ok(batch) => {
+                    let rows = batch.num_rows() as u64;
+                    if !self.history.append(Table::HexWindows, start, batch) {
+                        self.stats.skipped += 1;
+                        return;
+                    }
+                    self.stats.windows += 1;
+                    self.stats.rows += rows;
+                }
+                Err(e) => tracing::error!(error = %e, "Could not build the hex_windows rows."),
+            }
+        }
+        if !c.statuses.is_empty() {
+            match super::schema::segment_batch(c.statuses) {
+                Ok(batch) => {
+                    if !self.history.append(Table::SegmentWindows, start, batch) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "Could not build the segment_windows rows."),
+            }
+        }
+        if !c.alerts.is_empty() {
+            let buf = files::json_lines(c.alerts);
+            let path = self.alerts_file.clone();
+            self.append_log(&path, &buf);
+        }
+        self.unflushed += 1;
+        if self.unflushed >= WINDOWS_PER_FLUSH {
+            self.write();
+        } else {
+            self.flush_if_due();
+        }
+    }
+
+    fn late(&mut self, late: &[LateRecord], sources: &Sources) {
+        for l in late {
+            self.late_rows.push_str(&late_row(l, &sources.name(l.source)));
+            self.late_rows.push('\n');
+        }
+        self.stats.late += late.len() as u64;
+        tracing::debug!(late = late.len(), "Late records kept.");
+    }
+
+    fn persist(&mut self) -> bool {
+        self.write()
+    }
+
+    fn finish(&mut self) {
+        if let Some(h) = self.maintenance.take() {
+            let _ = h.join();
+        }
+        if !self.late_rows.is_empty() {
+            let rows = std::mem::take(&mut self.late_rows);
+            let path = self.late_file.clone();
+            self.append_log(&path, rows.as_bytes());
+        }
+        match self.history.close() {
+            Ok(_) => tracing::info!(history = %self.history.root().display(), "History written."),
+            Err(e) => self.failed(e, "The history could not be written at the end."),
+        }
+        if self.stats.skipped > 0 {
+            tracing::warn!(
+                windows = self.stats.skipped,
+                "Windows already in this history were skipped (not written twice)."
+            );
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The engine task: the single owner of window, tier and history-writing state. It takes
+//! committed batches from the bounded queue in log order, drives the one flow (`flow::Flow`) with
+//! the wall clock, publishes health, asks for checkpoints and answers control requests. Slow work
+//! (serialising a checkpoint, compacting history) runs on other threads so ingest never waits.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::state::Control;
+use crate::config::Config;
+use crate::durability::commit::CheckpointRequests;
+use crate::durability::Ingest;
+use crate::flow::{Flow, Health};
+use crate::history::Recorder;
+use crate::live::{Picture, Publisher};
+use crate::model::{now_ms, SourceId};
+
+/// How often the task wakes without input: the watermark follows the clock and windows close even
+/// when every feed is silent; well under the 1.5 s provisional period.
+const TICK: Duration = Duration::from_millis(500);
+/// Period of provisional heatmap frames (the contract asks for at least one every 2 s).
+const PROVISIONAL_EVERY: Duration = Duration::from_millis(1_500);
+/// The distinct-device census costs milliseconds at city scale: at most this often, and never more
+/// than `CENSUS_BUDGET` of the task's time.
+const CENSUS_EVERY: Duration = Duration::from_secs(1);
+/// The census runs no more often than every `CENSUS_BUDGET` × its own duration (1 %).
+const CENSUS_BUDGET: u32 = 100;
+
+/// The flow as the server runs it: viewers first, then history.
+pub type ServerFlow = Flow<(Publisher, Recorder)>;
+
+/// The engine task's state.
+pub struct EngineTask {
+    flow: ServerFlow,
+    checkpoints: CheckpointRequests,
+    picture: Picture,
+    health: watch::Sender<Health>,
+    cfg: Arc<Config>,
+    data_dir: PathBuf,
+    /// True while a checkpoint is being written in the background.
+    checkpointing: Arc<AtomicBool>,
+    last_checkpoint: Instant,
+    last_snapshot: Instant,
+    last_census: Instant,
+    census_every: Duration,
+}
+
+impl EngineTask {
+    /// The task over `flow`, writing checkpoints into `data_dir`.
+    pub fn new(
+        flow: ServerFlow,
+        checkpoints: CheckpointRequests,
+        picture: Picture,
+        health: watch::Sender<Health>,
+        cfg: Arc<Config>,
+        data_dir: PathBuf,
+    ) -> EngineTask {
+        let now = Instant::now();
+        EngineTask {
+            flow,
+            checkpoints,
+            picture,
+            health,
+            cfg,
+            data_dir,
+            checkpointing: Arc::default(),
+            last_checkpoint: now,
+            last_snapshot: now,
+            last_census: now,
+            census_every: CENSUS_EVERY,
+        }
+    }
+
+    /// Runs until the ingest queue closes (every producer gone), then drains, flushes every open
+    /// window and writes the history.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Ingest>, mut control: mpsc::Receiver<Control>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(Ingest::Batch(b)) => self.ingest(&b),
+                    Some(Ingest::Checkpoint(seg)) => self.checkpoint(seg),
+                    None => break,
+                },
+                Some(c) = control.recv() => self.control(c),
+                _ = tick.tick() => {}
+            }
+            self.flow.advance(now_ms());
+            if self.last_snapshot.elapsed() >= PROVISIONAL_EVERY {
+                self.last_snapshot = Instant::now();
+                self.flow.provisional();
+            }
+            self.flow.outputs_mut().1.flush_if_due();
+            self.publish_health();
+            self.census();
+            if self.last_checkpoint.elapsed() >= self.cfg.durability.checkpoint_every {
+                self.last_checkpoint = Instant::now();
+                self.checkpoints.request();
+            }
+        }
+        let mut outputs = self.flow.finish();
+        match outputs.1.take_error() {
+            None => tracing::info!("Engine drained and flushed; history written."),
+            Some(e) => tracing::error!(error = %e, "Engine drained, but the history could not be written."),
+        }
+    }
+
+    fn ingest(&mut self, batch: &[crate::model::Record]) {
+        let now = now_ms();
+        let dups = batch.iter().filter(|r| !self.flow.ingest(r, now)).count();
+        if dups > 0 {
+            metrics::counter!("throng_ingest_duplicates_total").increment(dups as u64);
+        }
+    }
+
+    fn census(&mut self) {
+        if self.last_census.elapsed() < self.census_every {
+            return;
+        }
+        let t = Instant::now();
+        metrics::gauge!("throng_window_devices_active").set(self.flow.engine().distinct_devices() as f64);
+        self.census_every = CENSUS_EVERY.max(t.elapsed() * CENSUS_BUDGET);
+        self.last_census = Instant::now();
+    }
+
+    fn checkpoint(&mut self, segment: u64) {
+        // Windows closed before the checkpoint are no longer in the log: they must be on disk first.
+        if !self.flow.persist() {
+            tracing::error!("Checkpoint skipped because the history could not be written.");
+            return;
+        }
+        // Serialising a city's window state takes seconds; ingest must not wait for it. The engine
+        // is cloned here (tens of milliseconds) and written on a blocking thread. While one write
+        // is in flight the next is skipped: the log simply keeps its older segments a while longer.
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            tracing::debug!(segment, "A checkpoint is still being written; this one is skipped.");
+            return;
+        }
+        let started = Instant::now();
+        let snapshot = self.flow.engine().clone();
+        let cloned_ms = started.elapsed().as_millis() as u64;
+        let (dir, running) = (self.data_dir.clone(), self.checkpointing.clone());
+        tokio::task::spawn_blocking(move || {
+            match crate::durability::wal::checkpoint(&dir, segment, &snapshot) {
+                Ok(()) => {
+                    tracing::debug!(
+                        segment,
+                        cloned_ms,
+                        ms = started.elapsed().as_millis() as u64,
+                        "Checkpoint written."
+                    );
+                    metrics::counter!("throng_checkpoints_total").increment(1);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Checkpoint failed; the log keeps growing until one succeeds.")
+                }
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::ReloadSegments(reply) => {
+                let result = crate::scenario::load_segments(&self.cfg).map(|m| {
+                    let m = Arc::new(m);
+                    let n = m.segments().len();
+                    self.flow.reload_segments(m.clone());
+                    self.picture.replace_segments(m);
+                    n
+                });
+                match &result {
+                    Ok(n) => tracing::info!(segments = n, "Segments reloaded; window state kept."),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Segments reload failed; the old segments stay in force.")
+                    }
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn publish_health(&mut self) {
+        let now = now_ms();
+        let engine = self.flow.engine();
+        let wm = engine.watermark().get();
+        let stats = engine.stats();
+        metrics::gauge!("throng_watermark_lag_seconds").set(wm.map_or(0.0, |w| (now - w) as f64 / 1000.0));
+        metrics::counter!("throng_windows_closed_total").absolute(stats.windows_closed);
+        metrics::counter!("throng_register_resets_total").absolute(stats.register_resets);
+        metrics::counter!("throng_register_out_of_order_total").absolute(stats.register_out_of_order);
+        metrics::counter!("throng_late_unwindowed_records_total").absolute(stats.late_unwindowed);
+        metrics::counter!("throng_engine_records_total").absolute(stats.records);
+        metrics::gauge!("throng_window_device_entries").set(engine.device_entries() as f64);
+        metrics::gauge!("throng_window_state_bytes").set(engine.state_bytes() as f64);
+        for (i, c) in engine.watermark().sources().iter().enumerate() {
+            if c.records > 0 {
+                let name = self.flow.sources().name(SourceId(i as u16));
+                metrics::counter!("throng_late_records_total", "source" => name).absolute(c.late);
+            }
+        }
+        let last_end = self.flow.outputs().0.last_window_end();
+        let health = Health::of(self.flow.engine(), self.flow.sources(), now, last_end);
+        self.health.send_replace(health);
+    }
+}

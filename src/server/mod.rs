@@ -1,0 +1,294 @@
+//! The server: `start` wires the layers below into one running process — the commit path, the
+//! engine task, HTTP (API, dashboard, WebSockets), the PostgreSQL wire and the MQTT sources — and
+//! `Server::shutdown` stops them in order: listeners and feeds stop taking input, the ingest
+//! queue closes, the engine drains it, flushes every open window and writes the history.
+//! Signals are the binary's business (`cli::serve`); here shutdown is a call or a future.
+
+pub mod api;
+pub mod engine;
+pub mod metrics;
+pub mod state;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, FsyncPolicy};
+use crate::durability::{Committer, FeedSink, Wal, WhenFull};
+use crate::flow::{Flow, Health};
+use crate::history::{History, Recorder};
+use crate::live::{Hub, Picture, Publisher};
+use crate::model::now_ms;
+use crate::pipeline::Pipeline;
+use crate::query::SqlEngine;
+use crate::risk::{Risk, SegmentStatus, ThresholdStore};
+use engine::EngineTask;
+pub use state::{AppState, ControlError, EngineControl};
+
+/// How long the stages may take to drain at shutdown before it is reported as a failure.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replaced history files outlive the longest query by this much, on top of `sql.timeout`.
+const FILE_GRACE_MARGIN: Duration = Duration::from_secs(10);
+
+/// Where a server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    /// HTTP: API, dashboard, WebSockets (port 0: ephemeral).
+    pub http: SocketAddr,
+    /// The PostgreSQL wire, if wanted (port 0: ephemeral).
+    pub pg: Option<SocketAddr>,
+}
+
+/// A running server.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Where the PostgreSQL wire listens, if it does.
+    pub pg_addr: Option<SocketAddr>,
+    /// Whether both speak TLS (`[tls]`).
+    pub tls: bool,
+    state: AppState,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Server {
+    /// Feeds NDJSON records in-process, through the same decoder and commit path as `POST
+    /// /api/ingest` (waiting for room rather than refusing). Returns (accepted, rejected).
+    pub async fn feed(&self, ndjson: &[u8]) -> anyhow::Result<(usize, usize)> {
+        let taken = self.state.sink.take(ndjson, WhenFull::Wait).await?;
+        Ok((taken.accepted, taken.rejected.len()))
+    }
+
+    /// The newest status of every segment.
+    pub fn segments(&self) -> Vec<SegmentStatus> {
+        self.state.picture.latest()
+    }
+
+    /// Requests to the engine task (segment reload).
+    pub fn control(&self) -> EngineControl {
+        self.state.control.clone()
+    }
+
+    /// Stops taking requests, drains the engine and waits (bounded) for every task.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let Server {
+            state, token, tracker, ..
+        } = self;
+        // The engine ends when the last ingest sender is gone: ours goes now, the HTTP server's
+        // when it has stopped.
+        drop(state);
+        token.cancel();
+        tracker.close();
+        tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .with_context(|| format!("stages did not drain within {} s", DRAIN_TIMEOUT.as_secs()))
+    }
+}
+
+/// Runs a server until `shutdown` resolves, then stops it in order.
+pub async fn run(
+    cfg: Config,
+    listen: Listeners,
+    data_dir: &Path,
+    shutdown: impl Future<Output = ()>,
+    on_start: impl FnOnce(&Server),
+) -> anyhow::Result<()> {
+    let server = start_on(cfg, listen, data_dir).await?;
+    on_start(&server);
+    shutdown.await;
+    tracing::info!("Shutting down.");
+    server.shutdown().await
+}
+
+/// Starts the server on `listen` without the PostgreSQL wire, keeping its files in `data_dir`.
+pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<Server> {
+    start_on(cfg, Listeners { http: listen, pg: None }, data_dir).await
+}
+
+/// `start`, with the PostgreSQL wire on `pg_listen` as well.
+pub async fn start_with(
+    cfg: Config,
+    listen: SocketAddr,
+    pg_listen: Option<SocketAddr>,
+    data_dir: &Path,
+) -> anyhow::Result<Server> {
+    start_on(
+        cfg,
+        Listeners {
+            http: listen,
+            pg: pg_listen,
+        },
+        data_dir,
+    )
+    .await
+}
+
+/// Opens the history of `data_dir` for a server (replaced files outlive the longest query).
+pub fn open_history(cfg: &Config, data_dir: &Path) -> anyhow::Result<Arc<History>> {
+    let grace = cfg.sql.timeout + FILE_GRACE_MARGIN;
+    Ok(Arc::new(
+        History::open(data_dir, cfg.history.retention_days, grace)
+            .with_context(|| format!("opening the history in {}", data_dir.display()))?,
+    ))
+}
+
+/// Starts every part of a server.
+pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow::Result<Server> {
+    let cfg = Arc::new(cfg);
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let mut pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
+    let fsync = cfg.durability.fsync == FsyncPolicy::Always;
+    let (wal, recovery) = Wal::open(data_dir, fsync)
+        .with_context(|| format!("opening the write-ahead log in {}", data_dir.display()))?;
+    if let Some(engine) = recovery.engine {
+        if !engine.matches(&cfg.window) {
+            anyhow::bail!(
+                "{} was written with other [window] settings; restore them, or move the data dir aside to start fresh",
+                data_dir.join(crate::durability::files::names::CHECKPOINT).display()
+            );
+        }
+        pipe.engine = engine;
+    }
+    pipe.refresh_scales();
+    let replayed = recovery.records.len();
+    let now = now_ms();
+    for r in &recovery.records {
+        pipe.engine.ingest(r, now);
+    }
+    if replayed > 0 || recovery.torn > 0 {
+        tracing::info!(records = replayed, torn = recovery.torn, "Recovered from the write-ahead log.");
+    }
+    let history = open_history(&cfg, data_dir)?;
+    let sql = SqlEngine::new(history.clone(), data_dir, cfg.sql.clone(), cfg.privacy.k);
+    let map = Arc::new(
+        crate::scenario::load_segments(&cfg)
+            .map_err(anyhow::Error::msg)
+            .context("loading segments")?,
+    );
+    let thresholds = ThresholdStore::open(Some(data_dir))
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("loading thresholds")?;
+    let risk = Risk::new(
+        map.clone(),
+        pipe.registry.points().to_vec(),
+        cfg.risk.clone(),
+        thresholds.clone(),
+        cfg.window.size.as_millis() as i64,
+    );
+    let (committer, rx) = Committer::new(wal, cfg.ingest.queue_batches);
+    let (control, control_rx) = EngineControl::new();
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    let (latest_tx, latest_rx) = watch::channel(None);
+    let hub = Hub::default();
+    let picture = Picture::new(map);
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let Pipeline {
+        parser,
+        engine,
+        sources,
+        ..
+    } = pipe;
+    let outputs = (
+        Publisher::new(hub.clone(), picture.clone(), latest_tx),
+        Recorder::new(history, data_dir, cfg.history.flush_every),
+    );
+    let flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
+    let task = EngineTask::new(
+        flow,
+        committer.checkpoints(),
+        picture.clone(),
+        health_tx,
+        cfg.clone(),
+        data_dir.to_owned(),
+    );
+    tracker.spawn(task.run(rx, control_rx));
+    let sink = FeedSink::new(parser, committer, cfg.ingest.max_line_bytes);
+    let state = AppState {
+        sink: sink.clone(),
+        health: health_rx,
+        latest: latest_rx,
+        metrics: metrics::handle(),
+        config: cfg.clone(),
+        picture,
+        thresholds,
+        control,
+        hub,
+        stop: token.clone(),
+        limits: Arc::default(),
+        sql: sql.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(listen.http)
+        .await
+        .with_context(|| format!("binding {}", listen.http))?;
+    let addr = listener.local_addr()?;
+    for m in &cfg.mqtt {
+        tracker.spawn(crate::transport::mqtt::run(m.clone(), sink.clone(), token.clone()));
+    }
+    let router = api::router(state.clone());
+    let tls = tls::acceptor(&cfg.tls)?;
+    match tls.clone() {
+        None => {
+            tracker.spawn(serve_http(listener, router, token.clone()));
+        }
+        Some(acceptor) => {
+            use axum::serve::ListenerExt;
+            let listener = tls::TlsListener::new(listener, acceptor, token.clone())?.tap_io(|_| {});
+            tracker.spawn(serve_http(listener, router, token.clone()));
+        }
+    }
+    let pg_addr = match listen.pg {
+        Some(pg) => {
+            let l = tokio::net::TcpListener::bind(pg)
+                .await
+                .with_context(|| format!("binding the PostgreSQL-wire address {pg}"))?;
+            let a = l.local_addr()?;
+            tracker.spawn(crate::query::pg::serve(
+                l,
+                tls.clone(),
+                sql,
+                Arc::new(cfg.auth.clone()),
+                token.clone(),
+                tracker.clone(),
+            ));
+            tracing::info!(addr = %a, "PostgreSQL wire listening (psql -h HOST -p PORT -U analyst).");
+            Some(a)
+        }
+        None => None,
+    };
+    if cfg.auth.tokens.is_empty() {
+        tracing::warn!("NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only.");
+    }
+    tracing::info!(%addr, tls = tls.is_some(), scenario = %cfg.scenario.display(), data_dir = %data_dir.display(), "Listening.");
+    Ok(Server {
+        addr,
+        pg_addr,
+        tls: tls.is_some(),
+        state,
+        token,
+        tracker,
+    })
+}
+
+/// Serves the routes on `listener` (plain TCP or TLS) until `stop`.
+async fn serve_http<L>(listener: L, router: axum::Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server failed.");
+    }
+}

@@ -1,0 +1,6 @@
+//! Feeds that are not sensors: the scenario simulator (`sim`, records with their ground truth) and
+//! importers of real public datasets (`import`). They produce NDJSON records like any feed and
+//! reach the engine only through the same parser.
+
+pub mod import;
+pub mod sim;
