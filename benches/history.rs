@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 use throng::config::SqlConfig;
-use throng::history::{History, SqlEngine, Table};
+use throng::history::{History, Table};
+use throng::query::SqlEngine;
 use throng::model::{CellId, EventTime};
 use throng::window::{to_record_batch, HexRow, HexWindow};
 

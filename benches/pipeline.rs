@@ -11,8 +11,8 @@ use criterion::{criterion_group, Criterion, Throughput};
 use h3o::{LatLng, Resolution};
 use serde::Deserialize;
 use throng::config::Config;
-use throng::scenario::Registry;
 use throng::pipeline::Pipeline;
+use throng::scenario::Registry;
 
 const PINGS: usize = 1_000_000;
 const DEVICES: u64 = 50_000;

@@ -12,7 +12,8 @@ use criterion::{criterion_group, Criterion};
 use throng::config::RiskConfig;
 use throng::live::frames::{self, Subscription};
 use throng::model::{CellId, EventTime};
-use throng::risk::{Risk, SegmentMap, ThresholdStore};
+use throng::risk::{Risk, ThresholdStore};
+use throng::scenario::SegmentMap;
 use throng::window::{HexRow, HexWindow};
 
 const T0: i64 = 1_767_193_200_000;

@@ -149,7 +149,10 @@ fn imports(code: &str, me: &[String]) -> BTreeSet<Vec<String>> {
 
 /// The longest known file module a path starts with.
 fn owner(path: &[String], files: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
-    (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| files.contains(p))
+    (1..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|p| files.contains(p))
 }
 
 fn graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
@@ -182,7 +185,8 @@ fn graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
 fn every_module_imports_only_layers_below_it() {
     let mut bad = Vec::new();
     for (me, deps) in graph() {
-        let mine = rank(&me[0]).unwrap_or_else(|| panic!("{} is in no layer: add it to LAYERS", me.join("/")));
+        let mine =
+            rank(&me[0]).unwrap_or_else(|| panic!("{} is in no layer: add it to LAYERS", me.join("/")));
         for d in deps {
             let theirs = rank(&d[0]).unwrap_or(usize::MAX);
             if me[0] != d[0] && theirs >= mine {
@@ -190,7 +194,11 @@ fn every_module_imports_only_layers_below_it() {
             }
         }
     }
-    assert!(bad.is_empty(), "imports that point up or sideways:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "imports that point up or sideways:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -243,10 +251,22 @@ fn the_checker_sees_grouped_and_relative_imports() {
         "use crate::{model::Role, durability::FeedSink};\nuse super::auth::check;\nfn f() { crate::flow::Flow::new() }",
         &me,
     );
-    let has = |p: &[&str]| found.iter().any(|f| f.iter().map(String::as_str).eq(p.iter().copied()));
+    let has = |p: &[&str]| {
+        found
+            .iter()
+            .any(|f| f.iter().map(String::as_str).eq(p.iter().copied()))
+    };
     assert!(has(&["model"]) || has(&["model", "Role"]), "{found:?}");
-    assert!(has(&["durability"]) || has(&["durability", "FeedSink"]), "{found:?}");
-    assert!(found.iter().any(|f| f.starts_with(&["server".into(), "api".into(), "auth".into()])), "{found:?}");
+    assert!(
+        has(&["durability"]) || has(&["durability", "FeedSink"]),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with(&["server".into(), "api".into(), "auth".into()])),
+        "{found:?}"
+    );
     assert!(found.iter().any(|f| f.starts_with(&["flow".into()])), "{found:?}");
     let code = code_of("use crate::a;\n#[cfg(test)]\nmod tests {\n    use crate::cli;\n}\n");
     assert!(!code.contains("cli"), "{code}");

@@ -6,23 +6,23 @@
 //! viewers (`live`) and files (`history`) → SQL (`query`). `server` and `cli` wire them up;
 //! `tools` are the simulator and importers, feeds like any other. ARCHITECTURE.md has the map.
 
-pub mod model;
-pub mod error;
+pub mod cli;
 pub mod config;
-pub mod scenario;
-pub mod ingest;
-pub mod window;
 pub mod durability;
-pub mod pipeline;
-pub mod risk;
+pub mod error;
 pub mod flow;
 pub mod history;
+pub mod ingest;
 pub mod live;
+pub mod model;
+pub mod pipeline;
 pub mod query;
-pub mod transport;
+pub mod risk;
+pub mod scenario;
 pub mod server;
 pub mod tools;
-pub mod cli;
+pub mod transport;
+pub mod window;
 
 #[cfg(test)]
 mod layers;

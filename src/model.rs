@@ -202,9 +202,15 @@ impl std::str::FromStr for Role {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Role, String> {
-        [Role::Feed, Role::Viewer, Role::Organiser, Role::Analyst, Role::Admin]
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (feed, viewer, organiser, analyst or admin)"))
+        [
+            Role::Feed,
+            Role::Viewer,
+            Role::Organiser,
+            Role::Analyst,
+            Role::Admin,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("unknown role `{s}` (feed, viewer, organiser, analyst or admin)"))
     }
 }

@@ -66,7 +66,10 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
                 .context("loading segments")?,
             ThresholdStore::open(Some(dir)).map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
-        None => (SegmentMap::default(), ThresholdStore::open(None).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => (
+            SegmentMap::default(),
+            ThresholdStore::open(None).map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
     };
     let risk = Risk::new(
         Arc::new(map),
@@ -114,7 +117,6 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<ReplaySumma
                 );
             }
         }
-        flow.advance(now);
         if let Some(e) = flow.outputs_mut().failed.take() {
             return Err(e);
         }
@@ -169,7 +171,9 @@ struct Offline<'a> {
 
 impl Offline<'_> {
     fn print(&mut self, w: &HexWindow) -> anyhow::Result<u64> {
-        let Some(out) = self.print.as_mut() else { return Ok(0) };
+        let Some(out) = self.print.as_mut() else {
+            return Ok(0);
+        };
         let batch = to_record_batch(w)?;
         let mut n = 0;
         for row in json_rows(&batch)? {

@@ -603,7 +603,10 @@ mod tests {
             mqtt("mqtt://127.0.0.1:1884").host_port().unwrap(),
             ("127.0.0.1".into(), 1884)
         );
-        assert_eq!(mqtt("mqtt://broker").host_port().unwrap(), ("broker".into(), 1883));
+        assert_eq!(
+            mqtt("mqtt://broker").host_port().unwrap(),
+            ("broker".into(), 1883)
+        );
         assert!(mqtt("http://x").host_port().is_err());
         assert!(mqtt("mqtt://x:port").host_port().is_err());
     }

@@ -61,9 +61,16 @@ pub fn replace<T, E>(
 ) -> Result<T, ReplaceError<E>> {
     let fail = |what: &'static str, p: &Path| {
         let p = p.to_owned();
-        move |source| ReplaceError::Io { what, path: p, source }
+        move |source| ReplaceError::Io {
+            what,
+            path: p,
+            source,
+        }
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(fail("creating", dir))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -71,7 +78,10 @@ pub fn replace<T, E>(
     let file = File::create(&tmp).map_err(fail("creating", &tmp))?;
     let mut w = BufWriter::with_capacity(REPLACE_BUFFER_BYTES, file);
     let out = write(&mut w).map_err(ReplaceError::Write)?;
-    let file = w.into_inner().map_err(|e| e.into_error()).map_err(fail("writing", &tmp))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .map_err(fail("writing", &tmp))?;
     file.sync_all().map_err(fail("syncing", &tmp))?;
     fs::rename(&tmp, path).map_err(fail("renaming", &tmp))?;
     // The rename is durable only once the directory entry is.

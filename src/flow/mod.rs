@@ -108,7 +108,13 @@ pub struct Flow<O> {
 
 impl<O: Outputs> Flow<O> {
     /// A flow over `engine` (fresh or recovered) whose scale factors come from `sources`.
-    pub fn new(engine: Engine, sources: Arc<Sources>, risk: Risk, outputs: O, window: &WindowConfig) -> Flow<O> {
+    pub fn new(
+        engine: Engine,
+        sources: Arc<Sources>,
+        risk: Risk,
+        outputs: O,
+        window: &WindowConfig,
+    ) -> Flow<O> {
         let mut f = Flow {
             engine,
             sources,
@@ -122,9 +128,12 @@ impl<O: Outputs> Flow<O> {
         f
     }
 
-    /// Counts one record at processing time `now`; false when it was a duplicate.
+    /// Counts one record at processing time `now`, then moves the watermark, so what is late does
+    /// not depend on how a feed cut its records into requests; false when it was a duplicate.
     pub fn ingest(&mut self, r: &Record, now: i64) -> bool {
-        self.engine.ingest(r, now)
+        let fresh = self.engine.ingest(r, now);
+        self.advance(now);
+        fresh
     }
 
     /// Moves the watermark to processing time `now`; closed windows go through tiers to outputs.

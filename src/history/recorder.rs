@@ -132,7 +132,9 @@ impl Recorder {
         }
         let history = self.history.clone();
         self.maintenance = Some(std::thread::spawn(move || match history.maintain() {
-            Ok(m) if m.hours_compacted > 0 => tracing::debug!(hours = m.hours_compacted, "History compacted."),
+            Ok(m) if m.hours_compacted > 0 => {
+                tracing::debug!(hours = m.hours_compacted, "History compacted.")
+            }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "History compaction failed; the next flush retries."),
         }));

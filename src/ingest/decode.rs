@@ -45,7 +45,10 @@ impl std::fmt::Display for LineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LineError::TooLong { bytes, max } => {
-                write!(f, "line is {bytes} bytes, over the {max}-byte limit (ingest.max_line_bytes)")
+                write!(
+                    f,
+                    "line is {bytes} bytes, over the {max}-byte limit (ingest.max_line_bytes)"
+                )
             }
             LineError::Rejected(r) => r.fmt(f),
         }
@@ -130,7 +133,11 @@ mod tests {
         assert!(d.records.is_empty());
         assert_eq!(d.rejected.len(), 2);
         assert_eq!(d.rejected[0].line, 1);
-        assert!(d.rejected[0].error.contains("over the 100-byte limit"), "{:?}", d.rejected);
+        assert!(
+            d.rejected[0].error.contains("over the 100-byte limit"),
+            "{:?}",
+            d.rejected
+        );
         assert_eq!(d.rejected[1].line, 2);
     }
 }

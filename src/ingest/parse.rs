@@ -10,11 +10,11 @@ use std::sync::Arc;
 use h3o::Resolution;
 
 use super::crs::Crs;
-use super::raw::{Raw, Ts};
 use super::pseudonym::Pseudonymiser;
-use crate::scenario::registry::{Registry, SensorKind};
+use super::raw::{Raw, Ts};
 use super::sources::{Sources, COUNTER, GATE};
 use crate::model::{Body, CellId, EventTime, Kind, Record, RegisterKey};
+use crate::scenario::registry::{Registry, SensorKind};
 
 /// Earliest plausible event time (2000-01-01): anything before is almost surely seconds, not ms.
 const MIN_TS_MS: i64 = 946_684_800_000;

@@ -84,4 +84,3 @@ pub(super) struct Raw<'a> {
     pub(super) entries_total: Option<u64>,
     pub(super) exits_total: Option<u64>,
 }
-

@@ -125,8 +125,7 @@ impl Picture {
 
     /// Swaps in reloaded segments; the board forgets segments no longer in the file.
     pub fn replace_segments(&self, map: Arc<SegmentMap>) {
-        let keep: std::collections::HashSet<String> =
-            map.segments().iter().map(|s| s.id.0.clone()).collect();
+        let keep: std::collections::HashSet<String> = map.segments().iter().map(|s| s.id.0.clone()).collect();
         self.board_mut().retain(|id| keep.contains(id));
         *self.segments.write().unwrap_or_else(|p| p.into_inner()) = map;
     }

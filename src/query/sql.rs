@@ -17,11 +17,11 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures_util::StreamExt;
 
+use super::tables::{NdjsonTable, WindowTable};
+use crate::config::SqlConfig;
 use crate::durability::files::names;
 use crate::history::schema::{ALERTS_SCHEMA, AUDIT_SCHEMA, LATE_SCHEMA};
 use crate::history::store::{History, Table};
-use super::tables::{NdjsonTable, WindowTable};
-use crate::config::SqlConfig;
 
 /// Why a query gave no answer. Each message says what to change.
 #[derive(Debug, thiserror::Error)]

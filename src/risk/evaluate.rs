@@ -316,12 +316,7 @@ impl Risk {
 }
 
 /// Thresholds in force for segment `i` of `map`.
-pub fn thresholds_for(
-    map: &SegmentMap,
-    cfg: &RiskConfig,
-    store: &ThresholdStore,
-    i: usize,
-) -> Thresholds {
+pub fn thresholds_for(map: &SegmentMap, cfg: &RiskConfig, store: &ThresholdStore, i: usize) -> Thresholds {
     let seg = &map.segments()[i];
     let mut t = cfg.thresholds;
     if seg.capacity.is_some() {

@@ -138,7 +138,10 @@ impl EngineTask {
         // is cloned here (tens of milliseconds) and written on a blocking thread. While one write
         // is in flight the next is skipped: the log simply keeps its older segments a while longer.
         if self.checkpointing.swap(true, Ordering::AcqRel) {
-            tracing::debug!(segment, "A checkpoint is still being written; this one is skipped.");
+            tracing::debug!(
+                segment,
+                "A checkpoint is still being written; this one is skipped."
+            );
             return;
         }
         let started = Instant::now();

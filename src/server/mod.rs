@@ -81,7 +81,10 @@ impl Server {
     /// Stops taking requests, drains the engine and waits (bounded) for every task.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let Server {
-            state, token, tracker, ..
+            state,
+            token,
+            tracker,
+            ..
         } = self;
         // The engine ends when the last ingest sender is gone: ours goes now, the HTTP server's
         // when it has stopped.
@@ -111,7 +114,15 @@ pub async fn run(
 
 /// Starts the server on `listen` without the PostgreSQL wire, keeping its files in `data_dir`.
 pub async fn start(cfg: Config, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<Server> {
-    start_on(cfg, Listeners { http: listen, pg: None }, data_dir).await
+    start_on(
+        cfg,
+        Listeners {
+            http: listen,
+            pg: None,
+        },
+        data_dir,
+    )
+    .await
 }
 
 /// `start`, with the PostgreSQL wire on `pg_listen` as well.
@@ -165,7 +176,11 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         pipe.engine.ingest(r, now);
     }
     if replayed > 0 || recovery.torn > 0 {
-        tracing::info!(records = replayed, torn = recovery.torn, "Recovered from the write-ahead log.");
+        tracing::info!(
+            records = replayed,
+            torn = recovery.torn,
+            "Recovered from the write-ahead log."
+        );
     }
     let history = open_history(&cfg, data_dir)?;
     let sql = SqlEngine::new(history.clone(), data_dir, cfg.sql.clone(), cfg.privacy.k);
@@ -232,7 +247,11 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         .with_context(|| format!("binding {}", listen.http))?;
     let addr = listener.local_addr()?;
     for m in &cfg.mqtt {
-        tracker.spawn(crate::transport::mqtt::run(m.clone(), sink.clone(), token.clone()));
+        tracker.spawn(crate::transport::mqtt::run(
+            m.clone(),
+            sink.clone(),
+            token.clone(),
+        ));
     }
     let router = api::router(state.clone());
     let tls = tls::acceptor(&cfg.tls)?;
@@ -266,7 +285,9 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         None => None,
     };
     if cfg.auth.tokens.is_empty() {
-        tracing::warn!("NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only.");
+        tracing::warn!(
+            "NO AUTH TOKENS CONFIGURED: every role is open (demo mode). Listening on loopback only."
+        );
     }
     tracing::info!(%addr, tls = tls.is_some(), scenario = %cfg.scenario.display(), data_dir = %data_dir.display(), "Listening.");
     Ok(Server {
@@ -285,9 +306,12 @@ where
     L: axum::serve::Listener<Addr = SocketAddr>,
     for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "HTTP server failed.");
     }

@@ -1,7 +1,7 @@
 //! Who may do what: every route and both WebSockets against every role, no token and a wrong token.
 
-use throng::server;
 use throng::config::TokenConfig;
+use throng::server;
 
 use crate::http::request;
 use crate::serve::{config, fast};

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use throng::server;
 use throng::config::{Config, TokenConfig};
+use throng::server;
 
 use crate::http::{request, request_bytes};
 use crate::support::{root, throng};

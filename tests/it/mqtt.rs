@@ -4,8 +4,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use throng::server;
 use throng::config::MqttConfig;
+use throng::server;
 
 use crate::serve::{config, fast};
 use crate::support::Child;

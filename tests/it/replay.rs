@@ -74,9 +74,11 @@ fn replay_print_rows_match_an_independent_count() {
 
     // Counters and gates in a second file: interval counts every 10 s, a cumulative register with a
     // reset, and taps.
-    let reg =
-        throng::scenario::Registry::load_dir(&crate::support::root().join("fixtures/bund"), Resolution::Eleven)
-            .unwrap();
+    let reg = throng::scenario::Registry::load_dir(
+        &crate::support::root().join("fixtures/bund"),
+        Resolution::Eleven,
+    )
+    .unwrap();
     let sensor_cell = |id: &str| {
         let s = reg.sensors().iter().find(|s| s.id == id).unwrap();
         cell(s.lat, s.lng)

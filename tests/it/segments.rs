@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use throng::server;
 use throng::config::TokenConfig;
+use throng::server;
 
 use crate::http::request;
 use crate::serve::{config, fast};

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use throng::server;
 use throng::config::Config;
+use throng::server;
 
 use crate::http::{request, request_text};
 

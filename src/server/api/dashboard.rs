@@ -9,9 +9,9 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::auth::{check, roles};
 use super::ApiError;
-use crate::server::state::AppState;
 use crate::live::frames::Subscription;
 use crate::live::ws::{serve_viewer, ViewerContext, MAX_CLIENT_MESSAGE};
+use crate::server::state::AppState;
 
 const INDEX: &str = include_str!("../../../dashboards/live/index.html");
 const APP_JS: &str = include_str!("../../../dashboards/live/app.js");
@@ -35,7 +35,11 @@ pub async fn ws_live(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::VIEW)?;
-    let bbox = h.picture.segments().bbox().unwrap_or([-180.0, -90.0, 180.0, 90.0]);
+    let bbox = h
+        .picture
+        .segments()
+        .bbox()
+        .unwrap_or([-180.0, -90.0, 180.0, 90.0]);
     // About 200 m around the segments, so the streets' ends are in view.
     let margin = 0.002;
     let ctx = ViewerContext {

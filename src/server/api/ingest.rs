@@ -24,7 +24,9 @@ fn ingest_body(
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body refused ({e}); send at most {max} bytes per request (ingest.max_body_bytes)"),
+            format!(
+                "request body refused ({e}); send at most {max} bytes per request (ingest.max_body_bytes)"
+            ),
         )
     })?;
     let gzip = headers

@@ -98,10 +98,15 @@ pub async fn put_thresholds(
             now_ms: now_ms(),
         })
         .map_err(|e| match e {
-            StoreError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, format!("invalid thresholds: {m}")),
+            StoreError::Invalid(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("invalid thresholds: {m}"))
+            }
             StoreError::Io { .. } => {
                 tracing::error!(error = %e, "Could not persist thresholds.");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "could not persist the thresholds")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not persist the thresholds",
+                )
             }
         })?;
     tracing::info!(segment = %id, by = %who.name, role = %who.role, "Thresholds changed.");
@@ -149,7 +154,11 @@ pub async fn alerts(State(h): State<AppState>, headers: HeaderMap, q: Params) ->
 }
 
 /// `GET /api/scenario`: segment polygons (GeoJSON), the basemap, and the bounding box.
-pub async fn scenario(State(h): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
+pub async fn scenario(
+    State(h): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::VIEW)?;
     let read = |name: &str| -> serde_json::Value {
         std::fs::read_to_string(h.config.scenario.join(name))
@@ -175,8 +184,12 @@ pub async fn boundaries(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::VIEW)?;
-    let ids: Vec<String> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("expected a JSON array of H3 strings: {e}")))?;
+    let ids: Vec<String> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected a JSON array of H3 strings: {e}"),
+        )
+    })?;
     if ids.len() > MAX_BOUNDARY_CELLS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
