@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion};
 use throng::config::SqlConfig;
 use throng::history::{History, Table};
-use throng::query::SqlEngine;
 use throng::model::{CellId, EventTime};
+use throng::query::SqlEngine;
 use throng::window::{to_record_batch, HexRow, HexWindow};
 
 const T0: i64 = 1_767_139_200_000; // 2025-12-31T00:00Z
@@ -151,11 +151,11 @@ fn segment_row(s: usize, start: i64, evening: f64) -> throng::risk::SegmentStatu
         next_tier: None,
         minutes_to_next: None,
         tier: if density > 2.0 {
-            "high"
+            throng::risk::Shown::High
         } else if density > 1.0 {
-            "medium"
+            throng::risk::Shown::Medium
         } else {
-            "low"
+            throng::risk::Shown::Low
         },
         degraded: false,
         silent_s: Some(1.0),

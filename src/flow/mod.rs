@@ -212,7 +212,7 @@ impl<O: Outputs> Flow<O> {
         let (statuses, alerts) = self.risk.evaluate(&window);
         self.last_eval_end = Some(self.last_eval_end.map_or(window.end.0, |e| e.max(window.end.0)));
         for a in &alerts {
-            tracing::warn!(segment = %a.segment_id, from = a.from_tier, to = a.to_tier, reason = %a.reason, "Tier change.");
+            tracing::warn!(segment = %a.segment_id, from = a.from_tier.as_str(), to = a.to_tier.as_str(), reason = %a.reason, "Tier change.");
         }
         if !alerts.is_empty() {
             metrics::counter!("throng_alerts_total").increment(alerts.len() as u64);

@@ -57,7 +57,7 @@ pub fn segment_batch(rows: &[SegmentStatus]) -> Result<RecordBatch, ArrowError> 
         vec![
             ts_array(rows.iter().map(|r| r.window_start).collect()),
             ts_array(rows.iter().map(|r| r.window_end).collect()),
-            s(|r| &r.id),
+            s(|r| r.id.as_str()),
             s(|r| &r.name),
             f(|r| r.area_m2),
             f(|r| r.people),
@@ -68,7 +68,7 @@ pub fn segment_batch(rows: &[SegmentStatus]) -> Result<RecordBatch, ArrowError> 
             )),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.flow))),
             f(|r| r.trend),
-            s(|r| r.tier),
+            s(|r| r.tier.as_str()),
             Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.degraded)))),
         ],
     )

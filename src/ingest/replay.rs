@@ -143,11 +143,6 @@ impl Replay {
     pub fn take_bad(&mut self) -> Vec<BadLine> {
         std::mem::take(&mut self.bad)
     }
-
-    /// The parser (and so the source table) in use.
-    pub fn parser(&self) -> &Parser {
-        &self.parser
-    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {

@@ -23,7 +23,7 @@ impl Board {
     /// Records one evaluation.
     pub fn publish(&mut self, statuses: &[SegmentStatus], alerts: &[Alert]) {
         for s in statuses {
-            let h = self.history.entry(s.id.clone()).or_default();
+            let h = self.history.entry(s.id.0.clone()).or_default();
             h.push_back(s.clone());
             if h.len() > HISTORY {
                 h.pop_front();
@@ -64,7 +64,7 @@ impl Board {
     /// Forgets segments no longer in the file.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.history.retain(|k, _| keep(k));
-        self.latest.retain(|s| keep(&s.id));
+        self.latest.retain(|s| keep(s.id.as_str()));
     }
 }
 
@@ -105,7 +105,7 @@ impl Picture {
 
     /// One segment's newest status.
     pub fn status(&self, id: &str) -> Option<SegmentStatus> {
-        self.board().latest().iter().find(|s| s.id == id).cloned()
+        self.board().latest().iter().find(|s| s.id == *id).cloned()
     }
 
     /// A segment's recent statuses, oldest first.

@@ -51,8 +51,30 @@ impl Default for Latency {
     }
 }
 
-/// Frame type names, in `Latency::by_type` order.
-pub const FRAME_TYPES: [&str; 3] = ["heatmap", "segments", "alert"];
+/// The kinds of frame a viewer gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A window's cells.
+    Heatmap = 0,
+    /// Every segment after an evaluation.
+    Segments = 1,
+    /// A tier change.
+    Alert = 2,
+}
+
+impl FrameKind {
+    /// Every kind, in `Latency::by_type` order.
+    pub const ALL: [FrameKind; 3] = [FrameKind::Heatmap, FrameKind::Segments, FrameKind::Alert];
+
+    /// The frame's `type` (and metric label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Heatmap => "heatmap",
+            FrameKind::Segments => "segments",
+            FrameKind::Alert => "alert",
+        }
+    }
+}
 
 /// The publish side, cloned into the HTTP layer for subscriptions.
 #[derive(Debug, Clone)]
@@ -143,9 +165,9 @@ impl Hub {
     }
 
     /// Records a frame's latency.
-    pub fn record(&self, kind: usize, at: Instant) {
+    pub fn record(&self, kind: FrameKind, at: Instant) {
         let us = at.elapsed().as_micros().clamp(1, 60_000_000) as u64;
-        if let Ok(mut h) = self.latency.by_type[kind].lock() {
+        if let Ok(mut h) = self.latency.by_type[kind as usize].lock() {
             let _ = h.record(us);
         }
     }
@@ -155,8 +177,9 @@ impl Hub {
         let mut out = String::from(
             "# HELP throng_frame_latency_seconds Window close (or snapshot) to frame written, by frame type.\n# TYPE throng_frame_latency_seconds gauge\n",
         );
-        for (i, name) in FRAME_TYPES.iter().enumerate() {
-            let Ok(h) = self.latency.by_type[i].lock() else {
+        for kind in FrameKind::ALL {
+            let name = kind.as_str();
+            let Ok(h) = self.latency.by_type[kind as usize].lock() else {
                 continue;
             };
             for q in [0.5, 0.99, 0.999] {

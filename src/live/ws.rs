@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::frames::{self, Subscription};
-use super::hub::{FrameKey, Hub, LiveEvent};
+use super::hub::{FrameKey, FrameKind, Hub, LiveEvent};
 use crate::risk::SegmentStatus;
 use crate::window::HexWindow;
 
@@ -44,7 +44,7 @@ fn stamp(text: String, at: Instant) -> String {
     }
 }
 
-fn encode(hub: &Hub, e: &LiveEvent, sub: &Subscription, k: u32) -> (usize, Utf8Bytes, Instant) {
+fn encode(hub: &Hub, e: &LiveEvent, sub: &Subscription, k: u32) -> (FrameKind, Utf8Bytes, Instant) {
     let key = |ptr: usize| FrameKey {
         source: ptr,
         res: sub.res,
@@ -56,7 +56,7 @@ fn encode(hub: &Hub, e: &LiveEvent, sub: &Subscription, k: u32) -> (usize, Utf8B
             let text = hub.frame(key(Arc::as_ptr(window) as usize), window.clone(), || {
                 stamp(frames::heatmap(window, sub, k), *at)
             });
-            (0, text, *at)
+            (FrameKind::Heatmap, text, *at)
         }
         LiveEvent::Segments {
             window_end,
@@ -73,9 +73,9 @@ fn encode(hub: &Hub, e: &LiveEvent, sub: &Subscription, k: u32) -> (usize, Utf8B
             let text = hub.frame(k, segments.clone(), || {
                 stamp(frames::segments(*window_end, segments), *at)
             });
-            (1, text, *at)
+            (FrameKind::Segments, text, *at)
         }
-        LiveEvent::Alert { alert, at } => (2, frames::alert(alert).into(), *at),
+        LiveEvent::Alert { alert, at } => (FrameKind::Alert, frames::alert(alert).into(), *at),
     }
 }
 
@@ -149,7 +149,7 @@ pub async fn serve_viewer(
                         break;
                     }
                     hub.record(kind, at);
-                    metrics::counter!("throng_live_frames_total", "type" => super::hub::FRAME_TYPES[kind]).increment(1);
+                    metrics::counter!("throng_live_frames_total", "type" => kind.as_str()).increment(1);
                 }
             }
             _ = ping.tick() => {

@@ -7,17 +7,17 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::thresholds::{ThresholdStore, Thresholds};
-use super::tiers::{Measures, Tier, TierMachine, TierRules};
+use super::tiers::{Measures, Shown, Tier, TierMachine, TierRules};
 use crate::config::RiskConfig;
 use crate::scenario::registry::FeedPoint;
-use crate::scenario::SegmentMap;
+use crate::scenario::{SegmentId, SegmentMap};
 use crate::window::HexWindow;
 
 /// One segment after one evaluation.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SegmentStatus {
     /// Segment id.
-    pub id: String,
+    pub id: SegmentId,
     /// Bilingual name.
     pub name: String,
     /// street / square / promenade / stairs / station-exit.
@@ -47,7 +47,7 @@ pub struct SegmentStatus {
     /// Minutes until its density level is reached at the current rise (null: not rising).
     pub minutes_to_next: Option<f64>,
     /// low / medium / high / critical, or degraded when its sources are silent.
-    pub tier: &'static str,
+    pub tier: Shown,
     /// Sources silent for more than `stale_factor` × their nominal period.
     pub degraded: bool,
     /// Seconds since its freshest source last reported (null: never).
@@ -62,13 +62,13 @@ pub struct Alert {
     /// Event time of the evaluation (window end, epoch ms).
     pub ts: i64,
     /// Segment id.
-    pub segment_id: String,
+    pub segment_id: SegmentId,
     /// Segment name.
     pub name: String,
     /// Tier before.
-    pub from_tier: &'static str,
+    pub from_tier: Shown,
     /// Tier after.
-    pub to_tier: &'static str,
+    pub to_tier: Shown,
     /// People then.
     pub people: f64,
     /// Density then.
@@ -81,7 +81,8 @@ pub struct Alert {
 struct SegState {
     machine: TierMachine,
     history: VecDeque<(i64, f64)>,
-    shown: &'static str,
+    /// None before the first evaluation.
+    shown: Option<Shown>,
 }
 
 /// The segments stage.
@@ -92,7 +93,7 @@ pub struct Risk {
     point_segment: Vec<Option<usize>>,
     point_last: Vec<i64>,
     lbs_last: i64,
-    states: HashMap<String, SegState>,
+    states: HashMap<SegmentId, SegState>,
     cfg: RiskConfig,
     rules: TierRules,
     store: ThresholdStore,
@@ -144,9 +145,8 @@ impl Risk {
     pub fn reload(&mut self, map: Arc<SegmentMap>) {
         self.map = map;
         self.resolve_points();
-        let keep: std::collections::HashSet<&str> =
-            self.map.segments().iter().map(|s| s.id.0.as_str()).collect();
-        self.states.retain(|k, _| keep.contains(k.as_str()));
+        let keep: std::collections::HashSet<&SegmentId> = self.map.segments().iter().map(|s| &s.id).collect();
+        self.states.retain(|k, _| keep.contains(k));
     }
 
     /// The segments in force.
@@ -226,7 +226,7 @@ impl Risk {
             let has_counter = self.point_segment.contains(&Some(i));
             let flow = has_counter
                 .then(|| (inflow[i] + outflow[i]) as f64 / self.window_minutes / seg.effective_width_m);
-            let st = self.states.entry(seg.id.0.clone()).or_default();
+            let st = self.states.entry(seg.id.clone()).or_default();
             st.history.push_back((w.end.0, people));
             while st.history.len() > self.cfg.trend_windows.max(2) {
                 st.history.pop_front();
@@ -247,7 +247,11 @@ impl Risk {
             };
             let change = st.machine.step(&measures, &th, &self.rules, w.end.0);
             let tier = st.machine.tier();
-            let shown = if all_silent { "degraded" } else { tier.as_str() };
+            let shown = if all_silent {
+                Shown::Degraded
+            } else {
+                Shown::from(tier)
+            };
             let next_tier = tier.next();
             let minutes_to_next = next_tier.and_then(|t| {
                 let d = match t {
@@ -257,24 +261,22 @@ impl Risk {
                 };
                 (density < d).then(|| to_density(d)).flatten()
             });
-            let prev_shown = std::mem::replace(&mut st.shown, shown);
-            let from = if prev_shown.is_empty() {
-                Tier::Low.as_str()
-            } else {
-                prev_shown
-            };
+            let prev_shown = st.shown.replace(shown);
+            let from = prev_shown.unwrap_or(Shown::Low);
             let reason = match (&change, all_silent) {
-                (_, true) if prev_shown != "degraded" => {
+                (_, true) if prev_shown != Some(Shown::Degraded) => {
                     Some("sources silent: no report within 3× their period".to_string())
                 }
                 (Some(c), _) => Some(c.reason.clone()),
-                (None, false) if prev_shown == "degraded" => Some("sources reporting again".to_string()),
+                (None, false) if prev_shown == Some(Shown::Degraded) => {
+                    Some("sources reporting again".to_string())
+                }
                 _ => None,
             };
             if let Some(reason) = reason.filter(|_| from != shown) {
                 alerts.push(Alert {
                     ts: w.end.0,
-                    segment_id: seg.id.0.clone(),
+                    segment_id: seg.id.clone(),
                     name: seg.name.clone(),
                     from_tier: from,
                     to_tier: shown,
@@ -284,7 +286,7 @@ impl Risk {
                 });
             }
             statuses.push(SegmentStatus {
-                id: seg.id.0.clone(),
+                id: seg.id.clone(),
                 name: seg.name.clone(),
                 kind: seg.kind.clone(),
                 area_m2: seg.area_m2,
@@ -419,7 +421,7 @@ mod tests {
         assert!((st.people - 10.0 * cells.len() as f64).abs() < 1e-6);
         assert!((st.density - st.people / st.area_m2).abs() < 1e-12);
         assert_eq!(st.flow, Some(1200.0 / 1.0 / 20.0));
-        assert_eq!(st.tier, "low");
+        assert_eq!(st.tier, Shown::Low);
     }
 
     #[test]
@@ -435,7 +437,10 @@ mod tests {
             );
         }
         assert_eq!(alerts.len(), 1, "{alerts:?}");
-        assert_eq!((alerts[0].from_tier, alerts[0].to_tier), ("low", "high"));
+        assert_eq!(
+            (alerts[0].from_tier, alerts[0].to_tier),
+            (Shown::Low, Shown::High)
+        );
         assert!(
             alerts[0].reason.starts_with("density 2.30 p/m² ≥ 2.00"),
             "{}",
@@ -455,11 +460,11 @@ mod tests {
             is_final: true,
         };
         let (s, a) = r.evaluate(&empty);
-        assert_eq!(s[0].tier, "degraded");
+        assert_eq!(s[0].tier, Shown::Degraded);
         assert!(s[0].degraded);
-        assert_eq!(a[0].to_tier, "degraded");
+        assert_eq!(a[0].to_tier, Shown::Degraded);
         let (s, a) = r.evaluate(&window(370_000, &cells, 1.0, Some((1, 1))));
-        assert_eq!(s[0].tier, "low");
+        assert_eq!(s[0].tier, Shown::Low);
         assert_eq!(a[0].reason, "sources reporting again");
     }
 
@@ -470,7 +475,7 @@ mod tests {
         let per_cell = 0.5 * area / cells.len() as f64;
         assert_eq!(
             r.evaluate(&window(10_000, &cells, per_cell, None)).0[0].tier,
-            "low"
+            Shown::Low
         );
         let patch = serde_json::from_str(r#"{"density":{"medium":0.3,"high":0.4,"critical":0.45}}"#).unwrap();
         let current = r.thresholds(0);
@@ -486,7 +491,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             r.evaluate(&window(20_000, &cells, per_cell, None)).0[0].tier,
-            "critical"
+            Shown::Critical
         );
     }
 

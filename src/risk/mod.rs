@@ -7,4 +7,4 @@ pub mod tiers;
 
 pub use evaluate::{thresholds_for, Alert, Risk, SegmentStatus};
 pub use thresholds::{ThresholdPatch, ThresholdStore, Thresholds};
-pub use tiers::Tier;
+pub use tiers::{Shown, Tier};

@@ -46,6 +46,54 @@ impl Tier {
     }
 }
 
+/// The tier a segment shows: its tier, or `degraded` when every source of it is silent (never a
+/// silent `low`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Shown {
+    /// Fruin A–D.
+    #[default]
+    Low,
+    /// Onset of Fruin E.
+    Medium,
+    /// UK planning density; 80 % of capacity.
+    High,
+    /// Still's 4 p/m²; Green Guide 82 p/m/min.
+    Critical,
+    /// Its sources are silent: the numbers are not to be trusted.
+    Degraded,
+}
+
+impl Shown {
+    /// The contract's string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Shown::Low => "low",
+            Shown::Medium => "medium",
+            Shown::High => "high",
+            Shown::Critical => "critical",
+            Shown::Degraded => "degraded",
+        }
+    }
+}
+
+impl From<Tier> for Shown {
+    fn from(t: Tier) -> Shown {
+        match t {
+            Tier::Low => Shown::Low,
+            Tier::Medium => Shown::Medium,
+            Tier::High => Shown::High,
+            Tier::Critical => Shown::Critical,
+        }
+    }
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one evaluation measured for a segment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Measures {

@@ -79,16 +79,6 @@ impl Registers {
         *prev = now;
         delta
     }
-
-    /// Registers tracked.
-    pub fn len(&self) -> usize {
-        self.last.len()
-    }
-
-    /// True when no register has been seen.
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
-    }
 }
 
 #[cfg(test)]

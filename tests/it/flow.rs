@@ -12,8 +12,19 @@ use crate::support::{root, throng};
 const CONFIG: &str = "[window]\nsize = \"60s\"\nslide = \"10s\"\nallowed_lateness = \"5s\"\nidle_timeout = \"600s\"\n[privacy]\nk = 0\n";
 
 fn query(data: &Path, sql: &str) -> String {
-    let out = throng(&["query", "--data-dir", &data.display().to_string(), "--format", "csv", sql]);
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = throng(&[
+        "query",
+        "--data-dir",
+        &data.display().to_string(),
+        "--format",
+        "csv",
+        sql,
+    ]);
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -35,14 +46,27 @@ async fn serve_and_replay_leave_the_same_tables() {
         .to_rfc3339();
     let feed = dir.path().join("feed.ndjson");
     let sim = throng(&[
-        "simulate", "--devices", "4000", "--duration", "240", "--seed", "7", "--start", &start, "--out",
+        "simulate",
+        "--devices",
+        "4000",
+        "--duration",
+        "240",
+        "--seed",
+        "7",
+        "--start",
+        &start,
+        "--out",
         &feed.display().to_string(),
     ]);
     assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
 
     let offline = dir.path().join("offline");
     let rep = throng(&[
-        "replay", &feed.display().to_string(), "--data-dir", &offline.display().to_string(), "-c",
+        "replay",
+        &feed.display().to_string(),
+        "--data-dir",
+        &offline.display().to_string(),
+        "-c",
         &cfg_path.display().to_string(),
     ]);
     assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
@@ -66,20 +90,35 @@ async fn serve_and_replay_leave_the_same_tables() {
     server.shutdown().await.unwrap();
 
     for (table, sql) in [
-        ("hex_windows", "SELECT * FROM hex_windows ORDER BY window_start, cell"),
-        ("segment_windows", "SELECT * FROM segment_windows ORDER BY window_start, segment_id"),
+        (
+            "hex_windows",
+            "SELECT * FROM hex_windows ORDER BY window_start, cell",
+        ),
+        (
+            "segment_windows",
+            "SELECT * FROM segment_windows ORDER BY window_start, segment_id",
+        ),
         ("alerts", "SELECT * FROM alerts ORDER BY ts, segment_id, to_tier"),
         ("late_records", "SELECT count(*) AS n FROM late_records"),
     ] {
         let (a, b) = (query(&offline, sql), query(&served, sql));
-        assert!(a.lines().count() > 1 || table == "late_records", "{table} is empty offline");
+        assert!(
+            a.lines().count() > 1 || table == "late_records",
+            "{table} is empty offline"
+        );
         assert_eq!(a.lines().count(), b.lines().count(), "{table}: row counts differ");
         if let Some((x, y)) = a.lines().zip(b.lines()).find(|(x, y)| x != y) {
-            panic!("{table} differs between replay and serve:\n{}\n  replay: {x}\n  serve:  {y}", a.lines().next().unwrap_or(""));
+            panic!(
+                "{table} differs between replay and serve:\n{}\n  replay: {x}\n  serve:  {y}",
+                a.lines().next().unwrap_or("")
+            );
         }
     }
     // The test means something only if the night reached the segments and raised tiers.
     let alerts = query(&offline, "SELECT count(*) AS n FROM alerts");
     let n: u64 = alerts.lines().nth(1).unwrap().trim().parse().unwrap();
-    assert!(n > 0, "no alert in the simulated minutes: the comparison would not cover alerts");
+    assert!(
+        n > 0,
+        "no alert in the simulated minutes: the comparison would not cover alerts"
+    );
 }

@@ -44,7 +44,7 @@ pub fn accuracy(people: usize, duration_s: f64, seed: u64) -> (HashMap<String, f
     let (ok, bad) = pipe
         .process_ndjson(&feed, |w| {
             for s in risk.evaluate(&w).0 {
-                est.insert((s.window_start, s.id), s.people);
+                est.insert((s.window_start, s.id.0), s.people);
             }
             Ok(())
         })

@@ -29,7 +29,7 @@ fn segment_list(h: &AppState) -> Vec<serde_json::Value> {
         .enumerate()
         .map(|(i, seg)| {
             let th = thresholds_for(&map, &h.config.risk, &h.thresholds, i);
-            match latest.iter().find(|s| s.id == seg.id.0) {
+            match latest.iter().find(|s| s.id == seg.id) {
                 Some(st) => {
                     let mut v = serde_json::to_value(st).unwrap_or_default();
                     v["thresholds"] = serde_json::to_value(th).unwrap_or_default();
