@@ -135,7 +135,7 @@ fn segment_row(s: usize, start: i64, evening: f64) -> throng::risk::SegmentStatu
     let people = area * (0.2 + 2.5 * evening * (1.0 + s as f64 / 14.0) / 2.0);
     let density = people / area;
     throng::risk::SegmentStatus {
-        id: format!("seg-{s:02}"),
+        id: throng::scenario::SegmentId(format!("seg-{s:02}")),
         name: format!("Segment {s}"),
         kind: "street".into(),
         area_m2: area,
