@@ -249,3 +249,119 @@ impl<O: Outputs> Flow<O> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LbsConfig, RegisterConfig, RiskConfig};
+    use crate::model::{Body, CellId, DeviceId, SourceId};
+    use crate::risk::ThresholdStore;
+
+    const T0: i64 = 1_767_193_200_000;
+
+    /// Remembers what it was given.
+    #[derive(Default)]
+    struct Seen {
+        closed: Vec<(i64, WindowKind, usize)>,
+        late: usize,
+        finished: bool,
+    }
+
+    impl Outputs for Seen {
+        fn closed(&mut self, c: &Closed<'_>) {
+            self.closed.push((c.window.start.0, c.kind, c.window.rows.len()));
+        }
+        fn late(&mut self, late: &[LateRecord], _: &Sources) {
+            self.late += late.len();
+        }
+        fn finish(&mut self) {
+            self.finished = true;
+        }
+    }
+
+    fn flow() -> Flow<(Seen, Seen)> {
+        let window = WindowConfig::default();
+        let sources = Arc::new(Sources::new(&LbsConfig::default()));
+        let engine = Engine::new(&window, &RegisterConfig::default(), sources.scales());
+        let risk = Risk::new(
+            Arc::new(SegmentMap::default()),
+            Vec::new(),
+            RiskConfig::default(),
+            ThresholdStore::open(None).unwrap(),
+            window.size.as_millis() as i64,
+        );
+        Flow::new(engine, sources, risk, (Seen::default(), Seen::default()), &window)
+    }
+
+    fn ping(ts: i64, device: u64) -> Record {
+        Record {
+            ts: EventTime(ts),
+            source: SourceId(2),
+            cell: CellId(0x08b3_0995_8ac3_6fff),
+            point: None,
+            body: Body::Ping {
+                device: DeviceId(device),
+            },
+        }
+    }
+
+    #[test]
+    fn closed_windows_reach_every_output_once_in_order() {
+        let mut f = flow();
+        for i in 0..40 {
+            f.ingest(&ping(T0 + i * 1_000, i as u64), T0 + i * 1_000);
+        }
+        let (a, b) = f.finish();
+        assert!(a.finished && b.finished);
+        assert_eq!(a.closed, b.closed, "both outputs see the same windows");
+        let starts: Vec<i64> = a.closed.iter().map(|c| c.0).collect();
+        let mut sorted = starts.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(starts, sorted, "each window once, in order");
+        // 40 s of pings in 60 s windows sliding by 10 s: windows starting 50 s before T0 to T0 + 30 s.
+        assert_eq!(starts.first(), Some(&(T0 - 50_000)));
+        assert_eq!(starts.last(), Some(&(T0 + 30_000)));
+        assert!(a.closed.iter().all(|c| c.1 == WindowKind::Data && c.2 == 1));
+    }
+
+    #[test]
+    fn silent_feeds_are_still_evaluated_so_segments_can_turn_degraded() {
+        let mut f = flow();
+        f.ingest(&ping(T0, 1), T0);
+        // The feed stops; processing time runs on (idle source → the watermark follows the clock).
+        f.advance(T0 + 120_000);
+        let data = f.outputs().0.closed.len();
+        assert!(data > 0);
+        f.advance(T0 + 300_000);
+        let seen = &f.outputs().0.closed;
+        assert_eq!(
+            seen.len(),
+            data + 1,
+            "one silent evaluation once the clock has moved on"
+        );
+        let (start, kind, rows) = seen[data];
+        assert_eq!((kind, rows), (WindowKind::Silent, 0));
+        let wm = T0 + 300_000 - 5_000;
+        assert_eq!(
+            start + 60_000,
+            wm.div_euclid(10_000) * 10_000,
+            "the window ending at the watermark"
+        );
+        f.advance(T0 + 300_000);
+        assert_eq!(
+            f.outputs().0.closed.len(),
+            data + 1,
+            "not again for the same watermark"
+        );
+    }
+
+    #[test]
+    fn late_records_are_handed_to_the_outputs() {
+        let mut f = flow();
+        f.ingest(&ping(T0 + 200_000, 1), T0 + 200_000);
+        f.ingest(&ping(T0, 2), T0 + 200_000);
+        assert_eq!(f.outputs().0.late, 1);
+        assert_eq!(f.outputs().1.late, 1);
+    }
+}
