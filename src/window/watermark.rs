@@ -2,7 +2,9 @@
 //!
 //! watermark = min over *active* sources of (newest event time − allowed lateness). A source silent
 //! (in processing time) for `idle_timeout` stops holding it back; when every source is idle the
-//! watermark follows the clock minus allowed lateness, so windows still close. It never goes back.
+//! watermark moves on with elapsed processing time from where the sources were last seen, so
+//! windows still close without jumping a delayed feed over to the wall clock. Nothing moves before
+//! the first record. It never goes back.
 
 use crate::model::SourceId;
 
@@ -58,16 +60,27 @@ impl Watermark {
         c
     }
 
-    /// Recomputes the watermark at processing time `now`; returns it.
+    /// Recomputes the watermark at processing time `now`; returns it (`i64::MIN`: none yet).
+    ///
+    /// Before any source has been seen nothing moves: the server cannot know which event time a
+    /// feed that has not spoken yet lives in (a recorded night from a year ago, a carrier minutes
+    /// behind). When every seen source is idle, event time moves on with elapsed processing time
+    /// from where the sources were last seen — the newest (event time + time since its arrival)
+    /// — so a feed's steady delay is kept rather than jumped over to the wall clock.
     pub fn advance(&mut self, now: i64) -> i64 {
-        let active = self
-            .sources
-            .iter()
-            .filter(|c| c.records > 0 && now.saturating_sub(c.last_seen) < self.idle_ms)
+        let seen = || self.sources.iter().filter(|c| c.records > 0);
+        let active = seen()
+            .filter(|c| now.saturating_sub(c.last_seen) < self.idle_ms)
             .map(|c| c.max_event)
             .min();
-        let candidate = active.unwrap_or(now).saturating_sub(self.lateness_ms);
-        self.current = self.current.max(candidate);
+        let newest = active.or_else(|| {
+            seen()
+                .map(|c| c.max_event.saturating_add(now.saturating_sub(c.last_seen).max(0)))
+                .max()
+        });
+        if let Some(t) = newest {
+            self.current = self.current.max(t.saturating_sub(self.lateness_ms));
+        }
         self.current
     }
 
@@ -127,10 +140,20 @@ mod tests {
     }
 
     #[test]
-    fn with_every_source_idle_it_follows_the_clock() {
+    fn with_every_source_idle_it_moves_on_with_elapsed_time_from_where_they_were() {
         let mut w = Watermark::new(5_000, 30_000);
-        w.observe(SourceId(0), 60_000, 0);
-        assert_eq!(w.advance(100_000), 95_000);
+        // A feed two minutes behind the clock goes quiet at processing time 200 s.
+        w.observe(SourceId(0), 80_000, 200_000);
+        w.observe(SourceId(1), 70_000, 190_000);
+        // 100 s later: the newest position moved on by 100 s, the delay kept (not the clock's 295 s).
+        assert_eq!(w.advance(300_000), 80_000 + 100_000 - 5_000);
+    }
+
+    #[test]
+    fn nothing_moves_before_a_source_has_been_seen() {
+        let mut w = Watermark::new(5_000, 30_000);
+        assert_eq!(w.advance(1_000_000), i64::MIN);
+        assert_eq!(w.get(), None);
     }
 
     #[test]

@@ -38,10 +38,10 @@ async fn serve_and_replay_leave_the_same_tables() {
         format!("scenario = {:?}\n{CONFIG}", scenario.display().to_string()),
     )
     .unwrap();
-    // Four minutes of the simulated night starting 20 s ahead of the clock, within the server's
-    // 5-minute far-future limit: a server whose watermark has not yet seen a source follows the
-    // wall clock, so a feed from the past would be all late there (the event-time issue's to fix).
-    let start = chrono::DateTime::from_timestamp_millis(throng::model::now_ms() + 20_000)
+    // Four minutes of a simulated night recorded a day ago: a fresh server must not take its
+    // clock for the feed's (nothing closes before a source has been seen), so its windows form
+    // exactly as offline.
+    let start = chrono::DateTime::from_timestamp_millis(throng::model::now_ms() - 86_400_000)
         .unwrap()
         .to_rfc3339();
     let feed = dir.path().join("feed.ndjson");
