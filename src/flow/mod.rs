@@ -130,6 +130,7 @@ impl<O: Outputs> Flow<O> {
 
     /// Counts one record at processing time `now`, then moves the watermark, so what is late does
     /// not depend on how a feed cut its records into requests; false when it was a duplicate.
+    #[inline]
     pub fn ingest(&mut self, r: &Record, now: i64) -> bool {
         let fresh = self.engine.ingest(r, now);
         self.advance(now);
@@ -137,13 +138,15 @@ impl<O: Outputs> Flow<O> {
     }
 
     /// Moves the watermark to processing time `now`; closed windows go through tiers to outputs.
+    #[inline]
     pub fn advance(&mut self, now: i64) {
         self.refresh_scales();
         let closed = self.engine.advance(now);
-        let had_windows = !closed.is_empty();
-        self.emit(closed);
-        if !had_windows {
+        // Per record, nearly always nothing closed: keep that path to a few comparisons.
+        if closed.is_empty() {
             self.evaluate_silent();
+        } else {
+            self.emit(closed);
         }
         self.emit_late();
     }
@@ -195,6 +198,7 @@ impl<O: Outputs> Flow<O> {
         &mut self.outputs
     }
 
+    #[inline]
     fn refresh_scales(&mut self) {
         if self.engine.scales_known() != self.sources.len() {
             self.engine.set_scales(self.sources.scales());
@@ -225,10 +229,15 @@ impl<O: Outputs> Flow<O> {
         });
     }
 
+    #[inline]
     fn evaluate_silent(&mut self) {
         let (Some(last), Some(wm)) = (self.last_eval_end, self.engine.watermark().get()) else {
             return;
         };
+        // The common case, checked per record: the watermark is still inside the next slide.
+        if wm < last + self.slide_ms {
+            return;
+        }
         let end = wm.div_euclid(self.slide_ms) * self.slide_ms;
         if end >= last + self.slide_ms {
             let empty = HexWindow {
@@ -242,7 +251,11 @@ impl<O: Outputs> Flow<O> {
         }
     }
 
+    #[inline]
     fn emit_late(&mut self) {
+        if !self.engine.has_late() {
+            return;
+        }
         let late = self.engine.take_late();
         if !late.is_empty() {
             self.outputs.late(&late, &self.sources);

@@ -519,6 +519,11 @@ impl Engine {
         Some(self.build(s, false))
     }
 
+    /// Whether late records are waiting to be taken.
+    pub fn has_late(&self) -> bool {
+        !self.late.is_empty()
+    }
+
     /// Takes the late records kept since the last call.
     pub fn take_late(&mut self) -> Vec<LateRecord> {
         std::mem::take(&mut self.late)
