@@ -19,7 +19,7 @@ use crate::risk::{Alert, Risk, SegmentStatus};
 use crate::scenario::SegmentMap;
 use crate::window::{Engine, HexWindow, LateRecord};
 
-pub use health::{Health, SourceHealth};
+pub use health::{Delays, Health, SourceHealth};
 
 /// Whether a closed window held data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

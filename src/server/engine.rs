@@ -14,7 +14,7 @@ use super::state::Control;
 use crate::config::Config;
 use crate::durability::commit::CheckpointRequests;
 use crate::durability::Ingest;
-use crate::flow::{Flow, Health};
+use crate::flow::{Delays, Flow, Health};
 use crate::history::Recorder;
 use crate::live::{Picture, Publisher};
 use crate::model::{now_ms, SourceId};
@@ -41,6 +41,8 @@ pub struct EngineTask {
     health: watch::Sender<Health>,
     cfg: Arc<Config>,
     data_dir: PathBuf,
+    /// Arrival − event time per source, for `/api/health`.
+    delays: Delays,
     /// True while a checkpoint is being written in the background.
     checkpointing: Arc<AtomicBool>,
     last_checkpoint: Instant,
@@ -67,6 +69,7 @@ impl EngineTask {
             health,
             cfg,
             data_dir,
+            delays: Delays::default(),
             checkpointing: Arc::default(),
             last_checkpoint: now,
             last_snapshot: now,
@@ -112,6 +115,9 @@ impl EngineTask {
 
     fn ingest(&mut self, batch: &[crate::model::Record]) {
         let now = now_ms();
+        for r in batch {
+            self.delays.observe(r.source, r.ts.millis(), now);
+        }
         let dups = batch.iter().filter(|r| !self.flow.ingest(r, now)).count();
         if dups > 0 {
             metrics::counter!("throng_ingest_duplicates_total").increment(dups as u64);
@@ -204,11 +210,21 @@ impl EngineTask {
         for (i, c) in engine.watermark().sources().iter().enumerate() {
             if c.records > 0 {
                 let name = self.flow.sources().name(SourceId(i as u16));
+                if let Some(p99) = self.delays.quantile(i, 0.99) {
+                    metrics::gauge!("throng_source_delay_p99_seconds", "source" => name.clone())
+                        .set(p99 as f64 / 1000.0);
+                }
                 metrics::counter!("throng_late_records_total", "source" => name).absolute(c.late);
             }
         }
         let last_end = self.flow.outputs().0.last_window_end();
-        let health = Health::of(self.flow.engine(), self.flow.sources(), now, last_end);
+        let health = Health::of(
+            self.flow.engine(),
+            self.flow.sources(),
+            &self.delays,
+            now,
+            last_end,
+        );
         self.health.send_replace(health);
     }
 }

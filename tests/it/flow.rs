@@ -87,6 +87,30 @@ async fn serve_and_replay_leave_the_same_tables() {
         sent += v["accepted"].as_u64().unwrap();
     }
     assert_eq!(sent as usize, lines.len());
+    // The server says how late the feed is: a day, per source, from arrival − event time.
+    // (Waiting, bounded, until the engine has taken the acknowledged records; the simulator's
+    // few exact duplicates are counted once, so "all" is all but a handful.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sources = loop {
+        let (_, health) = request(server.addr, "GET", "/api/health", None, "").await;
+        let sources = health["engine"]["sources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let counted: u64 = sources.iter().map(|s| s["records"].as_u64().unwrap_or(0)).sum();
+        if counted + 50 >= sent {
+            break sources;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "engine took {counted} of {sent}: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for s in &sources {
+        let p50 = s["delay_p50_ms"].as_i64().unwrap_or(0);
+        assert!((86_000_000..=87_500_000).contains(&p50), "{s}");
+    }
     server.shutdown().await.unwrap();
 
     for (table, sql) in [
