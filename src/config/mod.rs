@@ -162,6 +162,10 @@ impl Default for LbsConfig {
 pub struct LbsSourceConfig {
     /// People each device stands for (1 / (market share × phone ownership)).
     pub scale: f64,
+    /// How long this provider may stay silent and still hold the watermark back (a carrier that
+    /// delivers in batches every minute): instead of `window.idle_timeout`, when longer.
+    #[serde(default, with = "humantime_serde")]
+    pub max_delay: Option<Duration>,
 }
 
 /// Acceptance rules common to every transport.

@@ -23,6 +23,8 @@ pub const MAX_SOURCES: usize = 256;
 struct Inner {
     names: Vec<String>,
     scales: Vec<f64>,
+    /// Per source, how long it may be silent and still hold the watermark (ms; 0: the idle timeout).
+    max_delays: Vec<i64>,
     /// Fx, not SipHash: looked up for every ping, and capped, so colliding names cannot grow it.
     index: FxHashMap<String, SourceId>,
 }
@@ -34,7 +36,7 @@ pub struct Sources {
     /// `inner.names.len()`, readable without the lock (asked after every record).
     len: AtomicUsize,
     default_scale: f64,
-    configured: HashMap<String, f64>,
+    configured: HashMap<String, (f64, i64)>,
 }
 
 impl Sources {
@@ -43,13 +45,23 @@ impl Sources {
         let inner = Inner {
             names: vec!["counter".into(), "gate".into()],
             scales: vec![1.0, 1.0],
+            max_delays: vec![0, 0],
             index: FxHashMap::default(),
         };
         let s = Sources {
             len: AtomicUsize::new(inner.names.len()),
             inner: RwLock::new(inner),
             default_scale: cfg.default_scale,
-            configured: cfg.sources.iter().map(|(k, v)| (k.clone(), v.scale)).collect(),
+            configured: cfg
+                .sources
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        (v.scale, v.max_delay.map_or(0, |d| d.as_millis() as i64)),
+                    )
+                })
+                .collect(),
         };
         for name in cfg.sources.keys() {
             s.lbs(Some(name));
@@ -79,13 +91,14 @@ impl Sources {
             return *id;
         }
         let id = SourceId(w.names.len() as u16);
-        let scale = self
+        let (scale, max_delay) = self
             .configured
             .get(provider)
             .copied()
-            .unwrap_or(self.default_scale);
+            .unwrap_or((self.default_scale, 0));
         w.names.push(name);
         w.scales.push(scale);
+        w.max_delays.push(max_delay);
         w.index.insert(key.to_string(), id);
         self.len.store(w.names.len(), Ordering::Release);
         id
@@ -109,6 +122,11 @@ impl Sources {
         self.read().scales.clone()
     }
 
+    /// How long each source may be silent and still hold the watermark (ms; 0: the idle timeout).
+    pub fn max_delays(&self) -> Vec<i64> {
+        self.read().max_delays.clone()
+    }
+
     /// Number of sources so far.
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
@@ -128,8 +146,13 @@ mod tests {
     #[test]
     fn providers_get_their_configured_scale() {
         let mut cfg = LbsConfig::default();
-        cfg.sources
-            .insert("carrier-a".into(), LbsSourceConfig { scale: 2.5 });
+        cfg.sources.insert(
+            "carrier-a".into(),
+            LbsSourceConfig {
+                scale: 2.5,
+                max_delay: None,
+            },
+        );
         let s = Sources::new(&cfg);
         let a = s.lbs(Some("carrier-a"));
         let b = s.lbs(Some("app-x"));

@@ -210,6 +210,11 @@ impl Engine {
         self.slide == w.slide.as_millis() as i64 && self.size == w.size.as_millis() as i64
     }
 
+    /// Sets how long each source may be silent and still hold the watermark back (ms, by id).
+    pub fn set_max_delays(&mut self, max_delay_ms: Vec<i64>) {
+        self.watermark.set_max_delays(max_delay_ms);
+    }
+
     /// Updates the people-per-device factors (new sources appear as feeds arrive).
     pub fn set_scales(&mut self, scales: Vec<f64>) {
         self.scales = scales;

@@ -28,6 +28,9 @@ pub struct Watermark {
     lateness_ms: i64,
     idle_ms: i64,
     current: i64,
+    /// Per source, a longer silence it may keep and still hold the watermark (ms; 0: none).
+    #[serde(default)]
+    max_delay_ms: Vec<i64>,
 }
 
 impl Watermark {
@@ -38,6 +41,7 @@ impl Watermark {
             lateness_ms,
             idle_ms,
             current: i64::MIN,
+            max_delay_ms: Vec::new(),
         }
     }
 
@@ -69,9 +73,9 @@ impl Watermark {
     /// — so a feed's steady delay is kept rather than jumped over to the wall clock.
     pub fn advance(&mut self, now: i64) -> i64 {
         let seen = || self.sources.iter().filter(|c| c.records > 0);
-        let active = seen()
-            .filter(|c| now.saturating_sub(c.last_seen) < self.idle_ms)
-            .map(|c| c.max_event)
+        let active = (0..self.sources.len())
+            .filter(|&i| self.is_active(i, now))
+            .map(|i| self.sources[i].max_event)
             .min();
         let newest = active.or_else(|| {
             seen()
@@ -107,9 +111,17 @@ impl Watermark {
 
     /// Whether a source is active (not idle) at `now`.
     pub fn is_active(&self, source: usize, now: i64) -> bool {
+        let limit = self
+            .idle_ms
+            .max(self.max_delay_ms.get(source).copied().unwrap_or(0));
         self.sources
             .get(source)
-            .is_some_and(|c| c.records > 0 && now.saturating_sub(c.last_seen) < self.idle_ms)
+            .is_some_and(|c| c.records > 0 && now.saturating_sub(c.last_seen) < limit)
+    }
+
+    /// Sets how long each source may be silent and still hold the watermark back (ms, by id).
+    pub fn set_max_delays(&mut self, max_delay_ms: Vec<i64>) {
+        self.max_delay_ms = max_delay_ms;
     }
 }
 
@@ -147,6 +159,26 @@ mod tests {
         w.observe(SourceId(1), 70_000, 190_000);
         // 100 s later: the newest position moved on by 100 s, the delay kept (not the clock's 295 s).
         assert_eq!(w.advance(300_000), 80_000 + 100_000 - 5_000);
+    }
+
+    #[test]
+    fn a_source_with_a_max_delay_holds_it_back_through_its_batch_gaps_and_no_longer() {
+        let mut w = Watermark::new(5_000, 8_000);
+        w.set_max_delays(vec![0, 90_000]);
+        w.observe(SourceId(0), 300_000, 300_000); // realtime app panel
+        w.observe(SourceId(1), 120_000, 300_000); // a carrier 3 min behind, one batch a minute
+        w.observe(SourceId(0), 360_000, 360_000);
+        assert_eq!(
+            w.advance(360_000),
+            115_000,
+            "60 s into its gap the carrier still holds it"
+        );
+        w.observe(SourceId(0), 400_000, 400_000);
+        assert_eq!(
+            w.advance(400_000),
+            395_000,
+            "after 100 s > max_delay it no longer does"
+        );
     }
 
     #[test]
