@@ -295,8 +295,14 @@ mod tests {
     }
 
     fn flow() -> Flow<(Seen, Seen)> {
-        let window = WindowConfig::default();
-        let sources = Arc::new(Sources::new(&LbsConfig::default()));
+        flow_with(
+            WindowConfig::default(),
+            Arc::new(Sources::new(&LbsConfig::default())),
+        )
+    }
+
+    /// A flow with no segments over `window` and `sources`, recording into two `Seen`s.
+    fn flow_with(window: WindowConfig, sources: Arc<Sources>) -> Flow<(Seen, Seen)> {
         let engine = Engine::new(&window, &RegisterConfig::default(), sources.scales());
         let risk = Risk::new(
             Arc::new(SegmentMap::default()),
@@ -404,15 +410,7 @@ mod tests {
         };
         let sources = Arc::new(Sources::new(&lbs));
         let (app, carrier) = (sources.lbs(Some("app")), sources.lbs(Some("carrier-a")));
-        let engine = Engine::new(&window, &RegisterConfig::default(), sources.scales());
-        let risk = Risk::new(
-            Arc::new(SegmentMap::default()),
-            Vec::new(),
-            RiskConfig::default(),
-            ThresholdStore::open(None).unwrap(),
-            window.size.as_millis() as i64,
-        );
-        let mut f = Flow::new(engine, sources, risk, (Seen::default(), Seen::default()), &window);
+        let mut f = flow_with(window, sources);
         let rec = |source, ts, device| Record {
             source,
             ..ping(ts, device)

@@ -115,10 +115,13 @@ impl EngineTask {
 
     fn ingest(&mut self, batch: &[crate::model::Record]) {
         let now = now_ms();
+        let mut dups = 0;
         for r in batch {
             self.delays.observe(r.source, r.ts.millis(), now);
+            if !self.flow.ingest(r, now) {
+                dups += 1;
+            }
         }
-        let dups = batch.iter().filter(|r| !self.flow.ingest(r, now)).count();
         if dups > 0 {
             metrics::counter!("throng_ingest_duplicates_total").increment(dups as u64);
         }
