@@ -80,6 +80,7 @@ fn window(cells: &[CellId], w: i64) -> (HexWindow, f64) {
                 occupancy: None,
                 gate_entries: 0,
                 gate_exits: 0,
+                lbs_off_network: 0,
             }
         })
         .collect();
@@ -88,6 +89,7 @@ fn window(cells: &[CellId], w: i64) -> (HexWindow, f64) {
         end: EventTime(start + 60_000),
         rows,
         points: Vec::new(),
+        segments: Default::default(),
         is_final: true,
     };
     (win, evening)

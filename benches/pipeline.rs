@@ -12,7 +12,7 @@ use h3o::{LatLng, Resolution};
 use serde::Deserialize;
 use throng::config::Config;
 use throng::pipeline::Pipeline;
-use throng::scenario::Registry;
+use throng::scenario::{Registry, SegmentMap};
 
 const PINGS: usize = 1_000_000;
 const DEVICES: u64 = 50_000;
@@ -60,9 +60,13 @@ fn naive(bytes: &[u8]) -> u64 {
     acc
 }
 
-fn pipeline(bytes: &[u8], registry: &Arc<Registry>) -> usize {
+fn pipeline(bytes: &[u8], registry: &Arc<Registry>, segments: Option<&Arc<SegmentMap>>) -> usize {
     let cfg = Config::default();
     let mut p = Pipeline::with_registry(&cfg, registry.clone());
+    if let Some(m) = segments {
+        // Segment people from positions: each device of each window matched to the Bund's segments.
+        p.engine.set_segments(m.clone());
+    }
     let mut rows = 0;
     let (ok, _) = p
         .process_ndjson(bytes, |w| {
@@ -77,6 +81,8 @@ fn pipeline(bytes: &[u8], registry: &Arc<Registry>) -> usize {
 fn bench(c: &mut Criterion) {
     let bytes = feed();
     let registry = Arc::new(Registry::default());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund");
+    let segments = Arc::new(SegmentMap::load(&dir.join("segments.geojson"), Resolution::Eleven).unwrap());
     let mut g = c.benchmark_group("pipeline_1M_pings");
     g.throughput(Throughput::Elements(PINGS as u64));
     g.sample_size(10);
@@ -85,24 +91,39 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(naive(&bytes)))
     });
     g.bench_function("throng_ndjson_to_batches", |b| {
-        b.iter(|| black_box(pipeline(&bytes, &registry)))
+        b.iter(|| black_box(pipeline(&bytes, &registry, None)))
+    });
+    g.bench_function("throng_ndjson_to_batches_and_segment_people", |b| {
+        b.iter(|| black_box(pipeline(&bytes, &registry, Some(&segments))))
     });
     g.finish();
 
     // The ratio, measured here in one run: best of 3 alternating runs each.
-    let (mut best_naive, mut best_pipe) = (f64::MAX, f64::MAX);
+    let (mut best_naive, mut best_pipe, mut best_seg) = (f64::MAX, f64::MAX, f64::MAX);
     for _ in 0..3 {
         let t = Instant::now();
         black_box(naive(&bytes));
         best_naive = best_naive.min(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        black_box(pipeline(&bytes, &registry));
+        black_box(pipeline(&bytes, &registry, None));
         best_pipe = best_pipe.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        black_box(pipeline(&bytes, &registry, Some(&segments)));
+        best_seg = best_seg.min(t.elapsed().as_secs_f64());
     }
-    let (n, p) = (PINGS as f64 / best_naive, PINGS as f64 / best_pipe);
-    println!("\nnaive serde_json + h3o: {:>10.0} ev/s", n);
-    println!("throng pipeline:        {:>10.0} ev/s", p);
-    println!("ratio pipeline / naive: {:.2}", p / n);
+    let (n, p, s) = (
+        PINGS as f64 / best_naive,
+        PINGS as f64 / best_pipe,
+        PINGS as f64 / best_seg,
+    );
+    println!("\nnaive serde_json + h3o:  {:>10.0} ev/s", n);
+    println!("throng pipeline:         {:>10.0} ev/s", p);
+    println!("  + segment people:      {:>10.0} ev/s", s);
+    println!("ratio pipeline / naive:  {:.2}", p / n);
+    println!(
+        "segment people cost:     {:.1} % of the pipeline's rate",
+        (1.0 - s / p) * 100.0
+    );
     indexing();
 }
 

@@ -47,6 +47,7 @@ fn window(i: i64) -> HexWindow {
         end: EventTime(T0 + i * 10_000 + 60_000),
         rows,
         points: Vec::new(),
+        segments: Default::default(),
         is_final: true,
     }
 }

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Import(args) => throng::cli::import::run(&args).map(|_| ()),
         Command::Simulate(args) => throng::cli::simulate::run(&args).map(|_| ()),
         Command::Bench(args) => throng::cli::bench::run(&args).map(|_| ()),
+        Command::Accuracy(args) => throng::cli::accuracy::run(&args).map(|_| ()),
         Command::Query(args) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

@@ -49,6 +49,44 @@ impl fmt::Display for CellId {
     }
 }
 
+/// Where a ping puts its device: WGS-84 micro-degrees (about 0.1 m) and the reported accuracy.
+/// Integers, so a record stays hashable (the engine's idempotency key) and compact in the log.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Latitude × 10⁶.
+    pub lat_e6: i32,
+    /// Longitude × 10⁶.
+    pub lng_e6: i32,
+    /// The feed's `accuracy_m` in decimetres (the 68 % radius); None when the feed gave none.
+    pub accuracy_dm: Option<u16>,
+}
+
+impl Position {
+    /// A position from degrees and an optional accuracy in metres.
+    pub fn new(lat: f64, lng: f64, accuracy_m: Option<f64>) -> Position {
+        Position {
+            lat_e6: (lat * 1e6).round() as i32,
+            lng_e6: (lng * 1e6).round() as i32,
+            accuracy_dm: accuracy_m.map(|a| (a * 10.0).round().clamp(0.0, u16::MAX as f64) as u16),
+        }
+    }
+
+    /// Latitude, degrees.
+    pub fn lat(self) -> f64 {
+        self.lat_e6 as f64 * 1e-6
+    }
+
+    /// Longitude, degrees.
+    pub fn lng(self) -> f64 {
+        self.lng_e6 as f64 * 1e-6
+    }
+
+    /// The reported accuracy, metres.
+    pub fn accuracy_m(self) -> Option<f64> {
+        self.accuracy_dm.map(|d| d as f64 / 10.0)
+    }
+}
+
 /// A device pseudonym: a keyed hash of the provider's device string.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeviceId(pub u64);
@@ -109,8 +147,12 @@ pub struct Record {
 /// The kind-specific part of a record.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Body {
-    /// A device was seen in `cell`.
-    Ping { device: DeviceId },
+    /// A device was seen in `cell`, at `pos` (None only in logs written before positions were kept).
+    Ping {
+        device: DeviceId,
+        #[serde(default)]
+        pos: Option<Position>,
+    },
     /// People crossing a counter line during the period ending at `ts`.
     CounterInterval {
         inn: u32,

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::ingest::{Parser, Pseudonymiser, Sources};
 use crate::scenario::Registry;
-use crate::window::{Engine, HexWindow};
+use crate::window::{Engine, HexWindow, Presence};
 
 /// A parser and the engine it feeds, built from one configuration.
 pub struct Pipeline {
@@ -40,7 +40,9 @@ impl Pipeline {
             cfg.lbs.max_accuracy_m,
             cfg.ingest.max_future.as_millis() as i64,
         );
-        let engine = Engine::new(&cfg.window, &cfg.registers, sources.scales());
+        let mut engine = Engine::new(&cfg.window, &cfg.registers, sources.scales());
+        engine.set_presence(Presence::from_config(&cfg.lbs));
+        engine.set_profiles(sources.profiles());
         Pipeline {
             parser,
             engine,

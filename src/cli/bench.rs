@@ -190,6 +190,7 @@ fn night(args: &BenchArgs, start_ms: i64, seed: u64) -> anyhow::Result<World> {
         start_ms,
         speed: 1.0,
         seed,
+        panel: crate::tools::sim::Panel::bund(),
     };
     World::load(&args.scenario, cfg).map_err(anyhow::Error::msg)
 }

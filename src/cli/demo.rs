@@ -67,6 +67,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 start_ms: crate::model::now_ms(),
                 speed: args.speed,
                 seed: args.seed,
+                panel: crate::tools::sim::Panel::bund(),
             },
         );
         let started = Instant::now();

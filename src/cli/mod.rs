@@ -1,5 +1,6 @@
 //! The command line: `throng serve`, `throng replay`.
 
+pub mod accuracy;
 pub mod bench;
 pub mod demo;
 pub mod import;
@@ -50,6 +51,8 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Run SQL over history (offline on a data dir, or through a server).
     Query(query::QueryArgs),
+    /// Score the engine against the simulator's truth: per-segment error, total error, tiers.
+    Accuracy(accuracy::AccuracyArgs),
     /// The load harness: simulated traffic into a server with live viewers; throughput and latency.
     Bench(bench::BenchArgs),
 }

@@ -140,8 +140,23 @@ impl Default for PrivacyConfig {
 pub struct LbsConfig {
     /// Pings less accurate than this are rejected.
     pub max_accuracy_m: f64,
-    /// People per device for sources not listed in `sources`.
+    /// People per device for sources not listed in `sources`: how many people one device of the
+    /// panel stands for. Since presence is modelled (below), it no longer folds in the chance of a
+    /// device being seen in a window.
     pub default_scale: f64,
+    /// Error assumed for pings without `accuracy_m` (a 68 % radius, metres), unless the source says.
+    pub default_accuracy_m: f64,
+    /// A ping outside every segment is matched to one within 3σ of it, but never farther than this
+    /// (metres); beyond, it is off-network (counted apart).
+    pub max_match_m: f64,
+    /// A device's typical ping interval before its own has been observed, unless the source says.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A device stays in its last segment until this many of its ping intervals pass without a ping.
+    pub overdue_factor: f64,
+    /// ... and never longer than this.
+    #[serde(with = "humantime_serde")]
+    pub max_presence: Duration,
     /// Per-provider settings, by the `source` field of the pings.
     pub sources: BTreeMap<String, LbsSourceConfig>,
 }
@@ -151,6 +166,11 @@ impl Default for LbsConfig {
         LbsConfig {
             max_accuracy_m: 100.0,
             default_scale: 1.0,
+            default_accuracy_m: 30.0,
+            max_match_m: 100.0,
+            ping_interval: Duration::from_secs(60),
+            overdue_factor: 2.0,
+            max_presence: Duration::from_secs(600),
             sources: BTreeMap::new(),
         }
     }
@@ -160,8 +180,14 @@ impl Default for LbsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LbsSourceConfig {
-    /// People each device stands for (1 / (market share × phone ownership)).
+    /// People each device stands for (1 / the share of people this panel covers).
     pub scale: f64,
+    /// Error of its pings that carry no `accuracy_m` (metres, 68 % radius).
+    #[serde(default)]
+    pub accuracy_m: Option<f64>,
+    /// Its devices' typical ping interval, until a device's own is observed.
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Option<Duration>,
     /// How long this provider may stay silent and still hold the watermark back (a carrier that
     /// delivers in batches every minute): instead of `window.idle_timeout`, when longer.
     #[serde(default, with = "humantime_serde")]
@@ -499,6 +525,21 @@ impl Config {
         }
         if !(self.lbs.max_accuracy_m.is_finite() && self.lbs.max_accuracy_m > 0.0) {
             return bad("lbs.max_accuracy_m", "must be positive".into());
+        }
+        for (key, v) in [
+            ("lbs.default_accuracy_m", self.lbs.default_accuracy_m),
+            ("lbs.max_match_m", self.lbs.max_match_m),
+            ("lbs.overdue_factor", self.lbs.overdue_factor),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(key, "must be a positive number".into());
+            }
+        }
+        if self.lbs.ping_interval.is_zero() || self.lbs.max_presence < self.lbs.ping_interval {
+            return bad(
+                "lbs.max_presence",
+                "must be at least lbs.ping_interval, which must be positive".into(),
+            );
         }
         if !(self.lbs.default_scale.is_finite() && self.lbs.default_scale > 0.0) {
             return bad("lbs.default_scale", "must be a positive number".into());

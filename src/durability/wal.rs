@@ -163,7 +163,10 @@ mod tests {
             source: SourceId(2),
             cell: CellId(0x08b3_0995_8ac3_6fff),
             point: None,
-            body: Body::Ping { device: DeviceId(i) },
+            body: Body::Ping {
+                device: DeviceId(i),
+                pos: None,
+            },
         }
     }
 

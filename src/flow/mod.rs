@@ -126,6 +126,8 @@ impl<O: Outputs> Flow<O> {
         };
         f.engine.set_scales(f.sources.scales());
         f.engine.set_max_delays(f.sources.max_delays());
+        f.engine.set_profiles(f.sources.profiles());
+        f.engine.set_segments(f.risk.map().clone());
         f
     }
 
@@ -176,6 +178,7 @@ impl<O: Outputs> Flow<O> {
 
     /// Swaps in reloaded segments; window and tier state are kept.
     pub fn reload_segments(&mut self, map: Arc<SegmentMap>) {
+        self.engine.set_segments(map.clone());
         self.risk.reload(map);
     }
 
@@ -204,12 +207,18 @@ impl<O: Outputs> Flow<O> {
         if self.engine.scales_known() != self.sources.len() {
             self.engine.set_scales(self.sources.scales());
             self.engine.set_max_delays(self.sources.max_delays());
+            self.engine.set_profiles(self.sources.profiles());
         }
     }
 
     fn emit(&mut self, closed: Vec<HexWindow>) {
         for w in closed {
             tracing::debug!(start = %w.start, cells = w.rows.len(), "Closed window.");
+            if w.segments.off_network_devices > 0 {
+                // Pings matched to no segment: visible, never folded into a street.
+                metrics::counter!("throng_lbs_off_network_devices_total")
+                    .increment(w.segments.off_network_devices);
+            }
             self.evaluate(Arc::new(w), WindowKind::Data);
         }
     }
@@ -247,6 +256,7 @@ impl<O: Outputs> Flow<O> {
                 end: EventTime(end),
                 rows: Vec::new(),
                 points: Vec::new(),
+                segments: Default::default(),
                 is_final: true,
             };
             self.evaluate(Arc::new(empty), WindowKind::Silent);
@@ -322,6 +332,7 @@ mod tests {
             point: None,
             body: Body::Ping {
                 device: DeviceId(device),
+                pos: None,
             },
         }
     }
@@ -395,6 +406,8 @@ mod tests {
             crate::config::LbsSourceConfig {
                 scale: 1.0,
                 max_delay,
+                accuracy_m: None,
+                ping_interval: None,
             },
         );
         lbs.sources.insert(
@@ -402,6 +415,8 @@ mod tests {
             crate::config::LbsSourceConfig {
                 scale: 1.0,
                 max_delay: None,
+                accuracy_m: None,
+                ping_interval: None,
             },
         );
         let window = WindowConfig {

@@ -554,6 +554,7 @@ mod tests {
             end: EventTime(start + 60_000),
             rows: vec![row],
             points: Vec::new(),
+            segments: Default::default(),
             is_final: true,
         })
         .unwrap()

@@ -16,4 +16,4 @@ pub mod sources;
 pub use decode::{decode, Decoded, LineError, LineReject};
 pub use parse::{Parser, Reject, RejectCode};
 pub use pseudonym::Pseudonymiser;
-pub use sources::Sources;
+pub use sources::{DeviceProfile, Sources};

@@ -13,7 +13,7 @@ use super::crs::Crs;
 use super::pseudonym::Pseudonymiser;
 use super::raw::{Raw, Ts};
 use super::sources::{Sources, COUNTER, GATE};
-use crate::model::{Body, CellId, EventTime, Kind, Record, RegisterKey};
+use crate::model::{Body, CellId, EventTime, Kind, Position, Record, RegisterKey};
 use crate::scenario::registry::{Registry, SensorKind};
 
 /// Earliest plausible event time (2000-01-01): anything before is almost surely seconds, not ms.
@@ -255,7 +255,10 @@ impl Parser {
             source,
             cell: CellId::from(cell),
             point: None,
-            body: Body::Ping { device },
+            body: Body::Ping {
+                device,
+                pos: Some(Position::new(lat, lng, raw.accuracy_m)),
+            },
         })
     }
 
@@ -547,7 +550,8 @@ mod tests {
         assert_eq!(
             r.body,
             Body::Ping {
-                device: Pseudonymiser::new("test-key").pseudonym("9f2c")
+                device: Pseudonymiser::new("test-key").pseudonym("9f2c"),
+                pos: Some(Position::new(31.24053, 121.48532, Some(18.0))),
             }
         );
         assert!(

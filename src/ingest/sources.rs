@@ -25,8 +25,26 @@ struct Inner {
     scales: Vec<f64>,
     /// Per source, how long it may be silent and still hold the watermark (ms; 0: the idle timeout).
     max_delays: Vec<i64>,
+    /// Per source, what its devices are like (error, ping interval).
+    profiles: Vec<DeviceProfile>,
     /// Fx, not SipHash: looked up for every ping, and capped, so colliding names cannot grow it.
     index: FxHashMap<String, SourceId>,
+}
+
+/// What a source's devices are like, for locating them and keeping them present between pings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceProfile {
+    /// Error of a ping without `accuracy_m` (metres, 68 % radius).
+    pub accuracy_m: f64,
+    /// Typical ping interval before a device's own is known (ms).
+    pub ping_interval_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Configured {
+    scale: f64,
+    max_delay: i64,
+    profile: DeviceProfile,
 }
 
 /// The shared source table.
@@ -36,7 +54,8 @@ pub struct Sources {
     /// `inner.names.len()`, readable without the lock (asked after every record).
     len: AtomicUsize,
     default_scale: f64,
-    configured: HashMap<String, (f64, i64)>,
+    default_profile: DeviceProfile,
+    configured: HashMap<String, Configured>,
 }
 
 impl Sources {
@@ -46,20 +65,35 @@ impl Sources {
             names: vec!["counter".into(), "gate".into()],
             scales: vec![1.0, 1.0],
             max_delays: vec![0, 0],
+            profiles: Vec::new(),
             index: FxHashMap::default(),
         };
+        let default_profile = DeviceProfile {
+            accuracy_m: cfg.default_accuracy_m,
+            ping_interval_ms: cfg.ping_interval.as_millis() as i64,
+        };
+        let mut inner = inner;
+        inner.profiles = vec![default_profile; 2];
         let s = Sources {
             len: AtomicUsize::new(inner.names.len()),
             inner: RwLock::new(inner),
             default_scale: cfg.default_scale,
+            default_profile,
             configured: cfg
                 .sources
                 .iter()
                 .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        (v.scale, v.max_delay.map_or(0, |d| d.as_millis() as i64)),
-                    )
+                    let c = Configured {
+                        scale: v.scale,
+                        max_delay: v.max_delay.map_or(0, |d| d.as_millis() as i64),
+                        profile: DeviceProfile {
+                            accuracy_m: v.accuracy_m.unwrap_or(cfg.default_accuracy_m),
+                            ping_interval_ms: v
+                                .ping_interval
+                                .map_or(default_profile.ping_interval_ms, |d| d.as_millis() as i64),
+                        },
+                    };
+                    (k.clone(), c)
                 })
                 .collect(),
         };
@@ -91,14 +125,15 @@ impl Sources {
             return *id;
         }
         let id = SourceId(w.names.len() as u16);
-        let (scale, max_delay) = self
-            .configured
-            .get(provider)
-            .copied()
-            .unwrap_or((self.default_scale, 0));
+        let c = self.configured.get(provider).copied().unwrap_or(Configured {
+            scale: self.default_scale,
+            max_delay: 0,
+            profile: self.default_profile,
+        });
         w.names.push(name);
-        w.scales.push(scale);
-        w.max_delays.push(max_delay);
+        w.scales.push(c.scale);
+        w.max_delays.push(c.max_delay);
+        w.profiles.push(c.profile);
         w.index.insert(key.to_string(), id);
         self.len.store(w.names.len(), Ordering::Release);
         id
@@ -127,6 +162,11 @@ impl Sources {
         self.read().max_delays.clone()
     }
 
+    /// Each source's device profile, indexed by `SourceId`.
+    pub fn profiles(&self) -> Vec<DeviceProfile> {
+        self.read().profiles.clone()
+    }
+
     /// Number of sources so far.
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
@@ -151,6 +191,8 @@ mod tests {
             LbsSourceConfig {
                 scale: 2.5,
                 max_delay: None,
+                accuracy_m: Some(40.0),
+                ping_interval: None,
             },
         );
         let s = Sources::new(&cfg);
@@ -158,6 +200,9 @@ mod tests {
         let b = s.lbs(Some("app-x"));
         assert_eq!(s.scales()[a.0 as usize], 2.5);
         assert_eq!(s.scales()[b.0 as usize], 1.0);
+        assert_eq!(s.profiles()[a.0 as usize].accuracy_m, 40.0);
+        assert_eq!(s.profiles()[b.0 as usize].accuracy_m, 30.0);
+        assert_eq!(s.profiles()[a.0 as usize].ping_interval_ms, 60_000);
         assert_eq!(s.name(a), "lbs/carrier-a");
         assert_eq!(s.lbs(Some("carrier-a")), a);
     }

@@ -182,6 +182,7 @@ mod tests {
                 end: EventTime(60_000),
                 rows,
                 points: vec![],
+                segments: Default::default(),
                 is_final: true,
             },
             base.parent(Resolution::Nine).unwrap(),

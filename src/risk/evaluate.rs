@@ -162,16 +162,13 @@ impl Risk {
     /// Evaluates every segment over one window.
     pub fn evaluate(&mut self, w: &HexWindow) -> (Vec<SegmentStatus>, Vec<Alert>) {
         let n = self.map.segments().len();
+        // Segment people come from device positions (the window engine's attribution), not from
+        // cell shares: a small packed segment inside a big cell keeps its own crowd.
         let mut lbs = vec![0.0f64; n];
-        let mut any_lbs = false;
-        for row in &w.rows {
-            if row.lbs_devices > 0 {
-                any_lbs = true;
-            }
-            for (seg, share) in self.map.shares(row.cell) {
-                lbs[*seg] += row.lbs_people * share;
-            }
+        if w.segments.people.len() == n {
+            lbs.copy_from_slice(&w.segments.people);
         }
+        let any_lbs = w.rows.iter().any(|r| r.lbs_devices > 0);
         if any_lbs {
             self.lbs_last = self.lbs_last.max(w.end.0);
         }
@@ -408,6 +405,11 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            segments: crate::window::SegmentPeople {
+                people: vec![per_cell * cells.len() as f64],
+                carried: vec![0.0],
+                ..Default::default()
+            },
             is_final: true,
         }
     }
@@ -415,7 +417,6 @@ mod tests {
     #[test]
     fn people_density_and_flow_of_a_segment() {
         let (mut r, cells) = setup();
-        // The segment covers its cells' walkable area entirely, so it gets all their people.
         let (s, _) = r.evaluate(&window(60_000, &cells, 10.0, Some((600, 600))));
         let st = &s[0];
         assert!((st.people - 10.0 * cells.len() as f64).abs() < 1e-6);
@@ -457,6 +458,7 @@ mod tests {
             end: EventTime(360_000),
             rows: vec![],
             points: vec![],
+            segments: Default::default(),
             is_final: true,
         };
         let (s, a) = r.evaluate(&empty);

@@ -1,10 +1,12 @@
 //! The scenario: what a deployment knows about its ground before any record arrives — sensors,
 //! stations and their feed points (`registry`), and the road segments as polygons over H3 cells
-//! (`segments`). Loaded once at start (segments again on reload); read by every stage below.
+//! (`segments`), and where a position lies among them (`matcher`). Loaded once at start (segments again on reload); read by every stage below.
 
+pub mod matcher;
 pub mod registry;
 pub mod segments;
 
+pub use matcher::{Matcher, PlaceCache};
 pub use registry::Registry;
 pub use segments::{SegmentId, SegmentMap};
 
@@ -17,5 +19,7 @@ pub fn load_segments(cfg: &Config) -> Result<SegmentMap, String> {
         tracing::warn!(path = %path.display(), "No segments file: segment tiers are off.");
         return Ok(SegmentMap::default());
     }
-    SegmentMap::load(&path, cfg.resolution()).map_err(|e| e.to_string())
+    let mut map = SegmentMap::load(&path, cfg.resolution()).map_err(|e| e.to_string())?;
+    map.set_max_match(cfg.lbs.max_match_m);
+    Ok(map)
 }

@@ -1,4 +1,5 @@
-//! Road segments from GeoJSON, and how each H3 cell's people are shared among them.
+//! Road segments from GeoJSON, and how they overlap the H3 cells (for the heatmap's cell view and
+//! the dashboard; segment people come from positions, see `matcher`).
 //!
 //! People stand on walkable ground, not in buildings: a cell's people are shared among the segments
 //! that cover it by each one's share of the cell's *walkable* (segment-covered) area, not of the
@@ -13,7 +14,11 @@ use h3o::{CellIndex, Resolution};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use super::matcher::Matcher;
 use crate::config::thresholds::ThresholdPatch;
+
+/// How far a ping may be matched to a segment when the config does not say (`lbs.max_match_m`).
+pub const DEFAULT_MAX_MATCH_M: f64 = 100.0;
 use crate::model::CellId;
 
 /// A segment's id (the GeoJSON `id` property).
@@ -70,6 +75,8 @@ pub struct SegmentMap {
     shares: FxHashMap<CellId, Vec<(usize, f64)>>,
     /// For each segment: (cell, overlap m²).
     overlaps: Vec<Vec<(CellId, f64)>>,
+    /// Positions → segments.
+    matcher: Matcher,
 }
 
 /// A segments file that cannot be used.
@@ -174,12 +181,26 @@ impl SegmentMap {
                 shares.entry(*cell).or_default().push((i, m2 / w));
             }
         }
+        let polygons: Vec<&Polygon<f64>> = segments.iter().map(|s| &s.polygon).collect();
+        let matcher = Matcher::new(&polygons, DEFAULT_MAX_MATCH_M);
         Ok(SegmentMap {
             segments,
             by_id,
             shares,
             overlaps,
+            matcher,
         })
+    }
+
+    /// Where positions lie among the segments.
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    /// Sets how far (m) a ping outside every segment may still be matched to one.
+    pub fn set_max_match(&mut self, max_match_m: f64) {
+        let polygons: Vec<&Polygon<f64>> = self.segments.iter().map(|s| &s.polygon).collect();
+        self.matcher = Matcher::new(&polygons, max_match_m);
     }
 
     /// All segments, in file order.

@@ -19,7 +19,8 @@ fn ts_field(name: &str) -> Field {
     )
 }
 
-/// The `hex_windows` table schema (CONTRACT.md, plus `occupancy`).
+/// The `hex_windows` table schema (CONTRACT.md, plus `occupancy` and `lbs_off_network`: devices
+/// whose position matched no segment).
 pub static HEX_WINDOWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         ts_field("window_start"),
@@ -35,6 +36,8 @@ pub static HEX_WINDOWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("gate_exits", DataType::Int64, false),
         Field::new("people", DataType::Float64, false),
         Field::new("density", DataType::Float64, false),
+        // Nullable: history written before positions were matched has no such column.
+        Field::new("lbs_off_network", DataType::Int64, true),
     ]))
 });
 
@@ -80,6 +83,12 @@ pub fn to_record_batch(w: &HexWindow) -> Result<RecordBatch, ArrowError> {
             col_u(|r| r.gate_exits),
             Arc::new(Float64Array::from(people)),
             Arc::new(Float64Array::from(density)),
+            Arc::new(Int64Array::from_iter(
+                // Null when no segments were matched (an offline run without a scenario's segments).
+                w.rows
+                    .iter()
+                    .map(|r| (!w.segments.people.is_empty()).then_some(r.lbs_off_network as i64)),
+            )),
         ],
     )
 }
@@ -160,6 +169,7 @@ mod tests {
                 ..Default::default()
             }],
             points: vec![],
+            segments: Default::default(),
             is_final: true,
         };
         let b = to_record_batch(&w).unwrap();

@@ -13,14 +13,19 @@
 //! every window it belongs to that is open. Nothing is dropped silently.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::registers::{Delta, Registers};
 use super::watermark::Watermark;
-use crate::config::{RegisterConfig, WindowConfig};
-use crate::model::{Body, CellId, DeviceId, EventTime, Kind, PointIdx, Record, SensorIdx, SourceId};
+use crate::config::{LbsConfig, RegisterConfig, WindowConfig};
+use crate::ingest::DeviceProfile;
+use crate::model::{
+    Body, CellId, DeviceId, EventTime, Kind, PointIdx, Position, Record, SensorIdx, SourceId,
+};
+use crate::scenario::{Matcher, PlaceCache, SegmentMap};
 
 /// One device's latest ping within a pane.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -28,6 +33,58 @@ struct Seen {
     ts: i64,
     cell: CellId,
     source: SourceId,
+    #[serde(default)]
+    pos: Option<Position>,
+}
+
+/// A device's latest sighting in the panes already closed, kept so that it stays present in its
+/// segment between sparse pings (see `Presence`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Carry {
+    seen: Seen,
+    /// Smoothed gap between its sightings (ms; 0: one sighting so far).
+    interval_ms: i64,
+    /// The last gap (ms).
+    last_gap_ms: i64,
+}
+
+/// How long a device that has not pinged stays where it was last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Overdue after this many of its own ping intervals.
+    pub overdue_factor: f64,
+    /// Never kept longer than this (ms).
+    pub max_ms: i64,
+}
+
+impl Presence {
+    /// The rules of `[lbs]`.
+    pub fn from_config(lbs: &LbsConfig) -> Presence {
+        Presence {
+            overdue_factor: lbs.overdue_factor,
+            max_ms: lbs.max_presence.as_millis() as i64,
+        }
+    }
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence::from_config(&LbsConfig::default())
+    }
+}
+
+/// Segment people of one window, from device positions (indexed like the segment map).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SegmentPeople {
+    /// People per segment: devices seen or still present, each split over the segments its
+    /// position may lie in, weighted by its source's scale factor.
+    pub people: Vec<f64>,
+    /// The part of `people` carried from before the window (devices present but not pinging).
+    pub carried: Vec<f64>,
+    /// Devices in the window matched to no segment (beyond `lbs.max_match_m` / 3σ of all).
+    pub off_network_devices: u64,
+    /// The people they stand for.
+    pub off_network_people: f64,
 }
 
 /// Flow counts of one cell within a pane.
@@ -90,6 +147,8 @@ pub struct HexRow {
     pub lbs_devices: u64,
     /// Those devices weighted by their source's scale factor (people they stand for).
     pub lbs_people: f64,
+    /// Of `lbs_devices`, those matched to no segment (off the walkable network).
+    pub lbs_off_network: u64,
     /// People counted into counter lines' segments.
     pub counter_in: u64,
     /// People counted out.
@@ -126,6 +185,8 @@ pub struct HexWindow {
     pub rows: Vec<HexRow>,
     /// One entry per feed point that reported in the window, ordered by point.
     pub points: Vec<PointWindow>,
+    /// Segment people from positions (empty without segments).
+    pub segments: SegmentPeople,
     /// False for a provisional snapshot of an open window.
     pub is_final: bool,
 }
@@ -181,7 +242,26 @@ pub struct Engine {
     scales: Vec<f64>,
     late: Vec<LateRecord>,
     stats: EngineStats,
+    /// Each device's latest sighting in closed panes (presence between pings).
+    #[serde(default)]
+    carry: FxHashMap<DeviceId, Carry>,
+    #[serde(default)]
+    presence: Presence,
+    /// Per segment, the crowd density (p/m²) of the last closed window: the prior that splits an
+    /// ambiguous ping between segments.
+    #[serde(default)]
+    prior: Vec<f64>,
+    #[serde(default)]
+    profiles: Vec<DeviceProfile>,
+    /// The segments positions are matched to (set by the flow; not part of a checkpoint).
+    #[serde(skip)]
+    segments: Option<Arc<SegmentMap>>,
+    #[serde(skip)]
+    places: PlaceCache,
 }
+
+/// A segment's prior density never falls below this (p/m²), so an empty segment can fill again.
+const PRIOR_FLOOR: f64 = 0.05;
 
 impl Engine {
     /// An engine for the given window and register settings; `scales` gives people per device by source.
@@ -202,7 +282,40 @@ impl Engine {
             scales,
             late: Vec::new(),
             stats: EngineStats::default(),
+            carry: FxHashMap::default(),
+            presence: Presence::default(),
+            prior: Vec::new(),
+            profiles: Vec::new(),
+            segments: None,
+            places: PlaceCache::default(),
         }
+    }
+
+    /// Sets the segments positions are matched to; a different map restarts the prior.
+    pub fn set_segments(&mut self, map: Arc<SegmentMap>) {
+        if map.segments().is_empty() {
+            self.segments = None;
+            return;
+        }
+        if self.prior.len() != map.segments().len()
+            || !self.segments.as_ref().is_some_and(|m| Arc::ptr_eq(m, &map))
+        {
+            self.places.clear();
+        }
+        if self.prior.len() != map.segments().len() {
+            self.prior = vec![PRIOR_FLOOR; map.segments().len()];
+        }
+        self.segments = Some(map);
+    }
+
+    /// Sets how long a device stays present between pings.
+    pub fn set_presence(&mut self, p: Presence) {
+        self.presence = p;
+    }
+
+    /// Sets each source's device profile (error, typical ping interval), indexed by source id.
+    pub fn set_profiles(&mut self, profiles: Vec<DeviceProfile>) {
+        self.profiles = profiles;
     }
 
     /// Whether this engine (e.g. from a checkpoint) has the given window settings.
@@ -327,6 +440,16 @@ impl Engine {
             });
             if pane < next_close {
                 self.stats.late_unwindowed += 1;
+                // Too late for any window, but still where the device was: presence keeps it.
+                if let Body::Ping { device, pos } = rec.body {
+                    let seen = Seen {
+                        ts: at,
+                        cell: rec.cell,
+                        source: rec.source,
+                        pos,
+                    };
+                    remember(&mut self.carry, device, seen);
+                }
                 return true;
             }
         }
@@ -346,11 +469,12 @@ impl Engine {
             }
         }
         match rec.body {
-            Body::Ping { device } => {
+            Body::Ping { device, pos } => {
                 let seen = Seen {
                     ts: at,
                     cell: rec.cell,
                     source: rec.source,
+                    pos,
                 };
                 p.devices
                     .entry(device)
@@ -425,9 +549,16 @@ impl Engine {
                     self.next_close = (fp - self.n + 1).min(first_open);
                 }
                 Some(_) => {
-                    out.push(self.build(s, true));
+                    let w = self.build(s, true);
+                    self.learn_prior(&w);
+                    out.push(w);
                     self.stats.windows_closed += 1;
-                    self.panes.remove(&s);
+                    if let Some(p) = self.panes.remove(&s) {
+                        for (dev, seen) in p.devices {
+                            remember(&mut self.carry, dev, seen);
+                        }
+                    }
+                    self.forget_absent(s * self.slide + self.size);
                     // Panes before s were already dropped; s is the only one no later window needs.
                     self.next_close = s + 1;
                 }
@@ -437,7 +568,35 @@ impl Engine {
         out
     }
 
-    fn build(&self, s: i64, is_final: bool) -> HexWindow {
+    /// The closed window's densities become the prior for the next.
+    fn learn_prior(&mut self, w: &HexWindow) {
+        let Some(map) = &self.segments else { return };
+        if w.segments.people.len() != map.segments().len() {
+            return;
+        }
+        self.prior = map
+            .segments()
+            .iter()
+            .zip(&w.segments.people)
+            .map(|(seg, p)| (p / seg.area_m2).max(PRIOR_FLOOR))
+            .collect();
+    }
+
+    /// Drops devices not seen for longer than any presence allows, as of window end `end`.
+    fn forget_absent(&mut self, end: i64) {
+        let max = self.presence.max_ms;
+        self.carry.retain(|_, c| end - c.seen.ts <= max);
+    }
+
+    fn build(&mut self, s: i64, is_final: bool) -> HexWindow {
+        let end = s * self.slide + self.size;
+        // Provisional snapshots feed the heatmap only: segments are evaluated on closed windows.
+        let mut attr = match &self.segments {
+            Some(m) if is_final => Some(Attribution::new(m.clone(), &self.prior)),
+            _ => None,
+        };
+        let places = &mut self.places;
+        let profiles = &self.profiles;
         let mut cells: FxHashMap<CellId, HexRow> = FxHashMap::default();
         let first = self
             .panes
@@ -456,8 +615,15 @@ impl Engine {
                         cell: e.cell,
                         ..Default::default()
                     });
+                    let scale = self.scales.get(e.source.0 as usize).copied().unwrap_or(1.0);
                     row.lbs_devices += 1;
-                    row.lbs_people += self.scales.get(e.source.0 as usize).copied().unwrap_or(1.0);
+                    row.lbs_people += scale;
+                    if let Some(a) = &mut attr {
+                        let at = ahead(e, self.carry.get(dev), end);
+                        if !a.add(places, profiles, &at, scale, false) {
+                            row.lbs_off_network += 1;
+                        }
+                    }
                 }
             }
             for (sensor, z) in &pane.zones {
@@ -478,6 +644,26 @@ impl Engine {
                 row.counter_out += f.counter_out;
                 row.gate_entries += f.gate_entries;
                 row.gate_exits += f.gate_exits;
+            }
+        }
+        if let Some(a) = &mut attr {
+            // Devices not seen in the window stay where they were until overdue by their own rhythm.
+            let p = self.presence;
+            for (dev, c) in &self.carry {
+                if seen.contains(dev) {
+                    continue;
+                }
+                let interval = match c.interval_ms.max(c.last_gap_ms) {
+                    0 => profiles
+                        .get(c.seen.source.0 as usize)
+                        .map_or(60_000, |p| p.ping_interval_ms),
+                    i => i,
+                };
+                let limit = ((interval as f64 * p.overdue_factor) as i64).min(p.max_ms);
+                if end - c.seen.ts <= limit {
+                    let scale = self.scales.get(c.seen.source.0 as usize).copied().unwrap_or(1.0);
+                    a.add(places, profiles, &c.seen, scale, true);
+                }
             }
         }
         let mut rows: Vec<HexRow> = cells.into_values().collect();
@@ -513,12 +699,13 @@ impl Engine {
             end: EventTime(s * self.slide + self.size),
             rows,
             points: points.into_values().map(|(w, _)| w).collect(),
+            segments: attr.map(|a| a.out).unwrap_or_default(),
             is_final,
         }
     }
 
     /// A provisional view of the newest open window: the one ending with the newest pane.
-    pub fn snapshot(&self) -> Option<HexWindow> {
+    pub fn snapshot(&mut self) -> Option<HexWindow> {
         let &last = self.panes.keys().next_back()?;
         let s = (last - self.n + 1).max(self.next_close);
         Some(self.build(s, false))
@@ -590,6 +777,141 @@ impl Engine {
     }
 }
 
+/// Longest a position is carried forward along its device's walk (ms), and the fastest walk.
+const AHEAD_MAX_MS: i64 = 60_000;
+const WALK_MAX_M_S: f64 = 2.5;
+
+/// The device's position projected to the window's end along its walk: a segment's people are
+/// those there at the end of the window, and a walker's latest ping can be a minute old. Uses
+/// the sighting before (from closed panes) when it is recent and the implied speed is a walk;
+/// otherwise the ping as it is.
+fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
+    let (Some(p), Some(b)) = (e.pos, before) else {
+        return *e;
+    };
+    let Some(q) = b.seen.pos else {
+        return *e;
+    };
+    let dt = e.ts - b.seen.ts;
+    if !(5_000..=180_000).contains(&dt) {
+        return *e;
+    }
+    let lag = (end - 1 - e.ts).clamp(0, AHEAD_MAX_MS) as f64;
+    let (dlat, dlng) = ((p.lat_e6 - q.lat_e6) as f64, (p.lng_e6 - q.lng_e6) as f64);
+    // Metres per micro-degree, near enough for a speed check.
+    let m_lat = 0.111_32;
+    let m_lng = 0.111_32 * (p.lat_e6 as f64 * 1e-6).to_radians().cos();
+    let speed = (dlat * m_lat).hypot(dlng * m_lng) / (dt as f64 / 1000.0);
+    if speed > WALK_MAX_M_S {
+        return *e;
+    }
+    let f = lag / dt as f64;
+    let mut out = *e;
+    out.pos = Some(Position {
+        lat_e6: p.lat_e6 + (dlat * f).round() as i32,
+        lng_e6: p.lng_e6 + (dlng * f).round() as i32,
+        accuracy_dm: p.accuracy_dm,
+    });
+    out
+}
+
+/// Folds a sighting into a device's presence record (newer sightings only).
+fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
+    match carry.get_mut(&dev) {
+        Some(c) if seen.ts > c.seen.ts => {
+            let gap = seen.ts - c.seen.ts;
+            c.interval_ms = if c.interval_ms == 0 {
+                gap
+            } else {
+                (c.interval_ms + gap) / 2
+            };
+            c.last_gap_ms = gap;
+            c.seen = seen;
+        }
+        Some(_) => {}
+        None => {
+            carry.insert(
+                dev,
+                Carry {
+                    seen,
+                    interval_ms: 0,
+                    last_gap_ms: 0,
+                },
+            );
+        }
+    }
+}
+
+/// Splits devices over segments by position: each one's weight goes to the segments its ping may
+/// lie in, in proportion to prior density × the ping's likelihood there (`scenario::matcher`).
+struct Attribution {
+    map: Arc<SegmentMap>,
+    prior: Vec<f64>,
+    out: SegmentPeople,
+}
+
+impl Attribution {
+    fn new(map: Arc<SegmentMap>, prior: &[f64]) -> Attribution {
+        let n = map.segments().len();
+        let prior = (0..n)
+            .map(|i| prior.get(i).copied().unwrap_or(PRIOR_FLOOR))
+            .collect();
+        Attribution {
+            map,
+            prior,
+            out: SegmentPeople {
+                people: vec![0.0; n],
+                carried: vec![0.0; n],
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Adds one device standing for `scale` people; false when it is off the network.
+    #[inline]
+    fn add(
+        &mut self,
+        places: &mut PlaceCache,
+        profiles: &[DeviceProfile],
+        e: &Seen,
+        scale: f64,
+        carried: bool,
+    ) -> bool {
+        let (lat, lng, acc) = match e.pos {
+            Some(p) => (p.lat(), p.lng(), p.accuracy_m()),
+            None => match e.cell.index() {
+                // A record logged before positions were kept: its cell's centre.
+                Some(c) => {
+                    let ll = h3o::LatLng::from(c);
+                    (ll.lat(), ll.lng(), None)
+                }
+                None => return false,
+            },
+        };
+        let acc = acc.unwrap_or_else(|| profiles.get(e.source.0 as usize).map_or(30.0, |p| p.accuracy_m));
+        let c = places.masses(self.map.matcher(), lat, lng, Matcher::sigma(acc));
+        if c.is_empty() {
+            if !carried {
+                self.out.off_network_devices += 1;
+                self.out.off_network_people += scale;
+            }
+            return false;
+        }
+        let total: f64 = c.iter().map(|&(j, m)| self.prior[j as usize] * m as f64).sum();
+        if total <= 0.0 {
+            return false;
+        }
+        for &(j, m) in c {
+            let w = scale * self.prior[j as usize] * m as f64 / total;
+            self.out.people[j as usize] += w;
+            if carried {
+                self.out.carried[j as usize] += w;
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,6 +945,7 @@ mod tests {
             point: None,
             body: Body::Ping {
                 device: DeviceId(dev),
+                pos: None,
             },
         }
     }
@@ -894,6 +1217,157 @@ mod tests {
             "idempotency keys survive"
         );
         assert_eq!(back.flush(), e.flush());
+    }
+
+    mod positions {
+        use super::*;
+        use crate::scenario::segments::Segment;
+        use geo::polygon;
+
+        /// The centre of a res-9 cell (170 m across), so both streets below lie in it.
+        fn centre() -> (f64, f64) {
+            let c = h3o::LatLng::new(31.24, 121.48)
+                .unwrap()
+                .to_cell(h3o::Resolution::Nine);
+            let ll = h3o::LatLng::from(c);
+            (ll.lat(), ll.lng())
+        }
+        const M_LAT: f64 = 110_850.0;
+        const M_LNG: f64 = 95_300.0;
+
+        /// An east–west street `width` m wide and 100 m long whose centre line is `north` m north.
+        fn street(id: &str, north: f64, width: f64) -> Segment {
+            let (lat, lng) = centre();
+            let (y0, y1) = (
+                lat + (north - width / 2.0) / M_LAT,
+                lat + (north + width / 2.0) / M_LAT,
+            );
+            let (x0, x1) = (lng - 50.0 / M_LNG, lng + 50.0 / M_LNG);
+            let mut props = serde_json::Map::new();
+            props.insert("effective_width_m".into(), width.into());
+            Segment::new(
+                id.into(),
+                &props,
+                polygon![(x: x0, y: y0), (x: x1, y: y0), (x: x1, y: y1), (x: x0, y: y1)],
+            )
+            .unwrap()
+        }
+
+        /// An engine over `segments`, cells at resolution 9 (a 170 m hexagon holds both streets).
+        fn engine_over(segments: Vec<Segment>, size: u64, slide: u64) -> (Engine, Arc<SegmentMap>) {
+            let map = Arc::new(SegmentMap::build(segments, h3o::Resolution::Nine).unwrap());
+            let mut e = engine(size, slide);
+            e.set_segments(map.clone());
+            e.set_profiles(vec![
+                DeviceProfile {
+                    accuracy_m: 10.0,
+                    ping_interval_ms: 180_000,
+                };
+                4
+            ]);
+            (e, map)
+        }
+
+        fn at(ts: i64, dev: u64, north: f64, east: f64, acc: f64) -> Record {
+            let (lat0, lng0) = centre();
+            let (lat, lng) = (lat0 + north / M_LAT, lng0 + east / M_LNG);
+            let cell = h3o::LatLng::new(lat, lng).unwrap().to_cell(h3o::Resolution::Nine);
+            Record {
+                ts: EventTime(ts),
+                source: SourceId(0),
+                cell: CellId::from(cell),
+                point: None,
+                body: Body::Ping {
+                    device: DeviceId(dev),
+                    pos: Some(Position::new(lat, lng, Some(acc))),
+                },
+            }
+        }
+
+        #[test]
+        fn two_segments_sharing_one_cell_each_get_their_own_count() {
+            let (mut e, _) = engine_over(
+                vec![street("north", 20.0, 8.0), street("south", -20.0, 8.0)],
+                60,
+                60,
+            );
+            for d in 0..30 {
+                e.ingest(&at(T0 + 1_000, d, 20.0, d as f64 * 3.0 - 45.0, 3.0), 0);
+            }
+            for d in 30..40 {
+                e.ingest(&at(T0 + 1_000, d, -20.0, d as f64 * 3.0 - 100.0, 3.0), 0);
+            }
+            let w = &e.flush()[0];
+            assert_eq!(w.rows.len(), 1, "one cell holds both streets");
+            let p = &w.segments.people;
+            assert!((p[0] - 30.0).abs() < 0.01 && (p[1] - 10.0).abs() < 0.01, "{p:?}");
+        }
+
+        #[test]
+        fn pings_scattered_into_a_building_beside_a_10_m_street_are_matched_to_the_street() {
+            let (mut e, _) = engine_over(vec![street("street", 0.0, 10.0)], 60, 60);
+            // 12 m north of the centre line: 7 m into the building, well within 3σ of a 15 m fix.
+            for d in 0..20 {
+                e.ingest(&at(T0 + 1_000, d, 12.0, d as f64 * 4.0 - 40.0, 15.0), 0);
+            }
+            let w = &e.flush()[0];
+            assert!((w.segments.people[0] - 20.0).abs() < 1e-6, "{:?}", w.segments);
+            assert_eq!(w.segments.off_network_devices, 0);
+        }
+
+        #[test]
+        fn off_network_pings_are_counted_not_lost() {
+            let (mut e, _) = engine_over(vec![street("street", 0.0, 10.0)], 60, 60);
+            e.ingest(&at(T0 + 1_000, 1, 0.0, 0.0, 5.0), 0);
+            // 150 m away with a 5 m fix: no segment within 3σ.
+            for d in 2..9 {
+                e.ingest(&at(T0 + 2_000, d, 150.0, 0.0, 5.0), 0);
+            }
+            let w = &e.flush()[0];
+            assert!((w.segments.people[0] - 1.0).abs() < 1e-6);
+            assert_eq!(w.segments.off_network_devices, 7);
+            assert_eq!(w.segments.off_network_people, 7.0);
+            let off: u64 = w.rows.iter().map(|r| r.lbs_off_network).sum();
+            assert_eq!(off, 7, "and per cell, for hex_windows");
+            let devices: u64 = w.rows.iter().map(|r| r.lbs_devices).sum();
+            assert_eq!(devices, 8, "the heatmap still counts them");
+        }
+
+        #[test]
+        fn presence_carries_a_3_minute_pinger_across_windows_and_drops_it_when_overdue() {
+            let (mut e, _) = engine_over(
+                vec![street("north", 20.0, 8.0), street("south", -20.0, 8.0)],
+                60,
+                60,
+            );
+            // The pinger: on the north street at 0, 3 and 6 minutes, then gone. A witness on the
+            // south street pings every 10 s for 15 minutes, so every window has data.
+            for k in 0..3 {
+                e.ingest(&at(T0 + k * 180_000 + 1_000, 1, 20.0, 0.0, 3.0), 0);
+            }
+            for k in 0..90 {
+                e.ingest(&at(T0 + k * 10_000 + 500, 2, -20.0, 0.0, 3.0), 0);
+            }
+            let ws = e.flush();
+            let north = |minute: i64| {
+                let w = ws.iter().find(|w| w.start.0 == T0 + minute * 60_000).unwrap();
+                (w.segments.people[0], w.segments.carried[0])
+            };
+            assert_eq!(north(0), (1.0, 0.0), "seen");
+            assert_eq!(
+                north(1),
+                (1.0, 1.0),
+                "carried through the gap before its second ping"
+            );
+            assert_eq!(north(4), (1.0, 1.0));
+            // Last ping at 6:01; interval 3 min × overdue factor 2 = 6 min: present until 12:01.
+            assert_eq!(
+                north(11),
+                (1.0, 1.0),
+                "window ending 12:00, 5:59 after its last ping"
+            );
+            assert_eq!(north(12), (0.0, 0.0), "window ending 13:00: overdue, dropped");
+        }
     }
 
     #[test]

@@ -7,4 +7,4 @@ pub mod registers;
 pub mod watermark;
 
 pub use batch::{json_rows, late_row, to_record_batch, HEX_WINDOWS_SCHEMA};
-pub use engine::{Engine, EngineStats, HexRow, HexWindow, LateRecord};
+pub use engine::{Engine, EngineStats, HexRow, HexWindow, LateRecord, Presence, SegmentPeople};

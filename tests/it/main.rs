@@ -12,6 +12,7 @@ mod http;
 mod importers;
 mod live;
 mod mqtt;
+mod positions;
 mod replay;
 mod scenario;
 mod segments;

@@ -1,104 +1,63 @@
-//! The simulator against the engine: its feeds, replayed offline through windows and segments,
-//! give segment people close to its ground truth.
+//! The simulator against the engine: its feeds, run through the same flow a server runs, give
+//! segment people close to its ground truth (`throng accuracy`).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+// Bounds at CI scale (6,000 people, 20 minutes; docs/ACCURACY.md has the full-scale figures):
+// measured 6–17 % median, −1.5…+4.1 % total, 97.5–100 % tiers, stock segments ≤ 7 %. Cell shares
+// (the design positions replaced) gave a −13 % total and 77 % on the steps, and fail them.
+const MEDIAN_BOUND: f64 = 0.25;
+const TOTAL_BOUND: f64 = 0.08;
+const TIER_BOUND: f64 = 0.95;
+/// Where the crowd stands rather than walks through, the estimate is close.
+const STOCK_BOUND: f64 = 0.10;
+const STOCK: [&str; 2] = ["chenyi-square", "bund-promenade"];
 
-use throng::config::Config;
-use throng::pipeline::Pipeline;
-use throng::risk::{Risk, ThresholdStore};
-use throng::tools::sim::{Emitter, Scenario, SimConfig, World};
-
-/// Per-segment mean absolute percentage error of people over the windows where the truth has at
-/// least `floor` people, and the error of the grand total.
-pub fn accuracy(people: usize, duration_s: f64, seed: u64) -> (HashMap<String, f64>, f64) {
-    let dir = crate::support::root().join("fixtures/bund");
-    let mut cfg = Config::load(&dir.join("throng.toml")).unwrap();
-    cfg.scenario = dir.clone();
-    let world = World::new(
-        Scenario::load(&dir, seed).unwrap(),
-        SimConfig {
-            people,
-            duration_s,
-            start_ms: 1_767_193_200_000,
-            speed: 1.0,
-            seed,
-        },
-    );
-    let mut em = Emitter::new(&world);
-    let mut feed = Vec::new();
-    em.emit_until(f64::MAX, &mut feed);
-    let truth = em.truth(cfg.window.size.as_millis() as i64, cfg.slide_ms());
-
-    let mut pipe = Pipeline::from_config(&cfg).unwrap();
-    let store = ThresholdStore::open(None).unwrap();
-    let map = Arc::new(throng::scenario::load_segments(&cfg).unwrap());
-    let mut risk = Risk::new(
-        map,
-        pipe.registry.points().to_vec(),
-        cfg.risk.clone(),
-        store,
-        60_000,
-    );
-    let mut est: HashMap<(i64, String), f64> = HashMap::new();
-    let (ok, bad) = pipe
-        .process_ndjson(&feed, |w| {
-            for s in risk.evaluate(&w).0 {
-                est.insert((s.window_start, s.id.0), s.people);
-            }
-            Ok(())
-        })
-        .unwrap();
-    assert_eq!(bad, 0, "every simulated record is accepted");
-    assert!(ok > 10_000);
-
-    let mut errs: HashMap<String, (f64, u32)> = HashMap::new();
-    let (mut t_true, mut t_est) = (0.0, 0.0);
-    // Skip the first and last windows, which the night only partly covers.
-    let first = truth.iter().map(|r| r.window_start).min().unwrap() + 60_000;
-    let last = truth.iter().map(|r| r.window_end).max().unwrap() - 60_000;
-    for r in truth
-        .iter()
-        .filter(|r| r.window_start >= first && r.window_end <= last)
-    {
-        let e = est
-            .get(&(r.window_start, r.segment_id.clone()))
-            .copied()
-            .unwrap_or(0.0);
-        t_true += r.people as f64;
-        t_est += e;
-        if r.people >= 50 {
-            let x = errs.entry(r.segment_id.clone()).or_default();
-            x.0 += (e - r.people as f64).abs() / r.people as f64;
-            x.1 += 1;
-        }
-    }
-    let mape = errs.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect();
-    (mape, (t_est - t_true) / t_true)
-}
-
+/// `throng accuracy` at CI scale: two panel mixes, the panels' own error and 30 m scatter, one
+/// seed, with the bounds above asserted.
 #[test]
-fn replayed_simulation_tracks_the_truth() {
-    let (mape, total) = accuracy(8000, 1800.0, 11);
-    let mut v: Vec<_> = mape.iter().collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    for (k, m) in &v {
-        eprintln!("MAPE {k:<32} {:>5.1} %", *m * 100.0);
-    }
-    eprintln!("total people error {:+.1} %", total * 100.0);
-    // Tolerances (see README, "Simulator and truth"): the total within 25 %, and within 25 % MAPE on
-    // the riverside segments where the crowd stands. Sampling 80 % of people gives a few per cent of
-    // noise; GPS/signalling scatter (5–15 m) and walking legs drawn straight across buildings put
-    // pings outside every segment, an undercount concentrated on the narrow streets people cross.
-    assert!(total.abs() < 0.25, "total people off by {:.1} %", total * 100.0);
-    for seg in [
-        "bund-promenade",
-        "bund-embankment-4-8",
-        "bund-promenade-south",
-        "chenyi-square",
-    ] {
-        let m = mape[seg];
-        assert!(m < 0.25, "{seg}: MAPE {:.1} %", m * 100.0);
+fn throng_accuracy_scores_the_engine_within_its_bounds() {
+    let o = crate::support::throng(&[
+        "accuracy",
+        "--people",
+        "6000",
+        "--duration",
+        "1200",
+        "--seeds",
+        "4",
+        "--panels",
+        "bund,sparse",
+        "--errors",
+        "panel,30",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let scores: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(scores.len(), 4, "{text}");
+    for s in &scores {
+        let name = format!("{} / {}", s["panel"], s["error"]);
+        let f = |k: &str| s[k].as_f64().unwrap();
+        eprintln!(
+            "{name}: median MAPE {:.1} %, worst {:.1} %, total {:+.1} %, tiers {:.1} %",
+            f("median_mape") * 100.0,
+            f("max_mape") * 100.0,
+            f("total_error") * 100.0,
+            f("tier_agreement") * 100.0
+        );
+        assert!(f("median_mape") < MEDIAN_BOUND, "{name}: {s}");
+        assert!(f("total_error").abs() < TOTAL_BOUND, "{name}: {s}");
+        assert!(f("tier_agreement") > TIER_BOUND, "{name}: {s}");
+        for seg in s["segments"].as_array().unwrap() {
+            if STOCK.contains(&seg["segment_id"].as_str().unwrap()) {
+                let m = seg["mape"].as_f64().unwrap();
+                assert!(
+                    m < STOCK_BOUND,
+                    "{name}: {} MAPE {:.1} %",
+                    seg["segment_id"],
+                    m * 100.0
+                );
+            }
+        }
+        assert!(s["segment_windows"].as_u64().unwrap() > 500);
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use geo::{BoundingRect, Contains, Point};
+use std::collections::HashMap;
+
+use geo::{BooleanOps, BoundingRect, Centroid, Contains, MultiPolygon, Point};
 use h3o::Resolution;
 use serde::Deserialize;
 
@@ -93,6 +95,9 @@ pub struct Route {
     pub segments: Vec<usize>,
 }
 
+/// A point as (longitude, latitude), degrees.
+type LngLat = (f64, f64);
+
 /// The scenario: segments, registries, routes, and points to stand on.
 pub struct Scenario {
     /// Segments.
@@ -103,6 +108,10 @@ pub struct Scenario {
     pub routes: Vec<Route>,
     /// Per segment: random points inside it (lng, lat), to walk to.
     spots: Vec<Vec<(f64, f64)>>,
+    /// Where people cross from one segment to the next of a route (lng, lat): the middle of the
+    /// two polygons' overlap, or of the gap between them. Walking spot → portal → spot keeps a
+    /// walker on the walkable ground instead of cutting through buildings.
+    portals: HashMap<(usize, usize), (LngLat, LngLat)>,
 }
 
 impl Scenario {
@@ -178,12 +187,65 @@ impl Scenario {
                 pts
             })
             .collect();
+        let mut portals = HashMap::new();
+        for r in &routes {
+            for w in r.segments.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                if a != b && !portals.contains_key(&(a, b)) {
+                    let (pa, pb) = portal(&map.segments()[a].polygon, &map.segments()[b].polygon);
+                    portals.insert((a, b), (pa, pb));
+                    portals.insert((b, a), (pb, pa));
+                }
+            }
+        }
         Ok(Scenario {
             map,
             registry,
             routes,
             spots,
+            portals,
         })
+    }
+
+    /// Where a walker leaves `a` and enters `b` (the same point where the two overlap).
+    fn portal(&self, a: usize, b: usize) -> Option<(LngLat, LngLat)> {
+        self.portals.get(&(a, b)).copied()
+    }
+
+    fn inside(&self, seg: usize, p: (f64, f64)) -> bool {
+        let m = self.map.matcher();
+        m.distance(seg, m.local(p.1, p.0)) < 0.5
+    }
+
+    /// Whether the straight walk from `a` to `b` stays within `seg`.
+    fn leg_inside(&self, seg: usize, a: (f64, f64), b: (f64, f64)) -> bool {
+        (1..12).all(|k| {
+            let f = k as f64 / 12.0;
+            self.inside(seg, (a.0 + (b.0 - a.0) * f, a.1 + (b.1 - a.1) * f))
+        })
+    }
+
+    /// A random spot of `seg` reachable from `from` in a straight line (most are; round a bend,
+    /// a few tries find one).
+    fn reachable_spot(&self, seg: usize, from: (f64, f64), rng: &mut Rng) -> (f64, f64) {
+        let mut last = self.spot(seg, rng);
+        for _ in 0..32 {
+            if self.leg_inside(seg, from, last) {
+                return last;
+            }
+            last = self.spot(seg, rng);
+        }
+        last
+    }
+
+    /// A spot of `seg` to walk through when the straight walk from `a` to `b` would leave it.
+    fn via(&self, seg: usize, a: (f64, f64), b: (f64, f64), rng: &mut Rng) -> Option<(f64, f64)> {
+        if !self.inside(seg, a) || self.leg_inside(seg, a, b) {
+            return None;
+        }
+        (0..64)
+            .map(|_| self.spot(seg, rng))
+            .find(|v| self.leg_inside(seg, a, *v) && self.leg_inside(seg, *v, b))
     }
 
     fn spot(&self, seg: usize, rng: &mut Rng) -> (f64, f64) {
@@ -216,6 +278,101 @@ pub struct SimConfig {
     pub speed: f64,
     /// Seed.
     pub seed: u64,
+    /// Who carries which phone panel, and how its pings err.
+    pub panel: Panel,
+}
+
+/// One simulated LBS provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provider {
+    /// Its `source` name.
+    pub name: String,
+    /// Prefix of its device ids.
+    pub device_prefix: String,
+    /// Share of all people in this panel (panels are disjoint).
+    pub share: f64,
+    /// Seconds between a device's pings: uniform in this range.
+    pub interval_s: (f64, f64),
+    /// Per-axis GPS/signalling error σ, metres (the pings say `accuracy_m` = 1.515 σ, the 68 % radius).
+    pub sigma_m: f64,
+    /// Share of pings with a gross error instead (multipath, a stale fix), σ `outlier_m`; their
+    /// `accuracy_m` does not say so.
+    pub outliers: f64,
+    /// σ of the gross errors, metres.
+    pub outlier_m: f64,
+    /// Delivers GCJ-02 coordinates (Chinese apps).
+    pub gcj02: bool,
+    /// Share of its pings delivered two minutes late.
+    pub late_share: f64,
+}
+
+/// The phone panels of a simulated night.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Panel {
+    /// Providers, in order (at most 254).
+    pub providers: Vec<Provider>,
+}
+
+impl Panel {
+    /// The Bund night: carrier-a (signalling, 50 % of people, a ping every 20–90 s, σ 15 m, 0.2 %
+    /// of pings two minutes late) and carrier-b (app GPS in GCJ-02, 30 %, every 5–30 s, σ 5 m).
+    pub fn bund() -> Panel {
+        Panel {
+            providers: vec![
+                Provider {
+                    name: "carrier-a".into(),
+                    device_prefix: "cm-".into(),
+                    share: 0.5,
+                    interval_s: (20.0, 90.0),
+                    sigma_m: 15.0,
+                    outliers: 0.0,
+                    outlier_m: 0.0,
+                    gcj02: false,
+                    late_share: 0.002,
+                },
+                Provider {
+                    name: "carrier-b".into(),
+                    device_prefix: "app-".into(),
+                    share: 0.3,
+                    interval_s: (5.0, 30.0),
+                    sigma_m: 5.0,
+                    outliers: 0.0,
+                    outlier_m: 0.0,
+                    gcj02: true,
+                    late_share: 0.0,
+                },
+            ],
+        }
+    }
+
+    /// A thinner, sparser panel: carrier-a 35 % pinging every 1–5 minutes (σ 25 m), carrier-b 15 %
+    /// every 10–60 s (σ 8 m); half the crowd carries no feed.
+    pub fn sparse() -> Panel {
+        let mut p = Panel::bund();
+        p.providers[0].share = 0.35;
+        p.providers[0].interval_s = (60.0, 300.0);
+        p.providers[0].sigma_m = 25.0;
+        p.providers[1].share = 0.15;
+        p.providers[1].interval_s = (10.0, 60.0);
+        p.providers[1].sigma_m = 8.0;
+        p
+    }
+
+    /// The share of people any panel covers.
+    pub fn coverage(&self) -> f64 {
+        self.providers.iter().map(|p| p.share).sum()
+    }
+
+    /// The same panel with every provider's error σ set to `sigma_m` and a share `outliers` of
+    /// gross errors (σ 100 m).
+    pub fn with_error(mut self, sigma_m: f64, outliers: f64) -> Panel {
+        for p in &mut self.providers {
+            p.sigma_m = sigma_m;
+            p.outliers = outliers;
+            p.outlier_m = 100.0;
+        }
+        self
+    }
 }
 
 impl SimConfig {
@@ -247,7 +404,7 @@ pub struct Waypoint {
 pub struct Agent {
     /// Route index.
     pub route: u16,
-    /// 0 no feed, 1 carrier-a (signalling), 2 carrier-b (app GPS).
+    /// 0 no feed, else 1 + the index of its provider in the panel.
     pub provider: u8,
     /// Leaves by metro (taps in) when true, else on foot.
     pub by_metro: bool,
@@ -283,25 +440,17 @@ impl Agent {
         };
         (a.lng + (b.lng - a.lng) * f, a.lat + (b.lat - a.lat) * f)
     }
-    /// The segment the agent counts in at `t`: a leg between two segments changes at its midpoint.
+    /// The segment the agent's route puts it in at `t`: it enters the next segment at the portal
+    /// between the two (the waypoint labelled with the new segment).
     pub fn segment(&self, t: f64) -> usize {
-        let i = self.leg(t);
-        let a = self.path[i];
-        match self.path.get(i + 1) {
-            Some(b) if t >= (a.t as f64 + b.t as f64) / 2.0 => b.seg as usize,
-            _ => a.seg as usize,
-        }
+        self.path[self.leg(t)].seg as usize
     }
     /// Segment changes: (scenario time, from, to); `from` None on arrival, `to` None on leaving.
     pub fn transitions(&self) -> Vec<(f64, Option<usize>, Option<usize>)> {
         let mut out = vec![(self.arrive(), None, Some(self.path[0].seg as usize))];
         for w in self.path.windows(2) {
             if w[0].seg != w[1].seg {
-                out.push((
-                    (w[0].t as f64 + w[1].t as f64) / 2.0,
-                    Some(w[0].seg as usize),
-                    Some(w[1].seg as usize),
-                ));
+                out.push((w[1].t as f64, Some(w[0].seg as usize), Some(w[1].seg as usize)));
             }
         }
         out.push((
@@ -321,8 +470,9 @@ fn dist_m(a: (f64, f64), b: (f64, f64)) -> f64 {
     ((a.0 - b.0) * M_LNG).hypot((a.1 - b.1) * M_LAT)
 }
 
-/// Walks from `here` to a random spot of `seg` at `speed` (∞: the time is already advanced),
-/// appending the waypoint; returns the new position.
+/// Walks from `here` to a random spot of `seg` at `speed` (∞: a jump within the segment, the time
+/// already advanced), appending waypoints; returns the new position. Between two segments the walk
+/// goes through their portal; inside a bent segment it goes round the bend, never through a building.
 fn step(
     path: &mut Vec<Waypoint>,
     t: &mut f64,
@@ -332,14 +482,41 @@ fn step(
     scenario: &Scenario,
     rng: &mut Rng,
 ) -> (f64, f64) {
-    let next = scenario.spot(seg, rng);
-    *t += dist_m(here, next) / speed;
-    path.push(Waypoint {
-        t: *t as f32,
-        lng: next.0,
-        lat: next.1,
-        seg: seg as u16,
-    });
+    let mut here = here;
+    let from = path.last().map_or(seg, |w| w.seg as usize);
+    let mut go = |path: &mut Vec<Waypoint>, to: (f64, f64), label: usize, here: &mut (f64, f64)| {
+        *t += dist_m(*here, to) / speed;
+        path.push(Waypoint {
+            t: *t as f32,
+            lng: to.0,
+            lat: to.1,
+            seg: label as u16,
+        });
+        *here = to;
+    };
+    if from != seg && speed.is_finite() {
+        if let Some((exit, entry)) = scenario.portal(from, seg) {
+            if let Some(v) = scenario.via(from, here, exit, rng) {
+                go(path, v, from, &mut here);
+            }
+            if exit != entry {
+                // Across ground no segment covers (a junction the scenario does not model).
+                go(path, exit, from, &mut here);
+            }
+            go(path, entry, seg, &mut here);
+        }
+    }
+    let next = if speed.is_finite() {
+        scenario.reachable_spot(seg, here, rng)
+    } else {
+        scenario.spot(seg, rng)
+    };
+    if speed.is_finite() {
+        if let Some(v) = scenario.via(seg, here, next, rng) {
+            go(path, v, seg, &mut here);
+        }
+    }
+    go(path, next, seg, &mut here);
     next
 }
 
@@ -367,10 +544,18 @@ impl World {
         for _ in 0..cfg.people {
             let r = scenario.pick_route(&mut rng);
             let route = &scenario.routes[r];
-            let provider = match rng.f64() {
-                u if u < 0.5 => 1,
-                u if u < 0.8 => 2,
-                _ => 0,
+            let provider = {
+                let u = rng.f64();
+                let mut acc = 0.0;
+                let mut pick = 0u8;
+                for (k, p) in cfg.panel.providers.iter().enumerate().take(254) {
+                    acc += p.share;
+                    if u < acc {
+                        pick = k as u8 + 1;
+                        break;
+                    }
+                }
+                pick
             };
             let speed = rng.range(0.8, 1.5);
             // 30 % already there at the start; the rest arrive, most in the hour before midnight.
@@ -429,5 +614,109 @@ impl World {
             cfg,
             agents,
         }
+    }
+}
+
+/// Where a walker crosses from polygon `a` to `b` (lng, lat): the centroid of their overlap, or,
+/// when they do not touch, the nearest points of the two boundaries (leaving `a`, entering `b`).
+fn portal(a: &geo::Polygon<f64>, b: &geo::Polygon<f64>) -> (LngLat, LngLat) {
+    use geo::{Closest, ClosestPoint};
+    let inter = MultiPolygon::new(vec![a.clone()]).intersection(&MultiPolygon::new(vec![b.clone()]));
+    if let Some(c) = inter.centroid() {
+        if inter.0.iter().any(|p| p.exterior().0.len() > 3) {
+            return ((c.x(), c.y()), (c.x(), c.y()));
+        }
+    }
+    // Nearest boundary points, in metres' proportion (degrees of lng are shorter).
+    let scale = |p: geo::Coord<f64>| geo::Coord {
+        x: p.x * M_LNG,
+        y: p.y * M_LAT,
+    };
+    let unscale = |p: Point<f64>| (p.x() / M_LNG, p.y() / M_LAT);
+    let ring =
+        |p: &geo::Polygon<f64>| geo::LineString::new(p.exterior().0.iter().map(|c| scale(*c)).collect());
+    let (ra, rb) = (ring(a), ring(b));
+    let mut best = (f64::MAX, (0.0, 0.0), (0.0, 0.0));
+    for (from, to, flip) in [(&ra, &rb, false), (&rb, &ra, true)] {
+        for c in from.0.iter() {
+            let p = Point::from(*c);
+            if let Closest::SinglePoint(q) | Closest::Intersection(q) = to.closest_point(&p) {
+                let d = (p.x() - q.x()).hypot(p.y() - q.y());
+                if d < best.0 {
+                    best = if flip {
+                        (d, unscale(q), unscale(p))
+                    } else {
+                        (d, unscale(p), unscale(q))
+                    };
+                }
+            }
+        }
+    }
+    (best.1, best.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world(seed: u64) -> World {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund");
+        World::new(
+            Scenario::load(&dir, seed).unwrap(),
+            SimConfig {
+                people: 2000,
+                duration_s: 1200.0,
+                start_ms: 1_767_193_200_000,
+                speed: 1.0,
+                seed,
+                panel: Panel::bund(),
+            },
+        )
+    }
+
+    #[test]
+    fn walkers_stay_on_the_walkable_network() {
+        let w = world(3);
+        let m = w.scenario.map.matcher();
+        let (mut total, mut off) = (0u32, 0u32);
+        let mut worst: std::collections::HashMap<(usize, usize), (u32, f64)> = Default::default();
+        for a in &w.agents {
+            let mut t = a.arrive();
+            while t < a.leave() {
+                let (lng, lat) = a.position(t);
+                let p = m.local(lat, lng);
+                let d = (0..m.len()).map(|i| m.distance(i, p)).fold(f64::MAX, f64::min);
+                total += 1;
+                let i = a.leg(t);
+                let next = a.path.get(i + 1).map_or(usize::MAX, |b| b.seg as usize);
+                // Crossing a junction the scenario leaves out (between two segments that do not
+                // touch) is the one place a walker is off the network; the truth counts it nowhere.
+                let crossing = next != usize::MAX && next != a.path[i].seg as usize;
+                if d > 0.5 && !crossing {
+                    off += 1;
+                    let key = (a.path[i].seg as usize, next);
+                    let e = worst.entry(key).or_default();
+                    e.0 += 1;
+                    e.1 = e.1.max(d);
+                }
+                t += 7.0;
+            }
+        }
+        let mut v: Vec<_> = worst.into_iter().collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.1 .0));
+        for ((a, b), (n, d)) in v.iter().take(12) {
+            let name = |i: usize| {
+                w.scenario
+                    .map
+                    .segments()
+                    .get(i)
+                    .map_or("-".to_string(), |s| s.id.0.clone())
+            };
+            eprintln!("{} → {}: {n} samples off, up to {d:.1} m", name(*a), name(*b));
+        }
+        assert!(
+            (off as f64) < 0.005 * total as f64,
+            "{off} of {total} positions are off every segment, away from a junction crossing"
+        );
     }
 }

@@ -9,8 +9,7 @@ use crate::ingest::crs::wgs84_to_gcj02;
 
 /// Seconds between counter, zone and gate reports (scenario time).
 const REPORT_S: usize = 10;
-/// Share of carrier-a pings delivered late, and by how much (scenario seconds).
-const LATE_SHARE: f64 = 0.002;
+/// How late a late ping is delivered (scenario seconds).
 const LATE_BY_S: usize = 120;
 
 /// True people on one segment in one window.
@@ -22,7 +21,8 @@ pub struct TruthRow {
     pub window_end: i64,
     /// Segment id.
     pub segment_id: String,
-    /// People whose position at their last moment in the window lies in the segment.
+    /// People whose position at the end of the window (or when they left, if earlier) lies in the
+    /// segment (the smallest polygon containing it; people between segments count nowhere).
     pub people: u64,
 }
 
@@ -85,7 +85,7 @@ impl<'w> Emitter<'w> {
             if a.provider == 0 {
                 continue;
             }
-            let every = interval(a.provider, &mut rng);
+            let every = interval(&world.cfg.panel, a.provider, &mut rng);
             let first = a.arrive() + rng.range(0.0, every);
             if first < a.leave() {
                 calendar[(first as usize).min(secs - 1)].push(i as u32);
@@ -259,43 +259,53 @@ impl<'w> Emitter<'w> {
             return;
         }
         let (lng, lat) = a.position(t);
-        let sigma = if a.provider == 1 { 15.0 } else { 5.0 };
+        let Some(p) = cfg.panel.providers.get(a.provider as usize - 1) else {
+            return;
+        };
+        let sigma = if p.outliers > 0.0 && self.rng.f64() < p.outliers {
+            p.outlier_m
+        } else {
+            p.sigma_m
+        };
         let (n1, n2) = self.rng.normal_pair();
         let lat = lat + n1 * sigma / 110_540.0;
         let lng = lng + n2 * sigma / 95_220.0;
         let ts = cfg.ts(t);
-        let late = a.provider == 1 && self.rng.f64() < LATE_SHARE;
+        let late = p.late_share > 0.0 && self.rng.f64() < p.late_share;
         let mut held = Vec::new();
         let buf: &mut Vec<u8> = if late { &mut held } else { out };
-        if a.provider == 1 {
-            buf.extend_from_slice(b"{\"kind\":\"lbs\",\"ts\":");
-            push_u64(buf, ts as u64);
-            buf.extend_from_slice(b",\"device\":\"cm-");
-            push_hex(buf, device(cfg.seed, i, 1), 14);
-            buf.extend_from_slice(b"\",\"lat\":");
-            push_fixed6(buf, lat);
-            buf.extend_from_slice(b",\"lng\":");
-            push_fixed6(buf, lng);
-            buf.extend_from_slice(b",\"accuracy_m\":50,\"source\":\"carrier-a\"}\n");
+        // Chinese apps deliver GCJ-02.
+        let (lat, lng) = if p.gcj02 {
+            self.gcj.convert(lat, lng)
         } else {
-            // Chinese apps deliver GCJ-02.
-            let (glat, glng) = self.gcj.convert(lat, lng);
-            buf.extend_from_slice(b"{\"kind\":\"lbs\",\"ts\":");
-            push_u64(buf, ts as u64);
-            buf.extend_from_slice(b",\"device\":\"app-");
-            push_hex(buf, device(cfg.seed, i, 2), 14);
-            buf.extend_from_slice(b"\",\"lat\":");
-            push_fixed6(buf, glat);
-            buf.extend_from_slice(b",\"lng\":");
-            push_fixed6(buf, glng);
-            buf.extend_from_slice(b",\"crs\":\"gcj02\",\"accuracy_m\":10,\"source\":\"carrier-b\"}\n");
+            (lat, lng)
+        };
+        buf.extend_from_slice(b"{\"kind\":\"lbs\",\"ts\":");
+        push_u64(buf, ts as u64);
+        buf.extend_from_slice(b",\"device\":\"");
+        buf.extend_from_slice(p.device_prefix.as_bytes());
+        push_hex(buf, device(cfg.seed, i, a.provider as u64), 14);
+        buf.extend_from_slice(b"\",\"lat\":");
+        push_fixed6(buf, lat);
+        buf.extend_from_slice(b",\"lng\":");
+        push_fixed6(buf, lng);
+        if p.gcj02 {
+            buf.extend_from_slice(b",\"crs\":\"gcj02\"");
         }
+        buf.extend_from_slice(b",\"accuracy_m\":");
+        push_u64(
+            buf,
+            (p.sigma_m * crate::scenario::matcher::RADIUS68_PER_SIGMA).round() as u64,
+        );
+        buf.extend_from_slice(b",\"source\":\"");
+        buf.extend_from_slice(p.name.as_bytes());
+        buf.extend_from_slice(b"\"}\n");
         if late {
             self.late[s + LATE_BY_S].push(String::from_utf8(held).unwrap_or_default());
         } else {
             self.records += 1;
         }
-        let next = t + interval(a.provider, &mut self.rng);
+        let next = t + interval(&cfg.panel, a.provider, &mut self.rng);
         if next < a.leave() && (next as usize) < self.calendar.len() {
             self.calendar[next as usize].push(i as u32);
         }
@@ -375,7 +385,11 @@ impl<'w> Emitter<'w> {
                     continue;
                 }
                 let at = (s1 - 1e-3).min(lv).min(cfg.duration_s - 1e-3);
-                counts[a.segment(at)] += 1;
+                let (lng, lat) = a.position(at);
+                // Crossing ground no segment covers, they are on no segment (off-network).
+                if let Some(seg) = map.matcher().segment_at(lat, lng) {
+                    counts[seg] += 1;
+                }
             }
             for (i, seg) in map.segments().iter().enumerate() {
                 rows.push(TruthRow {
@@ -469,12 +483,12 @@ fn push_hex(out: &mut Vec<u8>, v: u64, digits: usize) {
     }
 }
 
-fn interval(provider: u8, rng: &mut Rng) -> f64 {
-    if provider == 1 {
-        rng.range(20.0, 90.0)
-    } else {
-        rng.range(5.0, 30.0)
-    }
+fn interval(panel: &super::agents::Panel, provider: u8, rng: &mut Rng) -> f64 {
+    let (a, b) = panel
+        .providers
+        .get((provider as usize).wrapping_sub(1))
+        .map_or((60.0, 60.0), |p| p.interval_s);
+    rng.range(a, b)
 }
 
 /// A provider's pseudonym for an agent: stable for a seed, unlinkable across providers.
@@ -499,6 +513,7 @@ mod tests {
                 start_ms: 1_767_193_200_000,
                 speed: 1.0,
                 seed,
+                panel: crate::tools::sim::Panel::bund(),
             },
         )
     }

@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod emit;
+pub mod score;
 
-pub use agents::{Scenario, SimConfig, World};
+pub use agents::{Panel, Provider, Scenario, SimConfig, World};
 pub use emit::{Emitter, TruthRow};

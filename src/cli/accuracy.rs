@@ -1,0 +1,179 @@
+//! `throng accuracy`: simulate → engine → compare with the truth, over seeds, panel mixes and GPS
+//! error models; prints per-segment MAPE, the total's error and tier agreement (docs/ACCURACY.md).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::tools::sim::score::{score, Score, Trial};
+use crate::tools::sim::Panel;
+
+/// `throng accuracy`.
+#[derive(Debug, Args, Clone)]
+pub struct AccuracyArgs {
+    /// Scenario folder (segments.geojson, sensors.json, stations.json, routes.json).
+    #[arg(long, default_value = "fixtures/bund")]
+    pub scenario: PathBuf,
+    /// Config (default: the scenario's throng.toml); its LBS scale factors are replaced by each
+    /// panel's own (1 / coverage).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// People per night.
+    #[arg(long, default_value_t = 8000)]
+    pub people: usize,
+    /// Seconds per night.
+    #[arg(long, default_value_t = 1800.0)]
+    pub duration: f64,
+    /// Seeds, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub seeds: Vec<u64>,
+    /// Panel mixes: `bund` (50 % carrier-a every 20–90 s, 30 % app every 5–30 s) and `sparse`
+    /// (35 % every 1–5 min, 15 % every 10–60 s).
+    #[arg(long, value_delimiter = ',', default_value = "bund,sparse")]
+    pub panels: Vec<String>,
+    /// GPS error models: `panel` (each provider's own σ), a number (every ping σ metres), or a
+    /// number with `+outliers` (and 3 % of pings off by σ 100 m, their accuracy not saying so).
+    #[arg(long, value_delimiter = ',', default_value = "panel,5,15,30,15+outliers")]
+    pub errors: Vec<String>,
+    /// Print each night's score as a JSON line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn panel(name: &str) -> anyhow::Result<Panel> {
+    match name {
+        "bund" => Ok(Panel::bund()),
+        "sparse" => Ok(Panel::sparse()),
+        _ => anyhow::bail!("--panels: unknown panel {name:?} (bund or sparse)"),
+    }
+}
+
+fn with_error(p: Panel, model: &str) -> anyhow::Result<Panel> {
+    if model == "panel" {
+        return Ok(p);
+    }
+    let (num, outliers) = match model.strip_suffix("+outliers") {
+        Some(n) => (n, 0.03),
+        None => (model, 0.0),
+    };
+    let sigma: f64 = num
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 60.0)
+        .with_context(|| format!("--errors: {model:?} is not `panel`, a σ in metres (0–60) or σ+outliers"))?;
+    Ok(p.with_error(sigma, outliers))
+}
+
+/// Runs every trial (two at a time) and prints the scores; returns them.
+pub fn run(args: &AccuracyArgs) -> anyhow::Result<Vec<Score>> {
+    if args.people == 0 || args.duration < 600.0 {
+        anyhow::bail!(
+            "--people must be positive and --duration at least 600 s (scoring starts 6 minutes in)"
+        );
+    }
+    let cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
+    let mut trials = Vec::new();
+    for &seed in &args.seeds {
+        for p in &args.panels {
+            for e in &args.errors {
+                trials.push(Trial {
+                    seed,
+                    panel_name: p.clone(),
+                    panel: with_error(panel(p)?, e)?,
+                    error_name: e.clone(),
+                    people: args.people,
+                    duration_s: args.duration,
+                });
+            }
+        }
+    }
+    tracing::info!(
+        nights = trials.len(),
+        people = args.people,
+        "Scoring the engine against the simulator's truth."
+    );
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(t) = trials.get(i) else { break };
+                let r = score(&cfg, &args.scenario, t);
+                if let Ok(sc) = &r {
+                    tracing::info!(seed = t.seed, panel = %t.panel_name, error = %t.error_name, median_mape = sc.median_mape, "Night scored.");
+                }
+                results.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|r| r.0);
+    let mut scores = Vec::new();
+    for (_, r) in results {
+        scores.push(r.map_err(anyhow::Error::msg).context("scoring a night")?);
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &scores {
+            writeln!(out, "{}", serde_json::to_string(s)?)?;
+        }
+    } else {
+        print_table(&mut out, &scores)?;
+    }
+    Ok(scores)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1} %", x * 100.0)
+}
+
+fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<5} {:<7} {:<12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
+        "seed", "panel", "error", "median", "worst", "total", "tiers", "crossings", "off-net"
+    )?;
+    for s in scores {
+        writeln!(
+            out,
+            "{:<5} {:<7} {:<12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
+            s.seed,
+            s.panel,
+            s.error,
+            pct(s.median_mape),
+            pct(s.max_mape),
+            format!("{:+.1} %", s.total_error * 100.0),
+            pct(s.tier_agreement),
+            format!("{}/{}", s.crossings_on_time, s.crossings),
+            s.off_network_devices,
+        )?;
+    }
+    // Per segment: the worst MAPE over all nights.
+    writeln!(
+        out,
+        "\nper segment (MAPE over windows with ≥ 50 true people; worst night, mean true people):"
+    )?;
+    if let Some(first) = scores.first() {
+        for (i, seg) in first.segments.iter().enumerate() {
+            let worst = scores
+                .iter()
+                .filter_map(|s| s.segments.get(i).and_then(|x| x.mape))
+                .fold(None, |a: Option<f64>, m| Some(a.map_or(m, |a| a.max(m))));
+            let mean: f64 = scores
+                .iter()
+                .filter_map(|s| s.segments.get(i))
+                .map(|x| x.mean_true)
+                .sum::<f64>()
+                / scores.len() as f64;
+            match worst {
+                Some(w) => writeln!(out, "  {:<34} {:>8}   {:>7.0}", seg.segment_id, pct(w), mean)?,
+                None => writeln!(out, "  {:<34} {:>8}", seg.segment_id, "(< 50)")?,
+            }
+        }
+    }
+    Ok(())
+}

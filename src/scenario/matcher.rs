@@ -1,0 +1,469 @@
+//! Positions → segments. A ping is a noisy observation of where a person stands: this module says
+//! how much of that person each nearby segment should get.
+//!
+//! The rule (docs/ACCURACY.md): a ping at `z` with per-axis error σ (its `accuracy_m` taken as the
+//! 68 % radius, σ = accuracy / 1.515) came from segment `j` with probability
+//! ∝ ρⱼ · Mⱼ(z), where Mⱼ is the mass of a Gaussian N(z, σ²) that falls inside segment j's polygon
+//! and ρⱼ the crowd density there (the caller's prior: the last closed window's density). Only
+//! segments within 3σ of `z` (at most `max_match_m`) are candidates; a ping with none is
+//! *off-network* — counted apart, never folded into a street. Inside a wide square the mass is ~1
+//! and the square takes the person whole; at a junction, or for a ping scattered off a narrow
+//! street into the building beside it, the split follows the geometry and the crowd.
+//!
+//! Everything runs in a local plane in metres around the segments' centre (equirectangular: at
+//! city scale the distortion is far below GPS error), with an R-tree over the segments' bounding
+//! boxes so a city of 10,000 segments costs the same per ping as the Bund's 14.
+
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::{RTree, AABB};
+use rustc_hash::FxHashMap;
+
+use geo::Polygon;
+
+/// Per-axis σ for a 68 % horizontal radius (√(−2 ln 0.32)).
+pub const RADIUS68_PER_SIGMA: f64 = 1.515;
+/// Candidates are segments within this many σ of the ping.
+pub const MATCH_SIGMAS: f64 = 3.0;
+
+type Ring = Vec<[f64; 2]>;
+
+#[derive(Debug, Clone)]
+struct Shape {
+    exterior: Ring,
+    holes: Vec<Ring>,
+    area: f64,
+}
+
+/// Segment lookup by position.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    lat0: f64,
+    lng0: f64,
+    m_lat: f64,
+    m_lng: f64,
+    shapes: Vec<Shape>,
+    tree: RTree<GeomWithData<Rectangle<[f64; 2]>, u32>>,
+    max_match_m: f64,
+}
+
+impl Default for Matcher {
+    fn default() -> Self {
+        Matcher::new(&[], 100.0)
+    }
+}
+
+impl Matcher {
+    /// An index over the segments' polygons (lng, lat; in segment order); matches reach at most
+    /// `max_match_m`.
+    pub fn new(polygons: &[&Polygon<f64>], max_match_m: f64) -> Matcher {
+        use geo::BoundingRect;
+        let segments = polygons;
+        let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+        for s in segments {
+            if let Some(r) = s.bounding_rect() {
+                b = [
+                    b[0].min(r.min().x),
+                    b[1].min(r.min().y),
+                    b[2].max(r.max().x),
+                    b[3].max(r.max().y),
+                ];
+            }
+        }
+        let (lng0, lat0) = if segments.is_empty() {
+            (0.0, 0.0)
+        } else {
+            ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0)
+        };
+        let phi = lat0.to_radians();
+        // Metres per degree on WGS-84 at the centre latitude.
+        let m_lat = 111_132.92 - 559.82 * (2.0 * phi).cos() + 1.175 * (4.0 * phi).cos();
+        let m_lng = 111_412.84 * phi.cos() - 93.5 * (3.0 * phi).cos();
+        let mut m = Matcher {
+            lat0,
+            lng0,
+            m_lat,
+            m_lng,
+            shapes: Vec::new(),
+            tree: RTree::new(),
+            max_match_m,
+        };
+        let ring = |m: &Matcher, r: &geo::LineString<f64>| -> Ring {
+            let mut v: Ring = r.0.iter().map(|c| m.local(c.y, c.x)).collect();
+            if v.len() > 1 && v.first() == v.last() {
+                v.pop();
+            }
+            v
+        };
+        let mut boxes = Vec::with_capacity(segments.len());
+        for (i, s) in segments.iter().enumerate() {
+            let exterior = ring(&m, s.exterior());
+            let holes: Vec<Ring> = s.interiors().iter().map(|h| ring(&m, h)).collect();
+            let area = ring_area(&exterior).abs() - holes.iter().map(|h| ring_area(h).abs()).sum::<f64>();
+            let (mut lo, mut hi) = ([f64::MAX; 2], [f64::MIN; 2]);
+            for p in &exterior {
+                lo = [lo[0].min(p[0]), lo[1].min(p[1])];
+                hi = [hi[0].max(p[0]), hi[1].max(p[1])];
+            }
+            boxes.push(GeomWithData::new(Rectangle::from_corners(lo, hi), i as u32));
+            m.shapes.push(Shape {
+                exterior,
+                holes,
+                area,
+            });
+        }
+        m.tree = RTree::bulk_load(boxes);
+        m
+    }
+
+    /// A position in the local plane, metres east and north of the centre.
+    #[inline]
+    pub fn local(&self, lat: f64, lng: f64) -> [f64; 2] {
+        [(lng - self.lng0) * self.m_lng, (lat - self.lat0) * self.m_lat]
+    }
+
+    /// The per-axis σ (m) of a ping reporting `accuracy_m` (a 68 % radius), never below 1 m.
+    pub fn sigma(accuracy_m: f64) -> f64 {
+        (accuracy_m / RADIUS68_PER_SIGMA).max(1.0)
+    }
+
+    /// How far a ping with per-axis error `sigma` may be matched.
+    pub fn reach(&self, sigma: f64) -> f64 {
+        (MATCH_SIGMAS * sigma).min(self.max_match_m)
+    }
+
+    /// Candidate segments for a ping at local `p` with per-axis error `sigma`: (segment index, mass
+    /// of its Gaussian inside the segment). Empty: off-network.
+    pub fn masses(&self, p: [f64; 2], sigma: f64, out: &mut Vec<(u32, f32)>) {
+        out.clear();
+        let r = self.reach(sigma);
+        let env = AABB::from_corners([p[0] - r, p[1] - r], [p[0] + r, p[1] + r]);
+        for g in self.tree.locate_in_envelope_intersecting(&env) {
+            let i = g.data as usize;
+            let s = &self.shapes[i];
+            let inside = self.contains_local(i, p);
+            let mut edge = ring_distance(&s.exterior, p);
+            for h in &s.holes {
+                edge = edge.min(ring_distance(h, p));
+            }
+            if !inside && edge > r {
+                continue;
+            }
+            // Deep inside, the Gaussian lies wholly in the polygon: no integral needed.
+            let mut m = if inside && edge >= 4.0 * sigma {
+                1.0
+            } else {
+                ring_mass(&s.exterior, p, sigma).abs()
+            };
+            if m < 1.0 {
+                for h in &s.holes {
+                    m -= ring_mass(h, p, sigma).abs();
+                }
+            }
+            // Keep a candidate within reach even when its mass underflows: it is still the street.
+            out.push((g.data, m.max(1e-12) as f32));
+        }
+        out.sort_unstable_by_key(|c| c.0);
+    }
+
+    /// Distance (m) from local `p` to segment `i` (0 inside).
+    pub fn distance(&self, i: usize, p: [f64; 2]) -> f64 {
+        let s = &self.shapes[i];
+        if self.contains_local(i, p) {
+            return 0.0;
+        }
+        let mut d = ring_distance(&s.exterior, p);
+        for h in &s.holes {
+            d = d.min(ring_distance(h, p));
+        }
+        d
+    }
+
+    fn contains_local(&self, i: usize, p: [f64; 2]) -> bool {
+        let s = &self.shapes[i];
+        ring_contains(&s.exterior, p) && !s.holes.iter().any(|h| ring_contains(h, p))
+    }
+
+    /// The segment a position is *in* (no error model): the smallest polygon containing it; None
+    /// off the network. What the simulator's truth uses.
+    pub fn segment_at(&self, lat: f64, lng: f64) -> Option<usize> {
+        let p = self.local(lat, lng);
+        let env = AABB::from_point(p);
+        let mut inside: Option<(f64, usize)> = None;
+        for g in self.tree.locate_in_envelope_intersecting(&env) {
+            let i = g.data as usize;
+            if self.contains_local(i, p) {
+                let a = self.shapes[i].area;
+                if inside.is_none_or(|(b, _)| a < b) {
+                    inside = Some((a, i));
+                }
+            }
+        }
+        inside.map(|(_, i)| i)
+    }
+
+    /// Number of segments indexed.
+    pub fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// True without segments.
+    pub fn is_empty(&self) -> bool {
+        self.shapes.is_empty()
+    }
+}
+
+fn ring_area(r: &[[f64; 2]]) -> f64 {
+    let n = r.len();
+    (0..n)
+        .map(|i| {
+            let (a, b) = (r[i], r[(i + 1) % n]);
+            a[0] * b[1] - b[0] * a[1]
+        })
+        .sum::<f64>()
+        / 2.0
+}
+
+fn ring_contains(r: &[[f64; 2]], p: [f64; 2]) -> bool {
+    let n = r.len();
+    let mut inside = false;
+    let mut j = n.wrapping_sub(1);
+    for i in 0..n {
+        let (a, b) = (r[i], r[j]);
+        if (a[1] > p[1]) != (b[1] > p[1]) && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0] {
+            inside = !inside;
+        }
+        j = i;
+    }
+    inside
+}
+
+fn ring_distance(r: &[[f64; 2]], p: [f64; 2]) -> f64 {
+    let n = r.len();
+    let mut best = f64::MAX;
+    for i in 0..n {
+        let (a, b) = (r[i], r[(i + 1) % n]);
+        let d = [b[0] - a[0], b[1] - a[1]];
+        let len2 = d[0] * d[0] + d[1] * d[1];
+        let t = if len2 > 0.0 {
+            (((p[0] - a[0]) * d[0] + (p[1] - a[1]) * d[1]) / len2).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let q = [a[0] + t * d[0] - p[0], a[1] + t * d[1] - p[1]];
+        best = best.min(q[0].hypot(q[1]));
+    }
+    best
+}
+
+/// Gauss–Legendre nodes and weights on [−1, 1], 12 points.
+const GL: [(f64, f64); 12] = [
+    (-0.981_560_634_246_719_3, 0.047_175_336_386_511_83),
+    (-0.904_117_256_370_474_9, 0.106_939_325_995_318_4),
+    (-0.769_902_674_194_304_7, 0.160_078_328_543_346_2),
+    (-0.587_317_954_286_617_4, 0.203_167_426_723_065_9),
+    (-0.367_831_498_998_180_2, 0.233_492_536_538_354_8),
+    (-0.125_233_408_511_468_9, 0.249_147_045_813_402_8),
+    (0.125_233_408_511_468_9, 0.249_147_045_813_402_8),
+    (0.367_831_498_998_180_2, 0.233_492_536_538_354_8),
+    (0.587_317_954_286_617_4, 0.203_167_426_723_065_9),
+    (0.769_902_674_194_304_7, 0.160_078_328_543_346_2),
+    (0.904_117_256_370_474_9, 0.106_939_325_995_318_4),
+    (0.981_560_634_246_719_3, 0.047_175_336_386_511_83),
+];
+
+/// Signed mass of N(p, σ²I) inside a ring: the sum over edges of the mass of the triangle (p, a, b),
+/// each an integral over the angle it subtends of the radial CDF 1 − exp(−r²/2σ²) out to the edge.
+fn ring_mass(r: &[[f64; 2]], p: [f64; 2], sigma: f64) -> f64 {
+    let n = r.len();
+    let k = 1.0 / (2.0 * sigma * sigma);
+    let mut total = 0.0;
+    for i in 0..n {
+        let a = [r[i][0] - p[0], r[i][1] - p[1]];
+        let b = [r[(i + 1) % n][0] - p[0], r[(i + 1) % n][1] - p[1]];
+        let cross = a[0] * b[1] - a[1] * b[0];
+        let d = [b[0] - a[0], b[1] - a[1]];
+        let len2 = d[0] * d[0] + d[1] * d[1];
+        if len2 <= 0.0 {
+            continue;
+        }
+        let h = cross.abs() / len2.sqrt();
+        if h < 1e-9 {
+            continue;
+        }
+        // The foot of the perpendicular from p, and the angles of a, b relative to it.
+        let t = -(a[0] * d[0] + a[1] * d[1]) / len2;
+        let foot = [a[0] + t * d[0], a[1] + t * d[1]];
+        let phi = foot[1].atan2(foot[0]);
+        let wrap =
+            |x: f64| (x + std::f64::consts::PI).rem_euclid(2.0 * std::f64::consts::PI) - std::f64::consts::PI;
+        let ua = wrap(a[1].atan2(a[0]) - phi);
+        let ub = wrap(b[1].atan2(b[0]) - phi);
+        // F(h / cos u) over [ua, ub]; split at the foot (u = 0), where the integrand turns.
+        let f = |u: f64| {
+            let c = u.cos().max(1e-12);
+            let rr = h / c;
+            1.0 - (-rr * rr * k).exp()
+        };
+        let integrate = |lo: f64, hi: f64| {
+            let (m, half) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
+            GL.iter().map(|(x, w)| w * f(m + half * x)).sum::<f64>() * half
+        };
+        let v = if ua < 0.0 && ub > 0.0 || ua > 0.0 && ub < 0.0 {
+            integrate(ua, 0.0) + integrate(0.0, ub)
+        } else {
+            integrate(ua, ub)
+        };
+        total += v;
+    }
+    total / (2.0 * std::f64::consts::PI)
+}
+
+/// Matches by raster point and error class, so a night of pings costs one lookup each once the
+/// places the crowd stands have been seen. Cleared when it grows past its cap. Cloning gives an
+/// empty cache (a checkpoint copy needs none).
+#[derive(Debug, Default)]
+pub struct PlaceCache {
+    index: FxHashMap<u64, (u32, u8)>,
+    arena: Vec<(u32, f32)>,
+    scratch: Vec<(u32, f32)>,
+}
+
+impl Clone for PlaceCache {
+    fn clone(&self) -> Self {
+        PlaceCache::default()
+    }
+}
+
+/// Most raster points kept before the cache starts over.
+const CACHE_CAP: usize = 1 << 21;
+
+impl PlaceCache {
+    /// Candidate segments with their masses for a ping at `lat, lng` with per-axis error `sigma`
+    /// (see `Matcher::masses`), computed at the centre of its raster point (a quarter σ across).
+    pub fn masses(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> &[(u32, f32)] {
+        // σ ladder: 2^(k/2) m, so a class is within ±19 % of the σ asked.
+        let k = (2.0 * sigma.max(1.0).log2()).round().clamp(0.0, 40.0);
+        let s = 2f64.powf(k / 2.0);
+        let step = (s / 4.0).max(0.5);
+        let p = m.local(lat, lng);
+        let (ix, iy) = ((p[0] / step).floor(), (p[1] / step).floor());
+        let key =
+            (k as u64) << 56 | ((ix as i64 as u64) & 0x0fff_ffff) << 28 | ((iy as i64 as u64) & 0x0fff_ffff);
+        if let Some(&(off, len)) = self.index.get(&key) {
+            return &self.arena[off as usize..off as usize + len as usize];
+        }
+        if self.index.len() >= CACHE_CAP {
+            self.index.clear();
+            self.arena.clear();
+        }
+        let centre = [(ix + 0.5) * step, (iy + 0.5) * step];
+        m.masses(centre, s, &mut self.scratch);
+        self.scratch.truncate(u8::MAX as usize);
+        let off = self.arena.len() as u32;
+        self.arena.extend_from_slice(&self.scratch);
+        self.index.insert(key, (off, self.scratch.len() as u8));
+        &self.arena[off as usize..]
+    }
+
+    /// Forgets everything (the segments changed).
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.arena.clear();
+    }
+
+    /// Raster points held.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(x0: f64, y0: f64, w: f64, h: f64) -> Ring {
+        vec![[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]]
+    }
+
+    fn phi(x: f64) -> f64 {
+        // Standard normal CDF via erf's series-free approximation (Abramowitz–Stegun 7.1.26).
+        let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() / 2f64.sqrt());
+        let y = 1.0
+            - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
+                + 0.254_829_592)
+                * t
+                * (-(x * x) / 2.0).exp();
+        if x >= 0.0 {
+            0.5 * (1.0 + y)
+        } else {
+            0.5 * (1.0 - y)
+        }
+    }
+
+    #[test]
+    fn the_mass_of_a_rectangle_is_the_product_of_two_normal_intervals() {
+        let r = square(-3.0, -5.0, 10.0, 8.0);
+        for (p, s) in [
+            ([0.0, 0.0], 2.0),
+            ([6.0, 2.5], 3.0),
+            ([-9.0, 0.0], 4.0),
+            ([0.0, 0.0], 40.0),
+        ] {
+            let want = (phi((7.0 - p[0]) / s) - phi((-3.0 - p[0]) / s))
+                * (phi((3.0 - p[1]) / s) - phi((-5.0 - p[1]) / s));
+            let got = ring_mass(&r, p, s).abs();
+            assert!((got - want).abs() < 2e-3, "{p:?} σ {s}: {got} vs {want}");
+        }
+        // Orientation only flips the sign.
+        let mut rev = r.clone();
+        rev.reverse();
+        assert!((ring_mass(&rev, [1.0, 1.0], 3.0) + ring_mass(&r, [1.0, 1.0], 3.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn containment_and_distance() {
+        let r = square(0.0, 0.0, 10.0, 4.0);
+        assert!(ring_contains(&r, [5.0, 2.0]));
+        assert!(!ring_contains(&r, [5.0, 6.0]));
+        assert!((ring_distance(&r, [5.0, 7.0]) - 3.0).abs() < 1e-9);
+        assert!((ring_distance(&r, [13.0, 8.0]) - 5.0).abs() < 1e-9);
+        assert!((ring_area(&r).abs() - 40.0).abs() < 1e-9);
+    }
+}
+
+#[cfg(test)]
+mod bund {
+    use geo::Contains;
+
+    #[test]
+    fn containment_agrees_with_geo_on_the_bund() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund/segments.geojson");
+        let map = crate::scenario::SegmentMap::load(&dir, h3o::Resolution::Eleven).unwrap();
+        let m = map.matcher();
+        let mut x: u64 = 7;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let b = map.bbox().unwrap();
+        let mut bad = 0;
+        for _ in 0..20000 {
+            let (lng, lat) = (b[0] + rnd() * (b[2] - b[0]), b[1] + rnd() * (b[3] - b[1]));
+            for (i, s) in map.segments().iter().enumerate() {
+                let g = s.polygon.contains(&geo::Point::new(lng, lat));
+                let d = m.distance(i, m.local(lat, lng));
+                if g != (d == 0.0) {
+                    bad += 1;
+                }
+            }
+        }
+        assert_eq!(bad, 0);
+    }
+}

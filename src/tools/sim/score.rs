@@ -1,0 +1,296 @@
+//! How right are the segment numbers? Simulate a night, run its feeds through the same flow a
+//! server runs, and compare every segment-window with the simulator's truth (`throng accuracy`).
+//!
+//! Truth and estimate mean the same thing: the people whose position at the end of the window lies
+//! in the segment (see `TruthRow`). Tiers are compared like with like: the truth's people are run
+//! through a second segments stage with the same thresholds, counters and gates, so a tier
+//! disagreement is the people estimate's fault alone.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::agents::{Panel, Scenario, SimConfig, World};
+use super::emit::Emitter;
+use crate::config::{Config, LbsSourceConfig};
+use crate::flow::{Closed, Flow, Outputs, WindowKind};
+use crate::pipeline::Pipeline;
+use crate::risk::{Risk, Shown, ThresholdStore, Tier};
+use crate::window::HexWindow;
+
+/// Segments are scored only in windows where the truth holds at least this many people.
+pub const MIN_TRUE_PEOPLE: u64 = 50;
+
+/// One simulated night to score.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// Seed.
+    pub seed: u64,
+    /// The panel's name, for the report.
+    pub panel_name: String,
+    /// Who carries which phone.
+    pub panel: Panel,
+    /// The error model's name, for the report.
+    pub error_name: String,
+    /// People.
+    pub people: usize,
+    /// Seconds of night.
+    pub duration_s: f64,
+}
+
+/// One segment's score over a night.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SegmentScore {
+    /// Segment id.
+    pub segment_id: String,
+    /// Mean absolute percentage error of people over the windows with ≥ `MIN_TRUE_PEOPLE` true
+    /// people (None: never that many).
+    pub mape: Option<f64>,
+    /// Windows scored.
+    pub windows: u32,
+    /// Mean true people in them.
+    pub mean_true: f64,
+}
+
+/// A night's score.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Score {
+    /// Seed.
+    pub seed: u64,
+    /// Panel.
+    pub panel: String,
+    /// Error model.
+    pub error: String,
+    /// Per segment.
+    pub segments: Vec<SegmentScore>,
+    /// Median of the segments' MAPE.
+    pub median_mape: f64,
+    /// Largest segment MAPE.
+    pub max_mape: f64,
+    /// Σ estimate / Σ truth − 1 over every scored segment-window.
+    pub total_error: f64,
+    /// Share of segment-windows whose tier equals the truth-derived tier.
+    pub tier_agreement: f64,
+    /// Truth crossings into high or critical.
+    pub crossings: u32,
+    /// Of those, reported (the estimate at that tier or above) within one slide.
+    pub crossings_on_time: u32,
+    /// Segment-windows compared.
+    pub segment_windows: u64,
+    /// Devices matched to no segment, summed over windows.
+    pub off_network_devices: u64,
+}
+
+/// What the flow's outputs keep: per (window end, segment index) the estimate and both tiers.
+struct Collect {
+    truth: HashMap<(i64, usize), u64>,
+    truth_risk: Risk,
+    /// (window end, segment) → (people, tier, truth tier).
+    rows: HashMap<(i64, usize), (f64, Shown, Shown)>,
+    off_network: u64,
+}
+
+impl Outputs for Collect {
+    fn closed(&mut self, c: &Closed<'_>) {
+        if c.kind != WindowKind::Data {
+            return;
+        }
+        let w: &HexWindow = c.window;
+        self.off_network += w.segments.off_network_devices;
+        let n = c.statuses.len();
+        let mut t = w.clone();
+        t.segments.people = (0..n)
+            .map(|i| self.truth.get(&(w.end.0, i)).copied().unwrap_or(0) as f64)
+            .collect();
+        let (truth_st, _) = self.truth_risk.evaluate(&t);
+        for (i, (s, ts)) in c.statuses.iter().zip(truth_st).enumerate() {
+            self.rows.insert((w.end.0, i), (s.people, s.tier, ts.tier));
+        }
+    }
+}
+
+fn rank(s: Shown) -> u8 {
+    match s {
+        Shown::Degraded => 0,
+        Shown::Low => 1,
+        Shown::Medium => 2,
+        Shown::High => 3,
+        Shown::Critical => 4,
+    }
+}
+
+/// The config a trial runs under: `base` with every simulated provider at people-per-device
+/// = 1 / the panel's coverage and its typical ping interval (what an operator knows of a panel).
+pub fn trial_config(base: &Config, panel: &Panel) -> Config {
+    let mut cfg = base.clone();
+    let scale = 1.0 / panel.coverage().max(1e-6);
+    for p in &panel.providers {
+        let mean = (p.interval_s.0 + p.interval_s.1) / 2.0;
+        cfg.lbs.sources.insert(
+            p.name.clone(),
+            LbsSourceConfig {
+                scale,
+                max_delay: None,
+                accuracy_m: None,
+                ping_interval: Some(std::time::Duration::from_secs_f64(mean)),
+            },
+        );
+    }
+    cfg
+}
+
+/// Simulates one night over the scenario in `dir` and scores the engine against its truth.
+pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> {
+    let cfg = trial_config(base, &trial.panel);
+    let start_ms = 1_767_193_200_000; // 2025-12-31T23:00+08:00
+    let world = World::new(
+        Scenario::load(dir, trial.seed)?,
+        SimConfig {
+            people: trial.people,
+            duration_s: trial.duration_s,
+            start_ms,
+            speed: 1.0,
+            seed: trial.seed,
+            panel: trial.panel.clone(),
+        },
+    );
+    let size = cfg.window.size.as_millis() as i64;
+    let slide = cfg.slide_ms();
+    let mut em = Emitter::new(&world);
+    let map = Arc::new(world.scenario.map.clone());
+    let index: HashMap<&str, usize> = map
+        .segments()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let truth: HashMap<(i64, usize), u64> = em
+        .truth(size, slide)
+        .into_iter()
+        .filter_map(|r| Some(((r.window_end, *index.get(r.segment_id.as_str())?), r.people)))
+        .collect();
+    let pipe = Pipeline::from_config(&cfg).map_err(|e| e.to_string())?;
+    let store = || ThresholdStore::open(None).map_err(|e| e.to_string());
+    let risk = |store| {
+        Risk::new(
+            map.clone(),
+            pipe.registry.points().to_vec(),
+            cfg.risk.clone(),
+            store,
+            size,
+        )
+    };
+    let outputs = Collect {
+        truth,
+        truth_risk: risk(store()?),
+        rows: HashMap::new(),
+        off_network: 0,
+    };
+    let parser = pipe.parser.clone();
+    let Pipeline { engine, sources, .. } = pipe;
+    let mut flow = Flow::new(engine, sources, risk(store()?), outputs, &cfg.window);
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut now = i64::MIN;
+    let mut t = 0.0;
+    let mut rejected = 0u64;
+    while !em.done() {
+        t += 10.0;
+        buf.clear();
+        em.emit_until(t, &mut buf);
+        crate::ingest::decode::each_line(&parser, &buf, None, usize::MAX, |_, r| match r {
+            Ok(rec) => {
+                now = now.max(rec.ts.millis());
+                flow.ingest(&rec, now);
+            }
+            Err(_) => rejected += 1,
+        });
+    }
+    if rejected > 0 {
+        return Err(format!("{rejected} simulated records were rejected"));
+    }
+    let out = flow.finish();
+    // The first windows hold only devices seen so far (the sparsest panel pings every 5 min),
+    // the last only part of the night: score from 6 minutes in to a window before the end.
+    let first_end = start_ms + 360_000 + size;
+    let last_end = start_ms + (trial.duration_s * 1000.0) as i64 - slide;
+    let mut per: Vec<(f64, u32, f64)> = vec![(0.0, 0, 0.0); map.segments().len()];
+    let (mut est_sum, mut true_sum, mut agree, mut n) = (0.0, 0.0, 0u64, 0u64);
+    let mut keys: Vec<&(i64, usize)> = out.rows.keys().collect();
+    keys.sort_unstable();
+    for k in &keys {
+        let (end, i) = **k;
+        if end < first_end || end > last_end {
+            continue;
+        }
+        let (est, tier, ttier) = out.rows[k];
+        let tru = out.truth.get(k).copied().unwrap_or(0);
+        est_sum += est;
+        true_sum += tru as f64;
+        n += 1;
+        agree += (tier == ttier) as u64;
+        if tru >= MIN_TRUE_PEOPLE {
+            let e = &mut per[i];
+            e.0 += (est - tru as f64).abs() / tru as f64;
+            e.1 += 1;
+            e.2 += tru as f64;
+        }
+    }
+    // Crossings: the truth tier rises into high or critical; the estimate must be there within a slide.
+    let (mut crossings, mut on_time) = (0u32, 0u32);
+    for i in 0..map.segments().len() {
+        let mut prev = Shown::Low;
+        let mut end = first_end;
+        while end <= last_end {
+            if let Some(&(_, _, tt)) = out.rows.get(&(end, i)) {
+                if rank(tt) > rank(prev) && rank(tt) >= rank(Shown::from(Tier::High)) {
+                    crossings += 1;
+                    let seen = [end, end + slide]
+                        .iter()
+                        .any(|e| out.rows.get(&(*e, i)).is_some_and(|r| rank(r.1) >= rank(tt)));
+                    on_time += seen as u32;
+                }
+                prev = tt;
+            }
+            end += slide;
+        }
+    }
+    let segments: Vec<SegmentScore> = map
+        .segments()
+        .iter()
+        .zip(&per)
+        .map(|(s, (sum, w, tru))| SegmentScore {
+            segment_id: s.id.0.clone(),
+            mape: (*w > 0).then(|| sum / *w as f64),
+            windows: *w,
+            mean_true: if *w > 0 { tru / *w as f64 } else { 0.0 },
+        })
+        .collect();
+    let mut mapes: Vec<f64> = segments.iter().filter_map(|s| s.mape).collect();
+    mapes.sort_by(f64::total_cmp);
+    Ok(Score {
+        seed: trial.seed,
+        panel: trial.panel_name.clone(),
+        error: trial.error_name.clone(),
+        median_mape: median(&mapes),
+        max_mape: mapes.last().copied().unwrap_or(0.0),
+        segments,
+        total_error: if true_sum > 0.0 {
+            est_sum / true_sum - 1.0
+        } else {
+            0.0
+        },
+        tier_agreement: if n > 0 { agree as f64 / n as f64 } else { 1.0 },
+        crossings,
+        crossings_on_time: on_time,
+        segment_windows: n,
+        off_network_devices: out.off_network,
+    })
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}

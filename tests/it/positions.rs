@@ -1,0 +1,115 @@
+//! Segment people from device positions, through the real server: the packed-steps case.
+
+use std::time::Duration;
+
+use throng::scenario::SegmentMap;
+use throng::server;
+
+use crate::http::request;
+use crate::serve::{config, fast};
+
+/// 1,012 phones placed inside `chenyi-steps` (253 m², 4 p/m², accuracy 5 m, scale 1), where the
+/// 2014 crush happened. The steps share their res-11 cells with the square and the promenade; by
+/// cell shares they read a third of the crowd. By position they read it whole: critical at once
+/// (the first closed window), with an alert.
+#[tokio::test]
+async fn a_packed_crowd_on_the_steps_reads_critical_within_one_slide_with_an_alert() {
+    let cfg = fast(config());
+    let map = SegmentMap::load(&cfg.scenario.join("segments.geojson"), cfg.resolution()).unwrap();
+    let steps = map.index("chenyi-steps").unwrap();
+    let poly = &map.segments()[steps].polygon;
+    let m = map.matcher();
+    let mut rng = crate::support::Rng(15);
+    let (mut lo, mut hi) = ([f64::MAX; 2], [f64::MIN; 2]);
+    for c in poly.exterior().0.iter() {
+        lo = [lo[0].min(c.x), lo[1].min(c.y)];
+        hi = [hi[0].max(c.x), hi[1].max(c.y)];
+    }
+    let mut phones = Vec::new();
+    while phones.len() < 1012 {
+        let (lng, lat) = (rng.range(lo[0], hi[0]), rng.range(lo[1], hi[1]));
+        if m.distance(steps, m.local(lat, lng)) == 0.0 {
+            phones.push((lat, lng));
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let a = server.addr;
+    // Each phone pings every 250 ms for 3 s of 1 s windows.
+    let start = throng::model::now_ms();
+    let mut first_window_end = None;
+    for k in 0..12 {
+        let ts = start + k * 250;
+        first_window_end.get_or_insert((ts / 1000 + 1) * 1000);
+        let body: String = phones
+            .iter()
+            .enumerate()
+            .map(|(i, (lat, lng))| {
+                format!(
+                    "{{\"kind\":\"lbs\",\"ts\":{ts},\"device\":\"steps-{i}\",\"lat\":{lat:.7},\"lng\":{lng:.7},\"accuracy_m\":5}}\n"
+                )
+            })
+            .collect();
+        let (s, v) = request(a, "POST", "/api/ingest", None, &body).await;
+        assert_eq!(s, 202, "{v}");
+        assert_eq!(v["accepted"], 1012);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let first_window_end = first_window_end.unwrap();
+
+    // Wait (bounded) for the feed to go idle and its windows to close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let alert = loop {
+        let (_, alerts) = request(a, "GET", "/api/alerts", None, "").await;
+        let found = alerts.as_array().and_then(|v| {
+            v.iter()
+                .find(|x| x["segment_id"] == "chenyi-steps" && x["to_tier"] == "critical")
+                .cloned()
+        });
+        if let Some(x) = found {
+            break x;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no critical alert on the steps: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ts = alert["ts"].as_i64().unwrap();
+    assert!(
+        ts <= first_window_end + 1000,
+        "critical at {ts}: more than one slide after the first window ({first_window_end})"
+    );
+    let people = alert["people"].as_f64().unwrap();
+    eprintln!("steps at the critical alert: {people:.0} people (truth 1,012)");
+    assert!(people > 855.0, "the steps read {people} people: {alert}");
+
+    let (_, segs) = request(a, "GET", "/api/segments", None, "").await;
+    let s = segs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "chenyi-steps")
+        .unwrap()
+        .clone();
+    let density = s["density"].as_f64().unwrap_or(0.0);
+    assert!(
+        (density - 4.0).abs() < 0.4 || s["tier"] == "degraded",
+        "steps density {density}: {s}"
+    );
+    // The square beside the steps is not handed the steps' crowd.
+    let square = segs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "chenyi-square")
+        .unwrap();
+    assert!(
+        square["people"].as_f64().unwrap_or(0.0) < 100.0,
+        "the square took the steps' people: {square}"
+    );
+    server.shutdown().await.unwrap();
+}
