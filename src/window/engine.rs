@@ -741,8 +741,8 @@ impl Engine {
         self.panes.len()
     }
 
-    /// Estimated heap bytes of the window state (the panes' hash tables, sized by their bucket
-    /// counts as hashbrown allocates them, and the register table).
+    /// Estimated heap bytes of the window state (the panes' hash tables and the presence table,
+    /// sized by their bucket counts as hashbrown allocates them, and the register table).
     pub fn state_bytes(&self) -> usize {
         fn table<K, V>(capacity: usize) -> usize {
             if capacity == 0 {
@@ -764,7 +764,7 @@ impl Engine {
                     + std::mem::size_of::<Pane>()
             })
             .sum();
-        panes + self.registers.state_bytes()
+        panes + table::<DeviceId, Carry>(self.carry.capacity()) + self.registers.state_bytes()
     }
 
     /// Distinct devices held in the open panes (what "active devices" means for state per device).
