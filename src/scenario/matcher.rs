@@ -298,6 +298,12 @@ fn ring_mass(r: &[[f64; 2]], p: [f64; 2], sigma: f64) -> f64 {
             |x: f64| (x + std::f64::consts::PI).rem_euclid(2.0 * std::f64::consts::PI) - std::f64::consts::PI;
         let ua = wrap(a[1].atan2(a[0]) - phi);
         let ub = wrap(b[1].atan2(b[0]) - phi);
+        // An edge farther than 5σ sees the whole Gaussian inside its triangle: F = 1 along it,
+        // and its integral is the angle it subtends (the common case, deep inside a segment).
+        if h > 5.0 * sigma {
+            total += ub - ua;
+            continue;
+        }
         // F(h / cos u) over [ua, ub]; split at the foot (u = 0), where the integrand turns.
         let f = |u: f64| {
             let c = u.cos().max(1e-12);
@@ -326,6 +332,8 @@ pub struct PlaceCache {
     index: FxHashMap<u64, (u32, u8)>,
     arena: Vec<(u32, f32)>,
     scratch: Vec<(u32, f32)>,
+    /// The last σ asked, with its class, class σ and raster step.
+    class: Option<(f64, f64, f64, f64)>,
 }
 
 impl Clone for PlaceCache {
@@ -341,10 +349,18 @@ impl PlaceCache {
     /// Candidate segments with their masses for a ping at `lat, lng` with per-axis error `sigma`
     /// (see `Matcher::masses`), computed at the centre of its raster point (a quarter σ across).
     pub fn masses(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> &[(u32, f32)] {
-        // σ ladder: 2^(k/2) m, so a class is within ±19 % of the σ asked.
-        let k = (2.0 * sigma.max(1.0).log2()).round().clamp(0.0, 40.0);
-        let s = 2f64.powf(k / 2.0);
-        let step = (s / 4.0).max(0.5);
+        // σ ladder: 2^(k/2) m, so a class is within ±19 % of the σ asked. Pings of one source
+        // mostly share their σ: the class of the last one is kept.
+        let (k, s, step) = match self.class {
+            Some((sg, k, s, step)) if sg == sigma => (k, s, step),
+            _ => {
+                let k = (2.0 * sigma.max(1.0).log2()).round().clamp(0.0, 40.0);
+                let s = 2f64.powf(k / 2.0);
+                let step = (s / 4.0).max(0.5);
+                self.class = Some((sigma, k, s, step));
+                (k, s, step)
+            }
+        };
         let p = m.local(lat, lng);
         let (ix, iy) = ((p[0] / step).floor(), (p[1] / step).floor());
         let key =

@@ -619,7 +619,12 @@ impl Engine {
                     row.lbs_devices += 1;
                     row.lbs_people += scale;
                     if let Some(a) = &mut attr {
-                        let at = ahead(e, self.carry.get(dev), end);
+                        // A ping from the window's last seconds needs no projection (nor a look-up).
+                        let at = if end - e.ts > 5_000 {
+                            ahead(e, self.carry.get(dev), end)
+                        } else {
+                            *e
+                        };
                         if !a.add(places, profiles, &at, scale, false) {
                             row.lbs_off_network += 1;
                         }
