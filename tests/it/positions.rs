@@ -96,6 +96,7 @@ async fn a_packed_crowd_on_the_steps_reads_critical_within_one_slide_with_an_ale
         .unwrap()
         .clone();
     let density = s["density"].as_f64().unwrap_or(0.0);
+    eprintln!("steps now: {density:.2} p/m², {}", s["tier"]);
     assert!(
         (density - 4.0).abs() < 0.4 || s["tier"] == "degraded",
         "steps density {density}: {s}"
