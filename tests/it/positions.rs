@@ -114,3 +114,69 @@ async fn a_packed_crowd_on_the_steps_reads_critical_within_one_slide_with_an_ale
     );
     server.shutdown().await.unwrap();
 }
+
+/// Off-network pings are counted, not lost: through `throng replay --data-dir` they are in
+/// `hex_windows.lbs_off_network`, still on the heatmap (`lbs_devices`), and on no segment.
+#[test]
+fn off_network_pings_are_visible_in_sql_and_on_no_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("throng.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "scenario = {:?}\n[window]\nsize = \"10s\"\nslide = \"10s\"\nallowed_lateness = \"1s\"\n[privacy]\nk = 1\n",
+            crate::support::root().join("fixtures/bund")
+        ),
+    )
+    .unwrap();
+    let t = 1_767_196_800_000i64;
+    let mut feed = String::new();
+    // Five phones on the Huangpu 1.5 km east of every segment; three on Chen Yi Square.
+    for i in 0..5 {
+        feed += &format!(
+            "{{\"kind\":\"lbs\",\"ts\":{},\"device\":\"river-{i}\",\"lat\":31.2400,\"lng\":121.5050,\"accuracy_m\":10}}\n",
+            t + 1000 + i
+        );
+    }
+    for i in 0..3 {
+        feed += &format!(
+            "{{\"kind\":\"lbs\",\"ts\":{},\"device\":\"square-{i}\",\"lat\":31.241294,\"lng\":121.490922,\"accuracy_m\":5}}\n",
+            t + 2000 + i
+        );
+    }
+    let file = dir.path().join("feed.ndjson");
+    std::fs::write(&file, feed).unwrap();
+    let data = dir.path().join("data");
+    let o = crate::support::throng(&[
+        "replay",
+        file.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let q = |sql: &str| -> serde_json::Value {
+        let o = crate::support::throng(&[
+            "query",
+            sql,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let v = q("SELECT sum(lbs_off_network) AS off, sum(lbs_devices) AS devices FROM hex_windows");
+    assert_eq!(v[0]["off"], 5, "{v}");
+    assert_eq!(v[0]["devices"], 8, "{v}");
+    let v = q("SELECT sum(people) AS people FROM segment_windows");
+    let people = v[0]["people"].as_f64().unwrap();
+    assert!(
+        (people - 3.0).abs() < 1e-6,
+        "only the square's three are on segments: {v}"
+    );
+}
