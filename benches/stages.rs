@@ -1,5 +1,5 @@
 //! The stages after the engine, per closed window at Bund scale (~3,000 active res-11 cells):
-//! segment tiering (cells → 14 segments → tiers) and live frame encoding, each beside a naive peer
+//! segment tiering (14 segments' people → tiers) and live frame encoding, each beside a naive peer
 //! measured in the same run.
 //!
 //! `cargo bench --bench stages` prints criterion's figures, then per-window times and ratios.
@@ -14,12 +14,13 @@ use throng::live::frames::{self, Subscription};
 use throng::model::{CellId, EventTime};
 use throng::risk::{Risk, ThresholdStore};
 use throng::scenario::SegmentMap;
-use throng::window::{HexRow, HexWindow};
+use throng::window::{HexRow, HexWindow, SegmentPeople};
 
 const T0: i64 = 1_767_193_200_000;
 
-/// A closed window over the Bund with ~3,000 active cells.
-fn window(i: i64) -> HexWindow {
+/// A closed window over the Bund with ~3,000 active cells, and segment people spread from them
+/// (the engine's attribution is the pipeline bench's; here the tier stage gets realistic people).
+fn window(i: i64, map: &SegmentMap) -> HexWindow {
     let mut rows = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for a in 0..120 {
@@ -42,12 +43,22 @@ fn window(i: i64) -> HexWindow {
             }
         }
     }
+    let mut people = vec![0.0; map.segments().len()];
+    for r in &rows {
+        for (seg, share) in map.shares(r.cell) {
+            people[*seg] += r.lbs_people * share;
+        }
+    }
     HexWindow {
         start: EventTime(T0 + i * 10_000),
         end: EventTime(T0 + i * 10_000 + 60_000),
         rows,
         points: Vec::new(),
-        segments: Default::default(),
+        segments: SegmentPeople {
+            carried: vec![0.0; people.len()],
+            people,
+            ..Default::default()
+        },
         is_final: true,
     }
 }
@@ -70,8 +81,8 @@ fn bench(c: &mut Criterion) {
         .expect("the Bund segments"),
     );
     let store = ThresholdStore::open(None).expect("store");
+    let windows: Vec<HexWindow> = (0..32).map(|i| window(i, &map)).collect();
     let mut risk = Risk::new(map, Vec::new(), RiskConfig::default(), store, 60_000);
-    let windows: Vec<HexWindow> = (0..32).map(window).collect();
     let cells = windows[0].rows.len();
     let fine = Subscription {
         res: 11,
