@@ -57,9 +57,8 @@ impl Matcher {
     /// `max_match_m`.
     pub fn new(polygons: &[&Polygon<f64>], max_match_m: f64) -> Matcher {
         use geo::BoundingRect;
-        let segments = polygons;
         let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
-        for s in segments {
+        for s in polygons {
             if let Some(r) = s.bounding_rect() {
                 b = [
                     b[0].min(r.min().x),
@@ -69,7 +68,7 @@ impl Matcher {
                 ];
             }
         }
-        let (lng0, lat0) = if segments.is_empty() {
+        let (lng0, lat0) = if polygons.is_empty() {
             (0.0, 0.0)
         } else {
             ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0)
@@ -94,8 +93,8 @@ impl Matcher {
             }
             v
         };
-        let mut boxes = Vec::with_capacity(segments.len());
-        for (i, s) in segments.iter().enumerate() {
+        let mut boxes = Vec::with_capacity(polygons.len());
+        for (i, s) in polygons.iter().enumerate() {
             let exterior = ring(&m, s.exterior());
             let holes: Vec<Ring> = s.interiors().iter().map(|h| ring(&m, h)).collect();
             let area = ring_area(&exterior).abs() - holes.iter().map(|h| ring_area(h).abs()).sum::<f64>();

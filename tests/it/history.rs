@@ -72,7 +72,8 @@ fn write_config(dir: &Path, k: u32) -> std::path::PathBuf {
     p
 }
 
-fn query_json(data: &Path, cfg: &Path, sql: &str) -> serde_json::Value {
+/// Runs `throng query --format json` over a data dir; the rows.
+pub fn query_json(data: &Path, cfg: &Path, sql: &str) -> serde_json::Value {
     let out = throng(&[
         "query",
         sql,

@@ -156,20 +156,7 @@ fn off_network_pings_are_visible_in_sql_and_on_no_segment() {
         data.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let q = |sql: &str| -> serde_json::Value {
-        let o = crate::support::throng(&[
-            "query",
-            sql,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--format",
-            "json",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap()
-    };
+    let q = |sql: &str| crate::history::query_json(&data, &cfg, sql);
     let v = q("SELECT sum(lbs_off_network) AS off, sum(lbs_devices) AS devices FROM hex_windows");
     assert_eq!(v[0]["off"], 5, "{v}");
     assert_eq!(v[0]["devices"], 8, "{v}");
