@@ -101,10 +101,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("heatmap frame, res 11", |b| {
-        b.iter(|| black_box(frames::heatmap(&windows[0], &fine, 10)))
+        b.iter(|| black_box(frames::heatmap(&windows[0], &[], &fine, 10)))
     });
     g.bench_function("heatmap frame, rolled up to res 9", |b| {
-        b.iter(|| black_box(frames::heatmap(&windows[0], &coarse, 10)))
+        b.iter(|| black_box(frames::heatmap(&windows[0], &[], &coarse, 10)))
     });
     g.finish();
 
@@ -120,7 +120,7 @@ fn bench(c: &mut Criterion) {
         black_box(w.rows.iter().map(|r| r.people()).sum::<f64>());
     });
     let frame = per_window(n, |_| {
-        black_box(frames::heatmap(&windows[0], &fine, 10));
+        black_box(frames::heatmap(&windows[0], &[], &fine, 10));
     });
     // Peer for frames: serde_json of the same cells as [h3 string, people] pairs, no filtering.
     let naive = per_window(n, |_| {
@@ -131,7 +131,7 @@ fn bench(c: &mut Criterion) {
             .collect();
         black_box(serde_json::to_string(&v).unwrap());
     });
-    let frame_bytes = frames::heatmap(&windows[0], &fine, 10).len();
+    let frame_bytes = frames::heatmap(&windows[0], &[], &fine, 10).len();
     println!("\n{cells} cells per window");
     println!(
         "segment tiering: {:.1} µs per window (a plain sum over the cells: {:.1} µs, ratio {:.1})",

@@ -24,14 +24,24 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads the scenario's registries and builds the parser and engine.
     pub fn from_config(cfg: &Config) -> Result<Pipeline> {
+        Pipeline::resuming(cfg, &[])
+    }
+
+    /// As `from_config`, with the source ids a data dir's log already uses (see
+    /// [`Sources::resuming`]).
+    pub fn resuming(cfg: &Config, known_sources: &[String]) -> Result<Pipeline> {
         let res = cfg.resolution();
         let registry = Registry::load_dir(&cfg.scenario, res)?;
-        Ok(Pipeline::with_registry(cfg, Arc::new(registry)))
+        Ok(Pipeline::build(cfg, Arc::new(registry), known_sources))
     }
 
     /// Builds the parser and engine over an already loaded registry.
     pub fn with_registry(cfg: &Config, registry: Arc<Registry>) -> Pipeline {
-        let sources = Arc::new(Sources::new(&cfg.lbs));
+        Pipeline::build(cfg, registry, &[])
+    }
+
+    fn build(cfg: &Config, registry: Arc<Registry>, known_sources: &[String]) -> Pipeline {
+        let sources = Arc::new(Sources::resuming(&cfg.lbs, known_sources));
         let parser = Parser::new(
             registry.clone(),
             Pseudonymiser::new(&cfg.privacy.hash_key).rotating(cfg.privacy.rotate.as_millis() as i64),

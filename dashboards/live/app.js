@@ -124,6 +124,7 @@ async function onFrame(f) {
     const clock = $("clock");
     clock.textContent = new Date(f.window_end).toLocaleTimeString("zh-CN", { hour12: false }) + (f.final ? "" : " (provisional)");
     clock.dataset.windowEnd = f.window_end;
+    if (!f.final && f.sources) renderFeeds(f.sources);
   } else if (f.type === "segments") {
     renderSegments(f.segments);
   } else if (f.type === "alert") {
@@ -145,11 +146,40 @@ function connect() {
   };
 }
 
+function span(ms) {
+  if (ms == null) return "—";
+  const s = Math.round(ms / 1000);
+  return s < 90 ? s + " s" : s < 5400 ? Math.round(s / 60) + " min" : (s / 3600).toFixed(1) + " h";
+}
+
+// "carrier-b in · carrier-a due in 2 min": a quiet street with a feed still due is not an empty one.
+function renderFeeds(sources) {
+  const el = $("feeds");
+  el.innerHTML = sources.map((s) => {
+    const name = s.source.replace(/^lbs\//, "");
+    const what = s.state === "due" ? (s.due_in_ms == null ? "due" : s.due_in_ms > 0 ? "due in " + span(s.due_in_ms) : "overdue") : s.state;
+    return `<span class="f-${s.state}" data-source="${s.source}" data-state="${s.state}">${name} ${what}</span>`;
+  }).join(" · ");
+  el.dataset.due = sources.filter((s) => s.state === "due").length;
+}
+
+function renderSources(sources) {
+  $("source-rows").innerHTML = sources.map((s) =>
+    `<tr data-source="${s.source}"><td>${s.source}</td><td>${s.active ? "active" : "idle"}</td>` +
+    `<td>${span(s.delay_p50_ms)}</td><td>${span(s.delay_p99_ms)}</td><td>${span(s.last_arrival_age_ms)} ago</td>` +
+    `<td>${s.late} late</td></tr>`).join("");
+}
+
 async function pollHealth() {
   try {
     const h = await fetchJson("/api/health");
     const lag = h.engine && h.engine.watermark_lag_ms;
-    $("lag").textContent = lag == null ? "—" : (lag / 1000).toFixed(1) + " s";
+    const el = $("lag");
+    el.textContent = lag == null ? "—" : span(lag);
+    el.dataset.lagMs = lag == null ? "" : lag;
+    // Amber past two minutes, red past ten: the newest window a viewer sees is that old.
+    el.className = "pill" + (lag == null ? "" : lag > 600000 ? " stuck" : lag > 120000 ? " behind" : "");
+    renderSources((h.engine && h.engine.sources) || []);
   } catch (e) { $("lag").textContent = "?"; }
 }
 

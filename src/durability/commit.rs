@@ -13,8 +13,15 @@ use crate::model::Record;
 /// What the engine task's input queue carries, in write-ahead-log order.
 #[derive(Debug)]
 pub enum Ingest {
-    /// Accepted records, already in the log.
-    Batch(Vec<Record>),
+    /// Accepted records, already in the log, and the processing time they were accepted at.
+    Batch {
+        /// Processing time of acceptance, as logged (ms).
+        at: i64,
+        /// The records.
+        records: Vec<Record>,
+    },
+    /// The engine may move on with processing time alone, at this logged time (ms).
+    Tick(i64),
     /// Every record of the log segments before this one has been queued: checkpoint here.
     Checkpoint(u64),
 }
@@ -80,8 +87,8 @@ impl Committer {
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || {
             let mut w = wal.lock().unwrap_or_else(|p| p.into_inner());
-            w.append(&records).map_err(CommitError::Log)?;
-            permit.send(Ingest::Batch(records));
+            let at = w.append(&records).map_err(CommitError::Log)?;
+            permit.send(Ingest::Batch { at, records });
             Ok(())
         })
         .await
@@ -115,6 +122,29 @@ impl CheckpointRequests {
             Ok(seg) => permit.send(Ingest::Checkpoint(seg)),
             Err(e) => tracing::error!(error = %e, "Could not start a new log segment."),
         }
+    }
+
+    /// Logs a tick and queues it behind every batch already queued, so the engine moves on with
+    /// processing time at the same point of the log a recovery will. Does nothing when the queue
+    /// is full or closed (the batches in it carry their own times).
+    pub fn tick(&self) {
+        let Some(queue) = self.queue.upgrade() else { return };
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(permit) = queue.try_reserve() else { return };
+        match wal.tick() {
+            Ok(at) => permit.send(Ingest::Tick(at)),
+            Err(e) => tracing::error!(error = %e, "Could not log a tick; the engine waits for the next."),
+        }
+    }
+
+    /// Starts a new log segment now (at shutdown, once the queue is drained); returns its number.
+    pub fn rotate_now(&self) -> std::io::Result<u64> {
+        self.wal.lock().unwrap_or_else(|p| p.into_inner()).rotate()
+    }
+
+    /// The processing clock the log stamps with.
+    pub fn clock(&self) -> super::wal::Clock {
+        self.wal.lock().unwrap_or_else(|p| p.into_inner()).clock()
     }
 }
 

@@ -104,6 +104,21 @@ pub fn append_lines(path: &Path, buf: &[u8], sync: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Counts the whole lines of an append-only file, first cutting a torn last line (a crash in the
+/// middle of an append) so the next append starts on a line of its own. A missing file has none.
+pub fn complete_lines(path: &Path) -> io::Result<u64> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if whole < bytes.len() {
+        OpenOptions::new().write(true).open(path)?.set_len(whole as u64)?;
+    }
+    Ok(bytes[..whole].iter().filter(|b| **b == b'\n').count() as u64)
+}
+
 /// Serialises each item as one JSON line.
 pub fn json_lines<'a, T: serde::Serialize + 'a>(items: impl IntoIterator<Item = &'a T>) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -118,6 +133,16 @@ pub fn json_lines<'a, T: serde::Serialize + 'a>(items: impl IntoIterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn complete_lines_counts_whole_lines_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.ndjson");
+        assert_eq!(complete_lines(&p).unwrap(), 0);
+        std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\"").unwrap();
+        assert_eq!(complete_lines(&p).unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+    }
 
     #[test]
     fn replace_leaves_the_new_content_and_no_temporary_file() {

@@ -8,4 +8,4 @@ pub mod files;
 pub mod wal;
 
 pub use commit::{CommitError, Committer, FeedSink, Ingest, Taken, WhenFull};
-pub use wal::{Recovery, Wal};
+pub use wal::{Checkpointed, Clock, Logged, Recovery, Wal};

@@ -7,6 +7,12 @@
 //! segments are then deleted, so the log stays bounded. Recovery = the checkpoint's engine plus a
 //! replay of the segments from its boundary on; a torn last line (a crash mid-write, never
 //! acknowledged) is skipped.
+//!
+//! Every batch is preceded by a mark line `{"at":T}`: the processing time it was accepted at. The
+//! engine's moves that depend on processing time alone (a source going idle, the watermark moving
+//! on while every feed is silent) are logged as `{"tick":T}` lines in the same order the engine
+//! saw them. Replaying the log therefore hands the engine the same times in the same order as the
+//! live run, and it decides the same way: a crash does not change the answer.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -14,6 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::ingest::Sources;
 use crate::model::Record;
 use crate::window::Engine;
 
@@ -25,6 +34,25 @@ pub struct Wal {
     file: File,
     fsync: bool,
     buf: Vec<u8>,
+    clock: Clock,
+    /// Newest time stamped: stamps never go back, even when the wall clock does.
+    last: i64,
+    /// The source table whose new names each mark carries, and how many are logged.
+    sources: Option<(Arc<Sources>, usize)>,
+}
+
+/// One entry of the log, as recovery hands it back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Logged {
+    /// Records accepted together at processing time `at` (None: a log written before marks).
+    Batch {
+        /// Processing time of acceptance (ms).
+        at: Option<i64>,
+        /// The records, in log order.
+        records: Vec<Record>,
+    },
+    /// The engine moved on with processing time alone, at this time (ms).
+    Tick(i64),
 }
 
 /// What was found on disk at start.
@@ -32,10 +60,39 @@ pub struct Wal {
 pub struct Recovery {
     /// The checkpointed engine, if any.
     pub engine: Option<Engine>,
-    /// Records logged after the checkpoint, in log order.
-    pub records: Vec<Record>,
+    /// What the layers above the engine checkpointed beside it (tier state, output counts).
+    pub flow: Option<serde_json::Value>,
+    /// Entries logged after the checkpoint, in log order.
+    pub entries: Vec<Logged>,
     /// Lines that could not be read (a torn tail).
     pub torn: usize,
+    /// The source names the log's records are numbered by, in id order.
+    pub sources: Vec<String>,
+}
+
+impl Recovery {
+    /// Records logged after the checkpoint, in log order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.entries.iter().flat_map(|e| match e {
+            Logged::Batch { records, .. } => records.as_slice(),
+            Logged::Tick(_) => &[],
+        })
+    }
+
+    /// The newest processing time the log or the checkpoint knows (ms).
+    pub fn last_time(&self) -> Option<i64> {
+        let logged = self.entries.iter().filter_map(|e| match e {
+            Logged::Batch { at, .. } => *at,
+            Logged::Tick(t) => Some(*t),
+        });
+        let checkpointed = self
+            .engine
+            .iter()
+            .flat_map(|e| e.watermark().sources().iter())
+            .filter(|c| c.records > 0)
+            .map(|c| c.last_seen);
+        logged.chain(checkpointed).max()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,6 +100,58 @@ struct Checkpoint {
     /// First segment not contained in `engine`.
     segment: u64,
     engine: Engine,
+    #[serde(default)]
+    flow: Option<serde_json::Value>,
+    /// Source names in id order when it was written.
+    #[serde(default)]
+    sources: Vec<String>,
+}
+
+/// Source names registered since the last mark: ids `from`, `from + 1`, …
+#[derive(Serialize, Deserialize)]
+struct SourcesDelta {
+    from: usize,
+    names: Vec<String>,
+}
+
+/// The mark line before a batch, and the tick line.
+#[derive(Serialize, Deserialize)]
+struct Mark {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tick: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sources: Option<SourcesDelta>,
+}
+
+/// Processing time as the log stamps it: the wall clock, less the time the server was down, and
+/// never going back. A restart continues from the newest logged time, so the minutes a crashed
+/// server spent down do not make every feed look idle (which would close their windows early and
+/// turn the re-sent tail late, where the uninterrupted run counted it in time).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    offset: i64,
+}
+
+impl Clock {
+    /// A clock continuing from `last` (the newest logged time), or the wall clock when None.
+    pub fn resuming(last: Option<i64>) -> Clock {
+        let wall = crate::model::now_ms();
+        Clock {
+            offset: last.map_or(0, |l| (wall - l).max(0)),
+        }
+    }
+
+    /// Processing time now (ms).
+    pub fn now(&self) -> i64 {
+        crate::model::now_ms() - self.offset
+    }
+
+    /// How far behind the wall clock processing time runs (ms): the downtime skipped.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset
+    }
 }
 
 fn seg_path(dir: &Path, n: u64) -> PathBuf {
@@ -72,6 +181,8 @@ impl Wal {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", cp.display())))?;
             first = c.segment;
             rec.engine = Some(c.engine);
+            rec.flow = c.flow;
+            rec.sources = c.sources;
         }
         let segs = segments(&dir)?;
         for &n in segs.iter().filter(|n| **n >= first) {
@@ -81,10 +192,7 @@ impl Wal {
                 if line.is_empty() {
                     continue;
                 }
-                match serde_json::from_slice::<Record>(&line) {
-                    Ok(r) => rec.records.push(r),
-                    Err(_) => rec.torn += 1,
-                }
+                read_line(&line, &mut rec);
             }
         }
         let segment = segs.last().map_or(first, |l| l + 1).max(first);
@@ -92,6 +200,7 @@ impl Wal {
             .create(true)
             .append(true)
             .open(seg_path(&dir, segment))?;
+        let last = rec.last_time();
         Ok((
             Wal {
                 dir,
@@ -99,14 +208,63 @@ impl Wal {
                 file,
                 fsync,
                 buf: Vec::with_capacity(1 << 16),
+                clock: Clock::resuming(last),
+                last: last.unwrap_or(i64::MIN),
+                sources: None,
             },
             rec,
         ))
     }
 
-    /// Appends records; when this returns Ok they survive a crash (with fsync on).
-    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+    /// The processing clock the log stamps with.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Restarts the clock from the newest logged time (after recovery, just before accepting
+    /// records), so neither the downtime nor the start-up counts as processing time.
+    pub fn resume_clock(&mut self) {
+        self.clock = Clock::resuming((self.last != i64::MIN).then_some(self.last));
+    }
+
+    /// Logs the names of sources `sources` registers from now on with the batches that follow, so
+    /// a recovery numbers the providers as this run did.
+    pub fn log_sources(&mut self, sources: Arc<Sources>) {
+        // The first mark carries the whole table: a recovery without a checkpoint needs it too.
+        self.sources = Some((sources, 0));
+    }
+
+    fn sources_delta(&mut self) -> Option<SourcesDelta> {
+        let (s, logged) = self.sources.as_mut()?;
+        let n = s.len();
+        (n > *logged).then(|| {
+            let d = SourcesDelta {
+                from: *logged,
+                names: s.names_from(*logged),
+            };
+            *logged = n;
+            d
+        })
+    }
+
+    fn stamp(&mut self) -> i64 {
+        self.last = self.last.max(self.clock.now());
+        self.last
+    }
+
+    /// Appends records accepted now; returns the processing time they were stamped with. When
+    /// this returns Ok they survive a crash (with fsync on).
+    pub fn append(&mut self, records: &[Record]) -> io::Result<i64> {
+        let at = self.stamp();
+        let sources = self.sources_delta();
         self.buf.clear();
+        let mark = Mark {
+            at: Some(at),
+            tick: None,
+            sources,
+        };
+        serde_json::to_writer(&mut self.buf, &mark).map_err(io::Error::other)?;
+        self.buf.push(b'\n');
         for r in records {
             serde_json::to_writer(&mut self.buf, r).map_err(io::Error::other)?;
             self.buf.push(b'\n');
@@ -115,7 +273,25 @@ impl Wal {
         if self.fsync {
             self.file.sync_data()?;
         }
-        Ok(())
+        Ok(at)
+    }
+
+    /// Logs that the engine moves on with processing time alone; returns the time stamped.
+    pub fn tick(&mut self) -> io::Result<i64> {
+        let at = self.stamp();
+        self.buf.clear();
+        let mark = Mark {
+            at: None,
+            tick: Some(at),
+            sources: None,
+        };
+        serde_json::to_writer(&mut self.buf, &mark).map_err(io::Error::other)?;
+        self.buf.push(b'\n');
+        self.file.write_all(&self.buf)?;
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        Ok(at)
     }
 
     /// Starts a new segment; returns its number (the boundary a checkpoint may then be taken at).
@@ -132,16 +308,69 @@ impl Wal {
     }
 }
 
-/// Writes a checkpoint of `engine`, which holds every record of the segments before `segment`, then
-/// deletes those segments.
-pub fn checkpoint(data_dir: &Path, segment: u64, engine: &Engine) -> io::Result<()> {
+/// What a checkpoint holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpointed<'a> {
+    /// The window engine, holding every record of the segments before the boundary.
+    pub engine: &'a Engine,
+    /// The state of the layers above it at the same point (tier machines, output counts).
+    pub flow: Option<&'a serde_json::Value>,
+    /// Source names in id order.
+    pub sources: &'a [String],
+}
+
+/// One log line into `rec`: a mark opens a batch, a record joins the open one.
+fn read_line(line: &[u8], rec: &mut Recovery) {
+    // Records start `{"ts":`; only marks start otherwise, so the hot case is one comparison.
+    if !line.starts_with(b"{\"ts\"") {
+        if let Ok(m) = serde_json::from_slice::<Mark>(line) {
+            if let Some(d) = m.sources {
+                rec.sources.truncate(d.from);
+                if rec.sources.len() == d.from {
+                    rec.sources.extend(d.names);
+                }
+            }
+            match (m.at, m.tick) {
+                (Some(at), _) => rec.entries.push(Logged::Batch {
+                    at: Some(at),
+                    records: Vec::new(),
+                }),
+                (None, Some(t)) => rec.entries.push(Logged::Tick(t)),
+                (None, None) => rec.torn += 1,
+            }
+            return;
+        }
+    }
+    match serde_json::from_slice::<Record>(line) {
+        Ok(r) => match rec.entries.last_mut() {
+            Some(Logged::Batch { records, .. }) => records.push(r),
+            _ => rec.entries.push(Logged::Batch {
+                at: None,
+                records: vec![r],
+            }),
+        },
+        Err(_) => rec.torn += 1,
+    }
+}
+
+/// Writes a checkpoint of `engine`, which holds every record of the segments before `segment`,
+/// with `flow` (the state of the layers above it at the same point), then deletes those segments.
+pub fn checkpoint(data_dir: &Path, segment: u64, state: Checkpointed<'_>) -> io::Result<()> {
     #[derive(Serialize)]
     struct Out<'a> {
         segment: u64,
         engine: &'a Engine,
+        flow: Option<&'a serde_json::Value>,
+        sources: &'a [String],
     }
+    let out = Out {
+        segment,
+        engine: state.engine,
+        flow: state.flow,
+        sources: state.sources,
+    };
     super::files::replace(&data_dir.join(super::files::names::CHECKPOINT), |w| {
-        serde_json::to_writer(w, &Out { segment, engine }).map_err(io::Error::other)
+        serde_json::to_writer(w, &out).map_err(io::Error::other)
     })
     .map_err(super::files::ReplaceError::into_io)?;
     let dir = data_dir.join(super::files::names::WAL);
@@ -174,7 +403,7 @@ mod tests {
     fn logged_records_come_back_after_a_restart_and_a_torn_tail_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, r) = Wal::open(dir.path(), true).unwrap();
-        assert!(r.records.is_empty() && r.engine.is_none());
+        assert!(r.entries.is_empty() && r.engine.is_none());
         w.append(&[ping(1), ping(2)]).unwrap();
         w.rotate().unwrap();
         w.append(&[ping(3)]).unwrap();
@@ -191,7 +420,10 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"ts\":17671").unwrap();
         let (_, r) = Wal::open(dir.path(), true).unwrap();
-        assert_eq!(r.records, vec![ping(1), ping(2), ping(3)]);
+        assert_eq!(
+            r.records().cloned().collect::<Vec<_>>(),
+            vec![ping(1), ping(2), ping(3)]
+        );
         assert_eq!(r.torn, 1);
     }
 
@@ -205,13 +437,18 @@ mod tests {
             e.ingest(&ping(i), 0);
         }
         let boundary = w.rotate().unwrap();
-        checkpoint(dir.path(), boundary, &e).unwrap();
+        let state = Checkpointed {
+            engine: &e,
+            flow: None,
+            sources: &[],
+        };
+        checkpoint(dir.path(), boundary, state).unwrap();
         w.append(&[ping(10)]).unwrap();
         assert_eq!(segments(&dir.path().join("wal")).unwrap(), vec![boundary]);
         drop(w);
         let (_, r) = Wal::open(dir.path(), false).unwrap();
         assert_eq!(
-            r.records,
+            r.records().cloned().collect::<Vec<_>>(),
             vec![ping(10)],
             "only what the checkpoint does not hold"
         );
@@ -220,5 +457,92 @@ mod tests {
             !back.ingest(&ping(3), 0),
             "the checkpointed engine knows what it has counted"
         );
+    }
+
+    #[test]
+    fn the_log_gives_back_each_batch_with_its_time_and_each_tick_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path(), false).unwrap();
+        let a = w.append(&[ping(1), ping(2)]).unwrap();
+        let t = w.tick().unwrap();
+        let b = w.append(&[ping(3)]).unwrap();
+        assert!(a <= t && t <= b, "stamps never go back");
+        drop(w);
+        let (w, r) = Wal::open(dir.path(), false).unwrap();
+        assert_eq!(
+            r.entries,
+            vec![
+                Logged::Batch {
+                    at: Some(a),
+                    records: vec![ping(1), ping(2)]
+                },
+                Logged::Tick(t),
+                Logged::Batch {
+                    at: Some(b),
+                    records: vec![ping(3)]
+                },
+            ]
+        );
+        assert_eq!(r.last_time(), Some(b));
+        // The clock resumes from the newest logged time, not from the wall clock.
+        assert!(w.clock().now() - b < 60_000);
+    }
+
+    #[test]
+    fn a_restart_after_downtime_resumes_processing_time_where_the_log_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path(), false).unwrap();
+        w.append(&[ping(1)]).unwrap();
+        drop(w);
+        // Make the log look an hour old: rewrite its mark.
+        let seg = seg_path(&dir.path().join("wal"), 0);
+        let an_hour_ago = crate::model::now_ms() - 3_600_000;
+        let text = std::fs::read_to_string(&seg).unwrap();
+        let rest = text.split_once('\n').unwrap().1;
+        std::fs::write(&seg, format!("{{\"at\":{an_hour_ago}}}\n{rest}")).unwrap();
+        let (w, _) = Wal::open(dir.path(), false).unwrap();
+        let now = w.clock().now();
+        assert!(
+            (an_hour_ago..an_hour_ago + 60_000).contains(&now),
+            "the hour the server was down is not processing time"
+        );
+        assert!(w.clock().offset_ms() >= 3_500_000);
+    }
+
+    #[test]
+    fn a_log_written_before_marks_still_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("wal")).unwrap();
+        let lines: String = [ping(1), ping(2)]
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        std::fs::write(seg_path(&dir.path().join("wal"), 0), lines).unwrap();
+        let (_, r) = Wal::open(dir.path(), false).unwrap();
+        assert_eq!(
+            r.entries,
+            vec![Logged::Batch {
+                at: None,
+                records: vec![ping(1), ping(2)]
+            }]
+        );
+    }
+
+    #[test]
+    fn the_log_keeps_the_names_its_source_ids_stand_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let lbs = crate::config::LbsConfig::default();
+        let sources = Arc::new(Sources::new(&lbs));
+        let (mut w, _) = Wal::open(dir.path(), false).unwrap();
+        w.log_sources(sources.clone());
+        sources.lbs(Some("x"));
+        w.append(&[ping(1)]).unwrap();
+        sources.lbs(Some("y"));
+        w.append(&[ping(2)]).unwrap();
+        w.append(&[ping(3)]).unwrap();
+        drop(w);
+        let (_, r) = Wal::open(dir.path(), false).unwrap();
+        assert_eq!(r.sources, sources.names());
+        assert_eq!(r.sources[2..], ["lbs/x".to_string(), "lbs/y".to_string()]);
     }
 }

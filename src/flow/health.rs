@@ -64,6 +64,69 @@ pub struct SourceHealth {
     pub last_arrival_age_ms: i64,
 }
 
+/// Where one source stands against the open window a provisional frame shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceProgress {
+    /// `lbs/<provider>`, `counter` or `gate`.
+    pub source: String,
+    /// `in`: it has reported past the window's end; `due`: it still holds the watermark and its
+    /// records for the window are still to come; `idle`: silent past `idle_timeout` (and its
+    /// `max_delay`), no longer waited for.
+    pub state: &'static str,
+    /// Newest event time it has reported (epoch ms).
+    pub reported_to: i64,
+    /// For `due`: when its records for the window's end should arrive, from its median delay
+    /// (ms from now; 0 when overdue, null before its delay is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_in_ms: Option<i64>,
+}
+
+/// Each seen source against a window ending at `window_end` (see [`SourceProgress`]).
+pub fn progress(
+    engine: &Engine,
+    sources: &Sources,
+    delays: &Delays,
+    clocks: Clocks,
+    window_end: i64,
+) -> Vec<SourceProgress> {
+    let wm = engine.watermark();
+    wm.sources()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.records > 0)
+        .map(|(i, c)| {
+            let state = if c.max_event >= window_end {
+                "in"
+            } else if wm.is_active(i, clocks.processing) {
+                "due"
+            } else {
+                "idle"
+            };
+            // Records for event time `window_end` arrive about `delay` after it (wall clock).
+            let due_in_ms = (state == "due")
+                .then(|| delays.quantile(i, 0.5))
+                .flatten()
+                .map(|d| (window_end + d - clocks.wall).max(0));
+            SourceProgress {
+                source: sources.name(SourceId(i as u16)),
+                state,
+                reported_to: c.max_event,
+                due_in_ms,
+            }
+        })
+        .collect()
+}
+
+/// The two clocks health reads: lag is against the wall clock, silence against processing time
+/// (which skips the time a restarted server was down).
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    /// The wall clock (ms).
+    pub wall: i64,
+    /// Processing time as the log stamps it (ms).
+    pub processing: i64,
+}
+
 /// The engine's state, published every tick.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Health {
@@ -77,17 +140,20 @@ pub struct Health {
     pub windows_closed: u64,
     /// End of the newest closed window.
     pub last_window_end: Option<i64>,
+    /// How far processing time runs behind the wall clock (ms): the downtime a restart skipped.
+    pub processing_offset_ms: i64,
 }
 
 impl Health {
-    /// The state of `engine` at wall-clock `now`.
+    /// The state of `engine` at `clocks`.
     pub fn of(
         engine: &Engine,
         sources: &Sources,
         delays: &Delays,
-        now: i64,
+        clocks: Clocks,
         last_window_end: Option<i64>,
     ) -> Health {
+        let (now, proc_now) = (clocks.wall, clocks.processing);
         let wm = engine.watermark().get();
         let srcs = engine
             .watermark()
@@ -99,12 +165,12 @@ impl Health {
                 source: sources.name(SourceId(i as u16)),
                 max_event_time: c.max_event,
                 lag_ms: now - c.max_event,
-                active: engine.watermark().is_active(i, now),
+                active: engine.watermark().is_active(i, proc_now),
                 records: c.records,
                 late: c.late,
                 delay_p50_ms: delays.quantile(i, 0.5),
                 delay_p99_ms: delays.quantile(i, 0.99),
-                last_arrival_age_ms: now - c.last_seen,
+                last_arrival_age_ms: proc_now - c.last_seen,
             })
             .collect();
         Health {
@@ -113,6 +179,7 @@ impl Health {
             sources: srcs,
             windows_closed: engine.stats().windows_closed,
             last_window_end,
+            processing_offset_ms: clocks.wall - clocks.processing,
         }
     }
 }
@@ -120,6 +187,73 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{LbsConfig, RegisterConfig, WindowConfig};
+    use crate::model::{Body, CellId, DeviceId, EventTime, Record};
+
+    fn ping(source: u16, ts: i64, device: u64) -> Record {
+        Record {
+            ts: EventTime(ts),
+            source: SourceId(source),
+            cell: CellId(0x08b3_0995_8ac3_6fff),
+            point: None,
+            body: Body::Ping {
+                device: DeviceId(device),
+                pos: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_provisional_window_says_which_sources_are_in_and_when_a_delayed_one_is_due() {
+        let t0 = 1_767_193_200_000;
+        let sources = Sources::new(&LbsConfig::default());
+        let mut e = Engine::new(
+            &WindowConfig::default(),
+            &RegisterConfig::default(),
+            sources.scales(),
+        );
+        let mut delays = Delays::default();
+        // An app panel in real time (source 2) and a carrier three minutes behind (source 3),
+        // both arriving at processing time `now`; a counter (source 0) that went quiet long ago.
+        let now = t0 + 600_000;
+        e.ingest(&ping(0, t0, 1), t0);
+        for k in 0..30 {
+            let ts = now - 30_000 + k * 1_000;
+            e.ingest(&ping(2, ts, 100 + k as u64), now);
+            delays.observe(SourceId(2), ts, now);
+            e.ingest(&ping(3, ts - 180_000, 200 + k as u64), now);
+            delays.observe(SourceId(3), ts - 180_000, now);
+        }
+        let end = now + 1;
+        let clocks = Clocks {
+            wall: now,
+            processing: now,
+        };
+        let p = progress(&e, &sources, &delays, clocks, end);
+        let state = |i: usize| {
+            p.iter()
+                .find(|x| x.source == sources.name(SourceId(i as u16)))
+                .unwrap()
+        };
+        assert_eq!(state(0).state, "idle", "silent past idle_timeout: not waited for");
+        assert_eq!(state(2).state, "due");
+        assert_eq!(state(3).state, "due");
+        let carrier = state(3).due_in_ms.unwrap();
+        assert!(
+            (170_000..=200_000).contains(&carrier),
+            "due in about 3 min: {carrier}"
+        );
+        // Once the app panel has reported past the window's end it is in.
+        e.ingest(&ping(2, end + 500, 999), now);
+        let p = progress(&e, &sources, &delays, clocks, end);
+        assert_eq!(
+            p.iter()
+                .find(|x| x.source == sources.name(SourceId(2)))
+                .unwrap()
+                .state,
+            "in"
+        );
+    }
 
     #[test]
     fn delays_are_kept_per_source_and_early_records_count_as_on_time() {

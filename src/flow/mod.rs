@@ -15,11 +15,11 @@ use std::sync::Arc;
 use crate::config::WindowConfig;
 use crate::ingest::Sources;
 use crate::model::{EventTime, Record};
-use crate::risk::{Alert, Risk, SegmentStatus};
+use crate::risk::{Alert, Risk, RiskState, SegmentStatus};
 use crate::scenario::SegmentMap;
 use crate::window::{Engine, HexWindow, LateRecord};
 
-pub use health::{Delays, Health, SourceHealth};
+pub use health::{Clocks, Delays, Health, SourceHealth, SourceProgress};
 
 /// Whether a closed window held data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +49,8 @@ pub trait Outputs {
     /// A window was closed and evaluated.
     fn closed(&mut self, closed: &Closed<'_>);
 
-    /// The open window so far (live viewers).
-    fn provisional(&mut self, _snapshot: HexWindow) {}
+    /// The open window so far (live viewers), and where each source stands against it.
+    fn provisional(&mut self, _snapshot: HexWindow, _progress: Vec<SourceProgress>) {}
 
     /// Records that missed a closed window (kept, never dropped).
     fn late(&mut self, _late: &[LateRecord], _sources: &Sources) {}
@@ -71,9 +71,9 @@ impl<A: Outputs, B: Outputs> Outputs for (A, B) {
         self.1.closed(closed);
     }
 
-    fn provisional(&mut self, snapshot: HexWindow) {
+    fn provisional(&mut self, snapshot: HexWindow, progress: Vec<SourceProgress>) {
         // Only the first output of a pair that wants snapshots gets one: they are for viewers.
-        self.0.provisional(snapshot);
+        self.0.provisional(snapshot, progress);
     }
 
     fn late(&mut self, late: &[LateRecord], sources: &Sources) {
@@ -92,6 +92,16 @@ impl<A: Outputs, B: Outputs> Outputs for (A, B) {
         self.0.finish();
         self.1.finish();
     }
+}
+
+/// What the flow remembers above the window engine: checkpointed beside it, so a recovery carries
+/// on with the same tiers and the same silent-window schedule.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct FlowState {
+    /// The segments stage.
+    pub risk: RiskState,
+    /// End of the newest evaluated window.
+    pub last_eval_end: Option<i64>,
 }
 
 /// The engine, the segment tiers and the outputs, driven by one owner.
@@ -156,18 +166,45 @@ impl<O: Outputs> Flow<O> {
 
     /// End of input: closes every open window and tells the outputs; returns them.
     pub fn finish(mut self) -> O {
+        self.close();
+        self.outputs
+    }
+
+    /// End of input, keeping the flow (its final state can then be checkpointed).
+    pub fn close(&mut self) {
         self.refresh_scales();
         let closed = self.engine.flush();
         self.emit(closed);
         self.emit_late();
         self.outputs.finish();
-        self.outputs
     }
 
-    /// Hands the open window so far to the outputs.
-    pub fn provisional(&mut self) {
+    /// The state to checkpoint beside the engine (see [`FlowState`]).
+    pub fn state(&self) -> FlowState {
+        FlowState {
+            risk: self.risk.state(),
+            last_eval_end: self.last_eval_end,
+        }
+    }
+
+    /// Carries on from a checkpointed state.
+    pub fn restore(&mut self, s: FlowState) {
+        self.risk.restore(s.risk);
+        self.last_eval_end = s.last_eval_end;
+    }
+
+    /// Whether moving on to processing time `now` with no new record would move the watermark:
+    /// such a move must be logged first (as a tick), or a recovery would not make it.
+    pub fn would_advance(&self, now: i64) -> bool {
+        self.engine.watermark().would_advance(now)
+    }
+
+    /// Hands the open window so far to the outputs, with each source's progress against it
+    /// (`delays` and `clocks` date when a delayed source's records are due).
+    pub fn provisional(&mut self, delays: &Delays, clocks: Clocks) {
         if let Some(snap) = self.engine.snapshot() {
-            self.outputs.provisional(snap);
+            let progress = health::progress(&self.engine, &self.sources, delays, clocks, snap.end.0);
+            self.outputs.provisional(snap, progress);
         }
     }
 
@@ -399,7 +436,7 @@ mod tests {
 
     /// A realtime app panel pinging every second beside a carrier 3 minutes behind that delivers a
     /// minute of pings in one batch each minute, for 10 minutes; returns the late records.
-    fn delayed_carrier(max_delay: Option<std::time::Duration>) -> usize {
+    fn delayed_carrier(max_delay: Option<std::time::Duration>, first_batch_s: i64) -> usize {
         let mut lbs = LbsConfig::default();
         lbs.sources.insert(
             "carrier-a".into(),
@@ -432,9 +469,7 @@ mod tests {
         };
         for s in 0..600i64 {
             let now = T0 + s * 1_000;
-            // The carrier is already flowing when the run starts (its first batch comes before the
-            // first app ping): a provider not yet seen holds nothing back.
-            if s % 60 == 0 {
+            if s % 60 == 0 && s >= first_batch_s {
                 for k in 0..60 {
                     let ts = now - 240_000 + k * 1_000;
                     f.ingest(&rec(carrier, ts, 10_000 + (s * 60 + k) as u64), now);
@@ -448,9 +483,19 @@ mod tests {
 
     #[test]
     fn a_delayed_carrier_within_its_max_delay_is_never_late() {
-        assert_eq!(delayed_carrier(Some(std::time::Duration::from_secs(90))), 0);
+        assert_eq!(delayed_carrier(Some(std::time::Duration::from_secs(90)), 0), 0);
         // Without it, each batch after a gap longer than the idle timeout arrives behind the
         // watermark the app panel alone has driven: the test would see the difference.
-        assert!(delayed_carrier(None) > 0);
+        assert!(delayed_carrier(None, 0) > 0);
+    }
+
+    #[test]
+    fn a_fresh_server_waits_for_a_configured_delayed_carrier_that_has_not_spoken_yet() {
+        // The app panel starts at once; the carrier's first batch comes a minute later.
+        assert_eq!(delayed_carrier(Some(std::time::Duration::from_secs(90)), 60), 0);
+        assert!(
+            delayed_carrier(None, 60) > 0,
+            "without max_delay the app panel closes the carrier's first windows"
+        );
     }
 }

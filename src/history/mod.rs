@@ -6,5 +6,5 @@ pub mod recorder;
 pub mod schema;
 pub mod store;
 
-pub use recorder::Recorder;
+pub use recorder::{Recorder, RecorderMark};
 pub use store::{History, HistoryError, Table};

@@ -4,8 +4,10 @@
 //! dir means the same whichever wrote it.
 //!
 //! A window the history already holds in a file (written before a crash, closed again by
-//! recovery) is recognised by its start and skipped whole — rows and alerts — so nothing is
-//! written twice. Buffered windows are written every `history.flush_every`, or sooner after
+//! recovery) is recognised by its start and skipped, per table, so nothing is written twice.
+//! Alerts and late records are recognised by count: recovery replays the log deterministically,
+//! so the n-th alert it emits is the n-th the live run emitted; the checkpoint says how many came
+//! before it, the file how many were written, and those in between are not written again. Buffered windows are written every `history.flush_every`, or sooner after
 //! `WINDOWS_PER_FLUSH` windows (a fast replay must not hold a night in memory); compaction of
 //! complete hours runs on a thread of its own so writing new windows never waits for it.
 
@@ -38,6 +40,16 @@ pub struct RecorderStats {
     pub errors: u64,
 }
 
+/// How many alerts and late records this data dir's logs have received in all: checkpointed, so a
+/// recovery knows which of those it emits again are already in the files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecorderMark {
+    /// Alerts emitted.
+    pub alerts: u64,
+    /// Late records emitted.
+    pub late: u64,
+}
+
 /// Writes closed windows, alerts and late records into one data dir.
 pub struct Recorder {
     history: Arc<History>,
@@ -51,6 +63,10 @@ pub struct Recorder {
     late_rows: String,
     stats: RecorderStats,
     first_error: Option<HistoryError>,
+    /// Emitted so far, counting from the data dir's first.
+    taken: RecorderMark,
+    /// Lines already in the files when a recovery began (0 when not recovering).
+    in_files: RecorderMark,
 }
 
 impl Recorder {
@@ -67,7 +83,25 @@ impl Recorder {
             late_rows: String::new(),
             stats: RecorderStats::default(),
             first_error: None,
+            taken: RecorderMark::default(),
+            in_files: RecorderMark::default(),
         }
+    }
+
+    /// Counts to checkpoint (everything emitted so far is in the files once `persist` is true).
+    pub fn mark(&self) -> RecorderMark {
+        self.taken
+    }
+
+    /// Recovery: `mark` was emitted before the checkpoint being replayed from; what the files
+    /// hold beyond it was emitted again by the replay and is skipped.
+    pub fn resume(&mut self, mark: RecorderMark) -> std::io::Result<()> {
+        self.taken = mark;
+        self.in_files = RecorderMark {
+            alerts: files::complete_lines(&self.alerts_file)?,
+            late: files::complete_lines(&self.late_file)?,
+        };
+        Ok(())
     }
 
     /// What was written so far.
@@ -155,28 +189,33 @@ impl Outputs for Recorder {
             match to_record_batch(c.window) {
                 Ok(batch) => {
                     let rows = batch.num_rows() as u64;
-                    if !self.history.append(Table::HexWindows, start, batch) {
+                    if self.history.append(Table::HexWindows, start, batch) {
+                        self.stats.windows += 1;
+                        self.stats.rows += rows;
+                    } else {
                         self.stats.skipped += 1;
-                        return;
                     }
-                    self.stats.windows += 1;
-                    self.stats.rows += rows;
                 }
                 Err(e) => tracing::error!(error = %e, "Could not build the hex_windows rows."),
             }
         }
         if !c.statuses.is_empty() {
+            // Each table has its own high-water mark: a crash between two tables' files loses neither.
             match super::schema::segment_batch(c.statuses) {
                 Ok(batch) => {
-                    if !self.history.append(Table::SegmentWindows, start, batch) {
-                        return;
-                    }
+                    self.history.append(Table::SegmentWindows, start, batch);
                 }
                 Err(e) => tracing::error!(error = %e, "Could not build the segment_windows rows."),
             }
         }
         if !c.alerts.is_empty() {
-            let buf = files::json_lines(c.alerts);
+            let already = self
+                .in_files
+                .alerts
+                .saturating_sub(self.taken.alerts)
+                .min(c.alerts.len() as u64);
+            self.taken.alerts += c.alerts.len() as u64;
+            let buf = files::json_lines(&c.alerts[already as usize..]);
             let path = self.alerts_file.clone();
             self.append_log(&path, &buf);
         }
@@ -189,6 +228,13 @@ impl Outputs for Recorder {
     }
 
     fn late(&mut self, late: &[LateRecord], sources: &Sources) {
+        let already = self
+            .in_files
+            .late
+            .saturating_sub(self.taken.late)
+            .min(late.len() as u64);
+        self.taken.late += late.len() as u64;
+        let late = &late[already as usize..];
         for l in late {
             self.late_rows.push_str(&late_row(l, &sources.name(l.source)));
             self.late_rows.push('\n');

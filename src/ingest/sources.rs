@@ -61,6 +61,11 @@ pub struct Sources {
 impl Sources {
     /// A table with the fixed sources and the configured LBS providers.
     pub fn new(cfg: &LbsConfig) -> Sources {
+        Sources::resuming(cfg, &[])
+    }
+
+    /// The fixed sources only; configured settings are applied as providers are registered.
+    fn fixed(cfg: &LbsConfig) -> Sources {
         let inner = Inner {
             names: vec!["counter".into(), "gate".into()],
             scales: vec![1.0, 1.0],
@@ -97,10 +102,45 @@ impl Sources {
                 })
                 .collect(),
         };
+        s
+    }
+
+    /// A table that gives the sources a data dir's log and checkpoint already number their
+    /// records with (`known`, in id order) the same ids again, then adds the configured ones not
+    /// among them. Ids are assigned as providers first appear; without this, a provider seen
+    /// first after a restart in another order would be handed another's records, scale and name.
+    pub fn resuming(cfg: &LbsConfig, known: &[String]) -> Sources {
+        let s = Sources::fixed(cfg);
+        for name in known.iter().skip(s.len()) {
+            match name.strip_prefix("lbs/") {
+                Some("(other)") => break,
+                Some(p) => {
+                    s.lbs(Some(p));
+                }
+                None if name == "lbs" => {
+                    s.lbs(None);
+                }
+                None => break,
+            }
+        }
         for name in cfg.sources.keys() {
             s.lbs(Some(name));
         }
         s
+    }
+
+    /// Every source's name, in id order (what a checkpoint and the log keep).
+    pub fn names(&self) -> Vec<String> {
+        self.read().names.clone()
+    }
+
+    /// Names from id `from` on.
+    pub fn names_from(&self, from: usize) -> Vec<String> {
+        self.read()
+            .names
+            .get(from..)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// The source id of an LBS provider (the `source` field; absent = `lbs`).
@@ -182,6 +222,43 @@ impl Sources {
 mod tests {
     use super::*;
     use crate::config::LbsSourceConfig;
+
+    #[test]
+    fn a_resumed_table_gives_known_providers_their_old_ids_whatever_arrives_first() {
+        let mut cfg = LbsConfig::default();
+        cfg.sources.insert(
+            "carrier-a".into(),
+            LbsSourceConfig {
+                scale: 2.0,
+                max_delay: None,
+                accuracy_m: None,
+                ping_interval: None,
+            },
+        );
+        let first = Sources::new(&cfg);
+        let (x, y) = (first.lbs(Some("x")), first.lbs(Some("y")));
+        // After a restart "y" speaks first; and carrier-b has been added to the config since.
+        cfg.sources.insert(
+            "carrier-b".into(),
+            LbsSourceConfig {
+                scale: 3.0,
+                max_delay: None,
+                accuracy_m: None,
+                ping_interval: None,
+            },
+        );
+        let again = Sources::resuming(&cfg, &first.names());
+        assert_eq!(again.lbs(Some("y")), y);
+        assert_eq!(again.lbs(Some("x")), x);
+        assert_eq!(again.lbs(Some("carrier-a")), first.lbs(Some("carrier-a")));
+        let b = again.lbs(Some("carrier-b"));
+        assert_eq!(
+            again.scales()[b.0 as usize],
+            3.0,
+            "a newly configured one is added after"
+        );
+        assert!(b.0 as usize >= first.len());
+    }
 
     #[test]
     fn providers_get_their_configured_scale() {

@@ -6,6 +6,7 @@ use h3o::{CellIndex, LatLng, Resolution};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::flow::SourceProgress;
 use crate::risk::{Alert, SegmentStatus};
 use crate::window::HexWindow;
 
@@ -77,8 +78,10 @@ fn area_m2(c: CellIndex) -> f64 {
 }
 
 /// A heatmap frame for one subscription: cells rolled up to `sub.res`, inside the bbox, and with at
-/// least `k` people (k ≤ 1 publishes all).
-pub fn heatmap(w: &HexWindow, sub: &Subscription, k: u32) -> String {
+/// least `k` people (k ≤ 1 publishes all). A provisional frame also says where each source stands
+/// against the window (`sources`), so a quiet street with a carrier still due reads as "not in
+/// yet" rather than "empty".
+pub fn heatmap(w: &HexWindow, progress: &[SourceProgress], sub: &Subscription, k: u32) -> String {
     use std::fmt::Write;
     let res = Resolution::try_from(sub.res).unwrap_or(Resolution::Eleven);
     let [x0, y0, x1, y1] = sub.bbox;
@@ -123,7 +126,12 @@ pub fn heatmap(w: &HexWindow, sub: &Subscription, k: u32) -> String {
             out.push_str("null]");
         }
     }
-    out.push_str("]}");
+    out.push(']');
+    if !progress.is_empty() {
+        out.push_str(",\"sources\":");
+        out.push_str(&serde_json::to_string(progress).unwrap_or_else(|_| "[]".into()));
+    }
+    out.push('}');
     out
 }
 
@@ -201,7 +209,7 @@ mod tests {
             res: 11,
             bbox: [-180.0, -90.0, 180.0, 90.0],
         };
-        let v: serde_json::Value = serde_json::from_str(&heatmap(&w, &sub, 0)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&heatmap(&w, &[], &sub, 0)).unwrap();
         assert_eq!(v["type"], "heatmap");
         assert_eq!(v["window_start"], w.start.0);
         assert_eq!(v["final"], w.is_final);
@@ -223,8 +231,8 @@ mod tests {
             res: 11,
             bbox: [121.0, 31.0, 122.0, 32.0],
         };
-        assert_eq!(cells(&heatmap(&w, &sub, 10)).len(), 1);
-        assert_eq!(cells(&heatmap(&w, &sub, 0)).len(), 3);
+        assert_eq!(cells(&heatmap(&w, &[], &sub, 10)).len(), 1);
+        assert_eq!(cells(&heatmap(&w, &[], &sub, 0)).len(), 3);
     }
 
     #[test]
@@ -234,7 +242,7 @@ mod tests {
             res: 9,
             bbox: [121.0, 31.0, 122.0, 32.0],
         };
-        let c = cells(&heatmap(&w, &sub, 10));
+        let c = cells(&heatmap(&w, &[], &sub, 10));
         assert_eq!(c.len(), 1);
         assert_eq!(c[0][0], parent.to_string());
         assert_eq!(c[0][1], 39.0, "4 + 5 + 30: small children count once rolled up");
@@ -247,7 +255,7 @@ mod tests {
             res: 11,
             bbox: [100.0, 10.0, 101.0, 11.0],
         };
-        assert!(cells(&heatmap(&w, &sub, 0)).is_empty());
+        assert!(cells(&heatmap(&w, &[], &sub, 0)).is_empty());
     }
 
     #[test]

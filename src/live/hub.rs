@@ -9,6 +9,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use tokio::sync::broadcast;
 
+use crate::flow::SourceProgress;
 use crate::risk::{Alert, SegmentStatus};
 use crate::window::HexWindow;
 
@@ -18,8 +19,13 @@ const CAPACITY: usize = 16;
 /// What the pipeline publishes.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    /// A window's cells: final at close, provisional for the open window.
-    Heatmap { window: Arc<HexWindow>, at: Instant },
+    /// A window's cells: final at close, provisional for the open window (with where each
+    /// source stands against it; empty for final frames).
+    Heatmap {
+        window: Arc<HexWindow>,
+        progress: Arc<Vec<SourceProgress>>,
+        at: Instant,
+    },
     /// Every segment after an evaluation.
     Segments {
         window_end: i64,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::{Hub, LiveEvent, Picture};
-use crate::flow::{Closed, Outputs, WindowKind};
+use crate::flow::{Closed, Outputs, SourceProgress, WindowKind};
 use crate::window::HexWindow;
 
 /// Publishes to viewers and the board.
@@ -49,15 +49,17 @@ impl Outputs for Publisher {
         if c.kind == WindowKind::Data {
             self.hub.publish(LiveEvent::Heatmap {
                 window: c.window.clone(),
+                progress: Arc::default(),
                 at: Instant::now(),
             });
             self.latest.send_replace(Some(c.window.clone()));
         }
     }
 
-    fn provisional(&mut self, snapshot: HexWindow) {
+    fn provisional(&mut self, snapshot: HexWindow, progress: Vec<SourceProgress>) {
         self.hub.publish(LiveEvent::Heatmap {
             window: Arc::new(snapshot),
+            progress: Arc::new(progress),
             at: Instant::now(),
         });
     }

@@ -52,9 +52,9 @@ fn encode(hub: &Hub, e: &LiveEvent, sub: &Subscription, k: u32) -> (FrameKind, U
         k,
     };
     match e {
-        LiveEvent::Heatmap { window, at } => {
+        LiveEvent::Heatmap { window, progress, at } => {
             let text = hub.frame(key(Arc::as_ptr(window) as usize), window.clone(), || {
-                stamp(frames::heatmap(window, sub, k), *at)
+                stamp(frames::heatmap(window, progress, sub, k), *at)
             });
             (FrameKind::Heatmap, text, *at)
         }
@@ -101,7 +101,7 @@ pub async fn serve_viewer(
         ok &= send(&mut tx, frames::segments(end, &ctx.latest_segments)).await;
     }
     if let Some(w) = &ctx.latest_window {
-        ok &= send(&mut tx, frames::heatmap(w, &sub, ctx.k)).await;
+        ok &= send(&mut tx, frames::heatmap(w, &[], &sub, ctx.k)).await;
     }
     while ok {
         tokio::select! {

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::thresholds::{ThresholdStore, Thresholds};
 use super::tiers::{Measures, Shown, Tier, TierMachine, TierRules};
@@ -77,12 +77,22 @@ pub struct Alert {
     pub reason: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SegState {
     machine: TierMachine,
     history: VecDeque<(i64, f64)>,
     /// None before the first evaluation.
     shown: Option<Shown>,
+}
+
+/// What the segments stage remembers between windows (tier machines, trends, freshness): it
+/// goes into the checkpoint beside the window engine, so a restart carries on the same tiers
+/// instead of raising every alert again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RiskState {
+    point_last: Vec<i64>,
+    lbs_last: i64,
+    states: Vec<(SegmentId, SegState)>,
 }
 
 /// The segments stage.
@@ -147,6 +157,31 @@ impl Risk {
         self.resolve_points();
         let keep: std::collections::HashSet<&SegmentId> = self.map.segments().iter().map(|s| &s.id).collect();
         self.states.retain(|k, _| keep.contains(k));
+    }
+
+    /// The state to checkpoint (see [`RiskState`]).
+    pub fn state(&self) -> RiskState {
+        let mut states: Vec<(SegmentId, SegState)> =
+            self.states.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        RiskState {
+            point_last: self.point_last.clone(),
+            lbs_last: self.lbs_last,
+            states,
+        }
+    }
+
+    /// Carries on from a checkpointed state; segments no longer in force are dropped, feed points
+    /// beyond today's registry ignored.
+    pub fn restore(&mut self, s: RiskState) {
+        for (i, t) in s.point_last.into_iter().enumerate() {
+            if let Some(p) = self.point_last.get_mut(i) {
+                *p = t;
+            }
+        }
+        self.lbs_last = s.lbs_last;
+        let keep: std::collections::HashSet<&SegmentId> = self.map.segments().iter().map(|s| &s.id).collect();
+        self.states = s.states.into_iter().filter(|(k, _)| keep.contains(k)).collect();
     }
 
     /// The segments in force.

@@ -5,6 +5,6 @@ pub mod evaluate;
 pub mod thresholds;
 pub mod tiers;
 
-pub use evaluate::{thresholds_for, Alert, Risk, SegmentStatus};
+pub use evaluate::{thresholds_for, Alert, Risk, RiskState, SegmentStatus};
 pub use thresholds::{ThresholdPatch, ThresholdStore, Thresholds};
 pub use tiers::{Shown, Tier};

@@ -183,7 +183,7 @@ pub struct Change {
 }
 
 /// One segment's tier state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TierMachine {
     tier: Tier,
     pending: Option<(Tier, u32)>,

@@ -1,6 +1,9 @@
 //! The engine task: the single owner of window, tier and history-writing state. It takes
 //! committed batches from the bounded queue in log order, drives the one flow (`flow::Flow`) with
-//! the wall clock, publishes health, asks for checkpoints and answers control requests. Slow work
+//! the processing times the log stamped them with, publishes health, asks for checkpoints and
+//! answers control requests. It never moves the flow on with an unlogged time: when the clock
+//! alone would move the watermark (a feed gone idle, every feed silent), it logs a tick and acts
+//! on it when the tick comes back through the queue, where a recovery will meet it too. Slow work
 //! (serialising a checkpoint, compacting history) runs on other threads so ingest never waits.
 
 use std::path::PathBuf;
@@ -13,9 +16,9 @@ use tokio::sync::{mpsc, watch};
 use super::state::Control;
 use crate::config::Config;
 use crate::durability::commit::CheckpointRequests;
-use crate::durability::Ingest;
-use crate::flow::{Delays, Flow, Health};
-use crate::history::Recorder;
+use crate::durability::{Checkpointed, Clock, Ingest};
+use crate::flow::{Delays, Flow, FlowState, Health};
+use crate::history::{Recorder, RecorderMark};
 use crate::live::{Picture, Publisher};
 use crate::model::{now_ms, SourceId};
 
@@ -33,6 +36,26 @@ const CENSUS_BUDGET: u32 = 100;
 /// The flow as the server runs it: viewers first, then history.
 pub type ServerFlow = Flow<(Publisher, Recorder)>;
 
+/// What a checkpoint holds beside the window engine: the flow's tier state and how many alerts
+/// and late records the history had been handed.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    /// Tier machines and the silent-window schedule.
+    pub flow: FlowState,
+    /// The history's counts.
+    pub recorder: RecorderMark,
+}
+
+impl Resume {
+    /// The state of `flow` now.
+    pub fn of(flow: &ServerFlow) -> Resume {
+        Resume {
+            flow: flow.state(),
+            recorder: flow.outputs().1.mark(),
+        }
+    }
+}
+
 /// The engine task's state.
 pub struct EngineTask {
     flow: ServerFlow,
@@ -41,6 +64,8 @@ pub struct EngineTask {
     health: watch::Sender<Health>,
     cfg: Arc<Config>,
     data_dir: PathBuf,
+    /// Processing time, as the log stamps it.
+    clock: Clock,
     /// Arrival − event time per source, for `/api/health`.
     delays: Delays,
     /// True while a checkpoint is being written in the background.
@@ -62,6 +87,7 @@ impl EngineTask {
         data_dir: PathBuf,
     ) -> EngineTask {
         let now = Instant::now();
+        let clock = checkpoints.clock();
         EngineTask {
             flow,
             checkpoints,
@@ -69,6 +95,7 @@ impl EngineTask {
             health,
             cfg,
             data_dir,
+            clock,
             delays: Delays::default(),
             checkpointing: Arc::default(),
             last_checkpoint: now,
@@ -86,17 +113,25 @@ impl EngineTask {
         loop {
             tokio::select! {
                 batch = rx.recv() => match batch {
-                    Some(Ingest::Batch(b)) => self.ingest(&b),
+                    Some(Ingest::Batch { at, records }) => self.ingest(at, &records),
+                    Some(Ingest::Tick(at)) => self.flow.advance(at),
                     Some(Ingest::Checkpoint(seg)) => self.checkpoint(seg),
                     None => break,
                 },
                 Some(c) = control.recv() => self.control(c),
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    if self.flow.would_advance(self.clock.now()) {
+                        self.checkpoints.tick();
+                    }
+                }
             }
-            self.flow.advance(now_ms());
             if self.last_snapshot.elapsed() >= PROVISIONAL_EVERY {
                 self.last_snapshot = Instant::now();
-                self.flow.provisional();
+                let clocks = crate::flow::Clocks {
+                    wall: now_ms(),
+                    processing: self.clock.now(),
+                };
+                self.flow.provisional(&self.delays, clocks);
             }
             self.flow.outputs_mut().1.flush_if_due();
             self.publish_health();
@@ -106,19 +141,42 @@ impl EngineTask {
                 self.checkpoints.request();
             }
         }
-        let mut outputs = self.flow.finish();
-        match outputs.1.take_error() {
-            None => tracing::info!("Engine drained and flushed; history written."),
-            Some(e) => tracing::error!(error = %e, "Engine drained, but the history could not be written."),
+        self.flow.close();
+        match self.flow.outputs_mut().1.take_error() {
+            None => {
+                tracing::info!("Engine drained and flushed; history written.");
+                self.final_checkpoint();
+            }
+            Some(e) => {
+                tracing::error!(error = %e, "Engine drained, but the history could not be written; the log is kept for the next start.")
+            }
         }
     }
 
-    fn ingest(&mut self, batch: &[crate::model::Record]) {
-        let now = now_ms();
+    /// After a clean stop every window is closed and written: a checkpoint of that state means a
+    /// restart replays nothing (and so never closes again, differently, a window already flushed).
+    fn final_checkpoint(&mut self) {
+        let resume = serde_json::to_value(Resume::of(&self.flow)).ok();
+        let names = self.flow.sources().names();
+        let written = self.checkpoints.rotate_now().and_then(|seg| {
+            let state = Checkpointed {
+                engine: self.flow.engine(),
+                flow: resume.as_ref(),
+                sources: &names,
+            };
+            crate::durability::wal::checkpoint(&self.data_dir, seg, state)
+        });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "Final checkpoint failed; the next start replays the log.");
+        }
+    }
+
+    fn ingest(&mut self, at: i64, batch: &[crate::model::Record]) {
+        let wall = now_ms();
         let mut dups = 0;
         for r in batch {
-            self.delays.observe(r.source, r.ts.millis(), now);
-            if !self.flow.ingest(r, now) {
+            self.delays.observe(r.source, r.ts.millis(), wall);
+            if !self.flow.ingest(r, at) {
                 dups += 1;
             }
         }
@@ -155,10 +213,17 @@ impl EngineTask {
         }
         let started = Instant::now();
         let snapshot = self.flow.engine().clone();
+        let resume = serde_json::to_value(Resume::of(&self.flow)).ok();
+        let names = self.flow.sources().names();
         let cloned_ms = started.elapsed().as_millis() as u64;
         let (dir, running) = (self.data_dir.clone(), self.checkpointing.clone());
         tokio::task::spawn_blocking(move || {
-            match crate::durability::wal::checkpoint(&dir, segment, &snapshot) {
+            let state = Checkpointed {
+                engine: &snapshot,
+                flow: resume.as_ref(),
+                sources: &names,
+            };
+            match crate::durability::wal::checkpoint(&dir, segment, state) {
                 Ok(()) => {
                     tracing::debug!(
                         segment,
@@ -225,7 +290,10 @@ impl EngineTask {
             self.flow.engine(),
             self.flow.sources(),
             &self.delays,
-            now,
+            crate::flow::health::Clocks {
+                wall: now,
+                processing: self.clock.now(),
+            },
             last_end,
         );
         self.health.send_replace(health);

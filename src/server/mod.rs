@@ -22,11 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, FsyncPolicy};
-use crate::durability::{Committer, FeedSink, Wal, WhenFull};
+use crate::durability::{Clock, Committer, FeedSink, Logged, Wal, WhenFull};
 use crate::flow::{Flow, Health};
 use crate::history::{History, Recorder};
 use crate::live::{Hub, Picture, Publisher};
-use crate::model::now_ms;
 use crate::pipeline::Pipeline;
 use crate::query::SqlEngine;
 use crate::risk::{Risk, SegmentStatus, ThresholdStore};
@@ -152,15 +151,74 @@ pub fn open_history(cfg: &Config, data_dir: &Path) -> anyhow::Result<Arc<History
     ))
 }
 
+/// Replays what the log holds beyond the checkpoint through the flow, with the processing times
+/// the live run logged: the same records, times and ticks in the same order make the same
+/// decisions (what is late, which windows close when, which tiers change), and what the history
+/// already holds is recognised and not written again.
+fn recover(
+    flow: &mut engine::ServerFlow,
+    recovery: crate::durability::Recovery,
+    checkpointed: bool,
+    clock: Clock,
+) -> anyhow::Result<()> {
+    let recovering = checkpointed || !recovery.entries.is_empty();
+    let mut resume = engine::Resume::default();
+    if let Some(v) = recovery.flow {
+        match serde_json::from_value::<engine::Resume>(v) {
+            Ok(r) => resume = r,
+            Err(e) => {
+                tracing::warn!(error = %e, "The checkpoint's tier state could not be read; tiers start afresh.")
+            }
+        }
+    }
+    flow.restore(resume.flow);
+    if recovering {
+        flow.outputs_mut()
+            .1
+            .resume(resume.recorder)
+            .context("counting the alerts and late records already in the data dir")?;
+    }
+    let (mut records, mut ticks) = (0usize, 0usize);
+    for entry in recovery.entries {
+        match entry {
+            Logged::Batch { at, records: batch } => {
+                // A log written before batches carried their time replays at the time of start.
+                let at = at.unwrap_or_else(|| clock.now());
+                records += batch.len();
+                for r in &batch {
+                    flow.ingest(r, at);
+                }
+            }
+            Logged::Tick(at) => {
+                ticks += 1;
+                flow.advance(at);
+            }
+        }
+    }
+    if records > 0 || ticks > 0 || recovery.torn > 0 {
+        tracing::info!(
+            records,
+            ticks,
+            torn = recovery.torn,
+            downtime_s = clock.offset_ms() / 1000,
+            "Recovered from the write-ahead log."
+        );
+    }
+    Ok(())
+}
+
 /// Starts every part of a server.
 pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow::Result<Server> {
     let cfg = Arc::new(cfg);
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let mut pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
     let fsync = cfg.durability.fsync == FsyncPolicy::Always;
-    let (wal, recovery) = Wal::open(data_dir, fsync)
+    let (mut wal, mut recovery) = Wal::open(data_dir, fsync)
         .with_context(|| format!("opening the write-ahead log in {}", data_dir.display()))?;
-    if let Some(engine) = recovery.engine {
+    // The log's records are numbered by the source table of the run that wrote them.
+    let mut pipe = Pipeline::resuming(&cfg, &recovery.sources).context("loading the scenario")?;
+    wal.log_sources(pipe.sources.clone());
+    let checkpointed = recovery.engine.is_some();
+    if let Some(engine) = recovery.engine.take() {
         if !engine.matches(&cfg.window) {
             anyhow::bail!(
                 "{} was written with other [window] settings; restore them, or move the data dir aside to start fresh",
@@ -173,18 +231,6 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
             .set_presence(crate::window::Presence::from_config(&cfg.lbs));
     }
     pipe.refresh_scales();
-    let replayed = recovery.records.len();
-    let now = now_ms();
-    for r in &recovery.records {
-        pipe.engine.ingest(r, now);
-    }
-    if replayed > 0 || recovery.torn > 0 {
-        tracing::info!(
-            records = replayed,
-            torn = recovery.torn,
-            "Recovered from the write-ahead log."
-        );
-    }
     let history = open_history(&cfg, data_dir)?;
     let sql = SqlEngine::new(history.clone(), data_dir, cfg.sql.clone(), cfg.privacy.k);
     let map = Arc::new(
@@ -202,7 +248,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         thresholds.clone(),
         cfg.window.size.as_millis() as i64,
     );
-    let (committer, rx) = Committer::new(wal, cfg.ingest.queue_batches);
+
     let (control, control_rx) = EngineControl::new();
     let (health_tx, health_rx) = watch::channel(Health::default());
     let (latest_tx, latest_rx) = watch::channel(None);
@@ -220,7 +266,11 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         Publisher::new(hub.clone(), picture.clone(), latest_tx),
         Recorder::new(history, data_dir, cfg.history.flush_every),
     );
-    let flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
+    let mut flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
+    recover(&mut flow, recovery, checkpointed, wal.clock())?;
+    // The time start-up and the replay took is not feed silence either.
+    wal.resume_clock();
+    let (committer, rx) = Committer::new(wal, cfg.ingest.queue_batches);
     let task = EngineTask::new(
         flow,
         committer.checkpoints(),

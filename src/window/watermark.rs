@@ -31,6 +31,9 @@ pub struct Watermark {
     /// Per source, a longer silence it may keep and still hold the watermark (ms; 0: none).
     #[serde(default)]
     max_delay_ms: Vec<i64>,
+    /// Processing time of the first record of any source.
+    #[serde(default)]
+    first_seen: Option<i64>,
 }
 
 impl Watermark {
@@ -42,6 +45,7 @@ impl Watermark {
             idle_ms,
             current: i64::MIN,
             max_delay_ms: Vec::new(),
+            first_seen: None,
         }
     }
 
@@ -57,6 +61,7 @@ impl Watermark {
                 },
             );
         }
+        self.first_seen.get_or_insert(now);
         let c = &mut self.sources[i];
         c.max_event = c.max_event.max(ts);
         c.last_seen = now;
@@ -72,6 +77,22 @@ impl Watermark {
     /// from where the sources were last seen — the newest (event time + time since its arrival)
     /// — so a feed's steady delay is kept rather than jumped over to the wall clock.
     pub fn advance(&mut self, now: i64) -> i64 {
+        if let Some(t) = self.target(now) {
+            self.current = self.current.max(t);
+        }
+        self.current
+    }
+
+    /// Whether [`advance`](Watermark::advance) at `now` would move the watermark.
+    pub fn would_advance(&self, now: i64) -> bool {
+        self.target(now).is_some_and(|t| t > self.current)
+    }
+
+    /// Where the sources put the watermark at `now`, before "it never goes back".
+    fn target(&self, now: i64) -> Option<i64> {
+        if self.awaiting(now) {
+            return None;
+        }
         let seen = || self.sources.iter().filter(|c| c.records > 0);
         let active = (0..self.sources.len())
             .filter(|&i| self.is_active(i, now))
@@ -82,10 +103,7 @@ impl Watermark {
                 .map(|c| c.max_event.saturating_add(now.saturating_sub(c.last_seen).max(0)))
                 .max()
         });
-        if let Some(t) = newest {
-            self.current = self.current.max(t.saturating_sub(self.lateness_ms));
-        }
-        self.current
+        newest.map(|t| t.saturating_sub(self.lateness_ms))
     }
 
     /// Moves the watermark to at least `to` (end of input).
@@ -107,6 +125,17 @@ impl Watermark {
     /// Every source's clock, mutable (the engine counts late records there).
     pub fn sources_mut(&mut self) -> &mut [SourceClock] {
         &mut self.sources
+    }
+
+    /// Whether a configured delayed source (one with a `max_delay`) has not been seen yet and the
+    /// run is younger than its `max_delay`: the server knows it is coming, so nothing closes
+    /// before it could have arrived (a carrier minutes behind would otherwise find its first
+    /// windows closed by the realtime feeds beside it).
+    fn awaiting(&self, now: i64) -> bool {
+        let Some(t0) = self.first_seen else { return false };
+        self.max_delay_ms.iter().enumerate().any(|(i, &d)| {
+            d > 0 && self.sources.get(i).is_none_or(|c| c.records == 0) && now.saturating_sub(t0) < d
+        })
     }
 
     /// Whether a source is active (not idle) at `now`.
@@ -159,6 +188,29 @@ mod tests {
         w.observe(SourceId(1), 70_000, 190_000);
         // 100 s later: the newest position moved on by 100 s, the delay kept (not the clock's 295 s).
         assert_eq!(w.advance(300_000), 80_000 + 100_000 - 5_000);
+    }
+
+    #[test]
+    fn a_configured_delayed_source_not_seen_yet_holds_it_back_for_its_max_delay() {
+        let mut w = Watermark::new(5_000, 30_000);
+        w.set_max_delays(vec![0, 0, 0, 90_000]);
+        // Only the realtime source 2 has spoken; source 3 (max_delay 90 s) is expected.
+        w.observe(SourceId(2), 1_000_000, 0);
+        assert_eq!(
+            w.advance(1_000),
+            i64::MIN,
+            "nothing closes before the carrier could arrive"
+        );
+        assert!(!w.would_advance(60_000));
+        // It arrives three minutes behind: from then on it holds the watermark as any source.
+        w.observe(SourceId(3), 820_000, 60_000);
+        assert_eq!(w.advance(60_000), 815_000);
+        // A configured source that never comes holds nothing after its max_delay.
+        let mut w = Watermark::new(5_000, 30_000);
+        w.set_max_delays(vec![0, 0, 0, 90_000]);
+        w.observe(SourceId(2), 1_000_000, 0);
+        w.observe(SourceId(2), 1_000_000, 91_000);
+        assert_eq!(w.advance(91_000), 995_000);
     }
 
     #[test]

@@ -80,6 +80,20 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
         attr("data-window-end") > 1_700_000_000_000,
         "the clock shows an event time"
     );
+    // Delay is visible: the sources view lists every feed with its delays, the lag badge holds a
+    // number, and provisional frames say which feeds are in for the open window.
+    assert!(
+        dom.matches("<tr data-source=").count() >= 3,
+        "the sources view lists the feeds: {dom}"
+    );
+    assert!(
+        attr("data-lag-ms") < 3_600_000,
+        "the watermark-lag badge shows a lag"
+    );
+    assert!(
+        dom.contains("data-state=\"in\"") || dom.contains("data-state=\"due\""),
+        "the feeds badge says which sources are in for the open window"
+    );
     let shots = crate::support::root().join("target/test-output");
     std::fs::create_dir_all(&shots).unwrap();
     let png = shots.join("dashboard.png");

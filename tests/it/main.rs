@@ -13,6 +13,7 @@ mod importers;
 mod live;
 mod mqtt;
 mod positions;
+mod recovery;
 mod replay;
 mod scenario;
 mod segments;
