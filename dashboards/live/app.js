@@ -180,6 +180,7 @@ async function pollHealth() {
     // Amber past two minutes, red past ten: the newest window a viewer sees is that old.
     el.className = "pill" + (lag == null ? "" : lag > 600000 ? " stuck" : lag > 120000 ? " behind" : "");
     renderSources((h.engine && h.engine.sources) || []);
+    if (h.engine && h.engine.open_window_sources) renderFeeds(h.engine.open_window_sources);
   } catch (e) { $("lag").textContent = "?"; }
 }
 

@@ -64,24 +64,25 @@ pub struct SourceHealth {
     pub last_arrival_age_ms: i64,
 }
 
-/// Where one source stands against the open window a provisional frame shows.
+/// Where one source stands against the open window the live picture shows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceProgress {
     /// `lbs/<provider>`, `counter` or `gate`.
     pub source: String,
-    /// `in`: it has reported past the window's end; `due`: it still holds the watermark and its
-    /// records for the window are still to come; `idle`: silent past `idle_timeout` (and its
-    /// `max_delay`), no longer waited for.
+    /// `in`: it has reported up to where the picture stands (within a slide of the newest event
+    /// time any source has reported, or past the window's end); `due`: behind that and still
+    /// holding the watermark, its records for the window are still to come; `idle`: behind and
+    /// silent past `idle_timeout` (and its `max_delay`), no longer waited for.
     pub state: &'static str,
     /// Newest event time it has reported (epoch ms).
     pub reported_to: i64,
-    /// For `due`: when its records for the window's end should arrive, from its median delay
-    /// (ms from now; 0 when overdue, null before its delay is known).
+    /// For `due`: when its records up to where the picture stands should arrive, from its median
+    /// delay (ms from now; 0 when overdue; absent before its delay is known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub due_in_ms: Option<i64>,
 }
 
-/// Each seen source against a window ending at `window_end` (see [`SourceProgress`]).
+/// Each seen source against the window ending at `window_end` (see [`SourceProgress`]).
 pub fn progress(
     engine: &Engine,
     sources: &Sources,
@@ -90,23 +91,27 @@ pub fn progress(
     window_end: i64,
 ) -> Vec<SourceProgress> {
     let wm = engine.watermark();
-    wm.sources()
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.records > 0)
+    let seen = || wm.sources().iter().enumerate().filter(|(_, c)| c.records > 0);
+    // Where the picture stands: the newest event time reported, but never past the window.
+    let Some(frontier) = seen().map(|(_, c)| c.max_event).max() else {
+        return Vec::new();
+    };
+    let reference = frontier.min(window_end);
+    let slack = engine.slide_ms();
+    seen()
         .map(|(i, c)| {
-            let state = if c.max_event >= window_end {
+            let state = if c.max_event >= reference - slack {
                 "in"
             } else if wm.is_active(i, clocks.processing) {
                 "due"
             } else {
                 "idle"
             };
-            // Records for event time `window_end` arrive about `delay` after it (wall clock).
+            // Its records for event time `reference` arrive about its delay after it (wall clock).
             let due_in_ms = (state == "due")
                 .then(|| delays.quantile(i, 0.5))
                 .flatten()
-                .map(|d| (window_end + d - clocks.wall).max(0));
+                .map(|d| (reference + d - clocks.wall).max(0));
             SourceProgress {
                 source: sources.name(SourceId(i as u16)),
                 state,
@@ -142,6 +147,10 @@ pub struct Health {
     pub last_window_end: Option<i64>,
     /// How far processing time runs behind the wall clock (ms): the downtime a restart skipped.
     pub processing_offset_ms: i64,
+    /// End of the open window the live picture shows (null before any record).
+    pub open_window_end: Option<i64>,
+    /// Each source against that window: which are in, which still due (see [`SourceProgress`]).
+    pub open_window_sources: Vec<SourceProgress>,
 }
 
 impl Health {
@@ -180,6 +189,11 @@ impl Health {
             windows_closed: engine.stats().windows_closed,
             last_window_end,
             processing_offset_ms: clocks.wall - clocks.processing,
+            open_window_end: engine.open_window_end(),
+            open_window_sources: engine
+                .open_window_end()
+                .map(|end| progress(engine, sources, delays, clocks, end))
+                .unwrap_or_default(),
         }
     }
 }
@@ -224,35 +238,33 @@ mod tests {
             e.ingest(&ping(3, ts - 180_000, 200 + k as u64), now);
             delays.observe(SourceId(3), ts - 180_000, now);
         }
-        let end = now + 1;
+        let end = e.open_window_end().unwrap();
+        assert!(end > now - 1_000, "the open window holds the newest pane");
         let clocks = Clocks {
             wall: now,
             processing: now,
         };
         let p = progress(&e, &sources, &delays, clocks, end);
-        let state = |i: usize| {
+        let state = |p: &[SourceProgress], i: u16| {
             p.iter()
-                .find(|x| x.source == sources.name(SourceId(i as u16)))
+                .find(|x| x.source == sources.name(SourceId(i)))
                 .unwrap()
+                .clone()
         };
-        assert_eq!(state(0).state, "idle", "silent past idle_timeout: not waited for");
-        assert_eq!(state(2).state, "due");
-        assert_eq!(state(3).state, "due");
-        let carrier = state(3).due_in_ms.unwrap();
-        assert!(
-            (170_000..=200_000).contains(&carrier),
-            "due in about 3 min: {carrier}"
-        );
-        // Once the app panel has reported past the window's end it is in.
-        e.ingest(&ping(2, end + 500, 999), now);
-        let p = progress(&e, &sources, &delays, clocks, end);
+        assert_eq!(state(&p, 0).state, "idle", "behind and silent past idle_timeout");
         assert_eq!(
-            p.iter()
-                .find(|x| x.source == sources.name(SourceId(2)))
-                .unwrap()
-                .state,
-            "in"
+            state(&p, 2).state,
+            "in",
+            "the realtime panel is where the picture stands"
         );
+        let carrier = state(&p, 3);
+        assert_eq!(carrier.state, "due");
+        let due = carrier.due_in_ms.unwrap();
+        assert!((170_000..=200_000).contains(&due), "due in about 3 min: {due}");
+        // Once the carrier has caught up it is in too.
+        e.ingest(&ping(3, now - 2_000, 999), now);
+        let p = progress(&e, &sources, &delays, clocks, end);
+        assert_eq!(state(&p, 3).state, "in");
     }
 
     #[test]

@@ -709,6 +709,18 @@ impl Engine {
         }
     }
 
+    /// End of the window a snapshot would show now (None before any record).
+    pub fn open_window_end(&self) -> Option<i64> {
+        let &last = self.panes.keys().next_back()?;
+        let s = (last - self.n + 1).max(self.next_close);
+        Some(s * self.slide + self.size)
+    }
+
+    /// Length of a slide (ms).
+    pub fn slide_ms(&self) -> i64 {
+        self.slide
+    }
+
     /// A provisional view of the newest open window: the one ending with the newest pane.
     pub fn snapshot(&mut self) -> Option<HexWindow> {
         let &last = self.panes.keys().next_back()?;
