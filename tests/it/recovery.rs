@@ -19,11 +19,17 @@ const CARRIER_BEHIND_MS: i64 = 180_000;
 /// Wall time between steps: well inside `idle_timeout`, so only the pause makes sources idle.
 const PACE: Duration = Duration::from_millis(80);
 /// The pause: longer than `idle_timeout`, so every source goes idle and the watermark moves on
-/// with processing time alone (logged ticks), closing the carrier's windows before it resumes.
-const PAUSE: Duration = Duration::from_millis(6_500);
+/// with processing time alone (logged ticks): it closes the carrier's windows before it resumes,
+/// and (the step before it ending a second short of a window boundary) carries the watermark
+/// past that boundary, so the first second of the realtime feeds' next step is late. Only the
+/// ticks make it so: a recovery that did not replay them would count that second in.
+const PAUSE: Duration = Duration::from_millis(7_500);
+/// How long the server stays down after the first kill: longer than `idle_timeout`, so a
+/// recovery that counted the downtime as silence would idle every feed.
+const DOWNTIME: Duration = Duration::from_millis(4_000);
 
 const CONFIG: &str = "[window]\nsize = \"60s\"\nslide = \"10s\"\nallowed_lateness = \"5s\"\nidle_timeout = \"3s\"\n\
-[privacy]\nk = 0\n[durability]\ncheckpoint_every = \"700ms\"\n\
+[privacy]\nk = 0\n[durability]\ncheckpoint_every = \"2500ms\"\n\
 [lbs.sources.carrier-a]\nscale = 1.25\nping_interval = \"55s\"\n[lbs.sources.carrier-b]\nscale = 1.25\nping_interval = \"17s\"\n";
 
 /// One POST that may fail (the server may be killed under it): the status, or None.
@@ -83,8 +89,9 @@ fn query(data: &Path, sql: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The feed cut into steps: step i holds everything but the carrier up to `t0 + i·STEP`, and the
-/// carrier three minutes behind that.
+/// The feed cut into steps: step i holds everything but the carrier up to `t0 + i·STEP`, then
+/// the carrier three minutes behind that (the realtime feeds' records come first in each step, as
+/// they would from separate feeds).
 fn steps(feed: &str, t0: i64) -> Vec<String> {
     let lines: Vec<(i64, bool, &str)> = feed
         .lines()
@@ -95,14 +102,19 @@ fn steps(feed: &str, t0: i64) -> Vec<String> {
         .collect();
     let end = lines.iter().map(|l| l.0).max().unwrap() + CARRIER_BEHIND_MS + STEP_MS;
     let n = ((end - t0) / STEP_MS) as usize + 1;
-    let mut out = vec![String::new(); n];
-    for (ts, carrier, l) in lines {
-        let due = if carrier { ts + CARRIER_BEHIND_MS } else { ts };
+    let (mut realtime, mut carrier) = (vec![String::new(); n], vec![String::new(); n]);
+    for (ts, is_carrier, l) in lines {
+        let due = if is_carrier { ts + CARRIER_BEHIND_MS } else { ts };
         let i = ((due - t0).max(0) / STEP_MS) as usize;
-        out[i].push_str(l);
-        out[i].push('\n');
+        let out = if is_carrier {
+            &mut carrier[i]
+        } else {
+            &mut realtime[i]
+        };
+        out.push_str(l);
+        out.push('\n');
     }
-    out
+    realtime.into_iter().zip(carrier).map(|(a, b)| a + &b).collect()
 }
 
 /// Posts every step to a server on `data`; before the steps in `kills` the server is killed with
@@ -128,6 +140,9 @@ async fn run(cfg: &Path, data: &Path, steps: &[String], pause_at: usize, kills: 
             let _ = try_post(addr, body).await; // acknowledged or not: sent again below
             killer.join().unwrap();
             child.0.wait().unwrap();
+            if Some(&i) == kills.first() {
+                tokio::time::sleep(DOWNTIME).await;
+            }
             (child, addr) = start();
         }
         let status = try_post(addr, body).await;
@@ -148,7 +163,8 @@ async fn a_server_killed_and_restarted_five_times_ends_with_the_uninterrupted_ru
     )
     .unwrap();
     // A night recorded a day ago: event time is the feed's own, nothing to do with the clock.
-    let t0 = (throng::model::now_ms() - 86_400_000).div_euclid(STEP_MS) * STEP_MS;
+    // Steps end a second short of the 10 s window boundaries (see PAUSE).
+    let t0 = (throng::model::now_ms() - 86_400_000).div_euclid(STEP_MS) * STEP_MS - 1_000;
     let start = chrono::DateTime::from_timestamp_millis(t0).unwrap().to_rfc3339();
     let feed = dir.path().join("feed.ndjson");
     let sim = throng(&[
