@@ -191,3 +191,91 @@ async fn a_stalled_viewer_does_not_delay_another() {
     assert!(metrics.contains("throng_live_clients"), "{metrics}");
     server.shutdown().await.unwrap();
 }
+
+/// Pings of `n` phones on the promenade at event time `ts` from provider `source`.
+fn pings_from(source: &str, ts: i64, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"kind\":\"lbs\",\"ts\":{ts},\"device\":\"{source}-{i}\",\"lat\":{},\"lng\":121.4905,\"source\":\"{source}\"}}\n",
+                31.2400 + i as f64 * 0.00002
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provisional_frames_show_a_realtime_panel_at_once_and_say_when_a_delayed_carrier_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.window.size = Duration::from_secs(60);
+    cfg.window.slide = Duration::from_secs(10);
+    cfg.window.allowed_lateness = Duration::from_secs(5);
+    cfg.window.idle_timeout = Duration::from_secs(8);
+    cfg.privacy.k = 0;
+    cfg.lbs.sources.insert(
+        "carrier-a".into(),
+        throng::config::LbsSourceConfig {
+            scale: 1.0,
+            max_delay: Some(Duration::from_secs(90)),
+            accuracy_m: None,
+            ping_interval: None,
+        },
+    );
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    // An app panel on time, and carrier A three minutes behind the clock.
+    let now = throng::model::now_ms();
+    let body = pings_from("app", now - 500, 20) + &pings_from("carrier-a", now - 180_000, 30);
+    let (s, v) = request(server.addr, "POST", "/api/ingest", None, &body).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(50)), "{v}");
+    let mut ws = connect(server.addr).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let frame = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no provisional frame with sources"
+        );
+        let f = next_json(&mut ws).await;
+        if f["type"] == "heatmap" && f["final"] == false && f["sources"].is_array() {
+            break f;
+        }
+    };
+    let state = |name: &str| {
+        frame["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {frame}"))
+            .clone()
+    };
+    assert_eq!(state("lbs/app")["state"], "in", "{frame}");
+    let carrier = state("lbs/carrier-a");
+    assert_eq!(carrier["state"], "due", "{frame}");
+    let due = carrier["due_in_ms"].as_i64().unwrap();
+    assert!(
+        (150_000..=185_000).contains(&due),
+        "carrier A due in about 3 min: {due}"
+    );
+    // The app's people are in the provisional picture at once.
+    let people: f64 = frame["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[1].as_f64().unwrap())
+        .sum();
+    assert!(people >= 20.0, "{frame}");
+    // Final windows wait for the carrier: the watermark trails its newest event time.
+    let (_, h) = request(server.addr, "GET", "/api/health", None, "").await;
+    let wm = h["engine"]["watermark"].as_i64().unwrap();
+    assert!(wm <= now - 180_000, "the watermark waits for the carrier: {h}");
+    assert!(
+        h["engine"]["open_window_sources"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2),
+        "{h}"
+    );
+    server.shutdown().await.unwrap();
+}
