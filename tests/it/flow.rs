@@ -2,31 +2,12 @@
 //! the same feed posted to a running server leave the same tables behind — windows, segment
 //! evaluations, alerts. The two paths share their code; this is what protects it from drifting.
 
-use std::path::Path;
-
 use crate::http::request;
-use crate::support::{root, throng};
+use crate::support::{query, root, throng};
 
 /// A config whose sources never idle during the test, so the server (wall clock) and the replay
 /// (event-time clock) see the same watermark; k = 0 so every cell is queryable.
 const CONFIG: &str = "[window]\nsize = \"60s\"\nslide = \"10s\"\nallowed_lateness = \"5s\"\nidle_timeout = \"600s\"\n[privacy]\nk = 0\n";
-
-fn query(data: &Path, sql: &str) -> String {
-    let out = throng(&[
-        "query",
-        "--data-dir",
-        &data.display().to_string(),
-        "--format",
-        "csv",
-        sql,
-    ]);
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_and_replay_leave_the_same_tables() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{root, serve_command, serving, throng, Child, Rng};
+use crate::support::{query, root, serve_command, serving, throng, Child, Rng};
 
 /// Event time per step; a step is one request.
 const STEP_MS: i64 = 10_000;
@@ -70,23 +70,6 @@ fn stop(mut child: Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the server did not stop within 30 s of SIGTERM");
-}
-
-fn query(data: &Path, sql: &str) -> String {
-    let out = throng(&[
-        "query",
-        "--data-dir",
-        &data.display().to_string(),
-        "--format",
-        "csv",
-        sql,
-    ]);
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The feed cut into steps: step i holds everything but the carrier up to `t0 + i·STEP`, then

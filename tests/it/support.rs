@@ -33,6 +33,24 @@ pub fn throng(args: &[&str]) -> Output {
     }
 }
 
+/// `throng query --data-dir DATA --format csv SQL` against a stopped server's data dir: the CSV.
+pub fn query(data: &std::path::Path, sql: &str) -> String {
+    let out = throng(&[
+        "query",
+        "--data-dir",
+        &data.display().to_string(),
+        "--format",
+        "csv",
+        sql,
+    ]);
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A small deterministic PRNG (xorshift), so tests need no extra crate and repeat exactly.
 pub struct Rng(pub u64);
 
