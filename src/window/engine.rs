@@ -704,7 +704,7 @@ impl Engine {
             end: EventTime(s * self.slide + self.size),
             rows,
             points: points.into_values().map(|(w, _)| w).collect(),
-            segments: attr.map(|a| a.out).unwrap_or_default(),
+            segments: attr.map(Attribution::finish).unwrap_or_default(),
             is_final,
         }
     }
@@ -865,7 +865,16 @@ struct Attribution {
     map: Arc<SegmentMap>,
     prior: Vec<f64>,
     out: SegmentPeople,
+    /// People and carried people per segment in units of `FIXED` (integers add in any order to
+    /// the same sum; floats do not, and device maps iterate in another order after a restart, so
+    /// a float sum would let a crash change the answer in its last digit).
+    people: Vec<i64>,
+    carried: Vec<i64>,
+    off_network: i64,
 }
+
+/// Fixed-point unit of attributed people: a billionth of a person.
+const FIXED: f64 = 1e9;
 
 impl Attribution {
     fn new(map: Arc<SegmentMap>, prior: &[f64]) -> Attribution {
@@ -876,11 +885,21 @@ impl Attribution {
         Attribution {
             map,
             prior,
-            out: SegmentPeople {
-                people: vec![0.0; n],
-                carried: vec![0.0; n],
-                ..Default::default()
-            },
+            out: SegmentPeople::default(),
+            people: vec![0; n],
+            carried: vec![0; n],
+            off_network: 0,
+        }
+    }
+
+    /// The window's segment people.
+    fn finish(self) -> SegmentPeople {
+        let back = |v: Vec<i64>| v.into_iter().map(|x| x as f64 / FIXED).collect();
+        SegmentPeople {
+            people: back(self.people),
+            carried: back(self.carried),
+            off_network_people: self.off_network as f64 / FIXED,
+            ..self.out
         }
     }
 
@@ -910,7 +929,7 @@ impl Attribution {
         if c.is_empty() {
             if !carried {
                 self.out.off_network_devices += 1;
-                self.out.off_network_people += scale;
+                self.off_network += (scale * FIXED).round() as i64;
             }
             return false;
         }
@@ -919,10 +938,10 @@ impl Attribution {
             return false;
         }
         for &(j, m) in c {
-            let w = scale * self.prior[j as usize] * m as f64 / total;
-            self.out.people[j as usize] += w;
+            let w = (scale * self.prior[j as usize] * m as f64 / total * FIXED).round() as i64;
+            self.people[j as usize] += w;
             if carried {
-                self.out.carried[j as usize] += w;
+                self.carried[j as usize] += w;
             }
         }
         true

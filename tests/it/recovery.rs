@@ -100,6 +100,17 @@ fn steps(feed: &str, t0: i64) -> Vec<String> {
     realtime.into_iter().zip(carrier).map(|(a, b)| a + &b).collect()
 }
 
+/// Waits (at most 2 s) until the server has a checkpoint on disk.
+async fn wait_for_checkpoint(data: &Path) {
+    let cp = data.join("checkpoint.json");
+    for _ in 0..40 {
+        if cp.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Posts every step to a server on `data`; before the steps in `kills` the server is killed with
 /// SIGKILL a random few milliseconds into that step's request, restarted, and the step sent again.
 async fn run(cfg: &Path, data: &Path, steps: &[String], pause_at: usize, kills: &[usize], rng: &mut Rng) {
@@ -114,6 +125,9 @@ async fn run(cfg: &Path, data: &Path, steps: &[String], pause_at: usize, kills: 
             continue;
         }
         if kills.contains(&i) {
+            if i + 4 == pause_at {
+                wait_for_checkpoint(data).await;
+            }
             let pid = child.0.id();
             let after = Duration::from_millis(rng.below(25));
             let killer = std::thread::spawn(move || {
@@ -169,9 +183,12 @@ async fn a_server_killed_and_restarted_five_times_ends_with_the_uninterrupted_ru
 
     let seed = throng::model::now_ms() as u64 | 1;
     let mut rng = Rng(seed);
-    // Five distinct kill points, one of them just after the pause so the log's tail holds the
-    // ticks the pause produced; none at the pause itself, whose length must match across runs.
-    let mut kills = vec![pause_at + 1];
+    // Five distinct kill points: one a few steps before the pause, once a checkpoint is on disk
+    // (a recovery must then rebuild the sources' clocks from it: the realtime lines come first in
+    // each step, and without the carrier's clock they would close its windows); one just after
+    // the pause, so the log's tail holds the ticks the pause produced; three at random. None at
+    // the pause itself, whose length must match across runs.
+    let mut kills = vec![pause_at - 4, pause_at + 1];
     while kills.len() < 5 {
         let k = 2 + rng.below(steps.len() as u64 - 4) as usize;
         if !kills.contains(&k) && !(pause_at - 1..=pause_at).contains(&k) && !steps[k].is_empty() {
