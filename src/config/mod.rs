@@ -84,6 +84,10 @@ pub struct WindowConfig {
     /// A source silent this long stops holding the watermark back.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long (in event time, after its window closed) a re-sent record is still recognised as
+    /// one already counted rather than taken as late.
+    #[serde(with = "humantime_serde")]
+    pub resend_horizon: Duration,
 }
 
 impl Default for WindowConfig {
@@ -93,6 +97,7 @@ impl Default for WindowConfig {
             slide: Duration::from_secs(10),
             allowed_lateness: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            resend_horizon: Duration::from_secs(120),
         }
     }
 }

@@ -59,8 +59,6 @@ pub struct Recorder {
     last_flush: Instant,
     unflushed: usize,
     maintenance: Option<JoinHandle<()>>,
-    /// Late rows waiting for the next flush (written with the windows, so a checkpoint covers them).
-    late_rows: String,
     stats: RecorderStats,
     first_error: Option<HistoryError>,
     /// Emitted so far, counting from the data dir's first.
@@ -80,7 +78,6 @@ impl Recorder {
             last_flush: Instant::now(),
             unflushed: 0,
             maintenance: None,
-            late_rows: String::new(),
             stats: RecorderStats::default(),
             first_error: None,
             taken: RecorderMark::default(),
@@ -137,11 +134,6 @@ impl Recorder {
     fn write(&mut self) -> bool {
         self.last_flush = Instant::now();
         self.unflushed = 0;
-        if !self.late_rows.is_empty() {
-            let rows = std::mem::take(&mut self.late_rows);
-            let path = self.late_file.clone();
-            self.append_log(&path, rows.as_bytes());
-        }
         match self.history.write_pending() {
             Ok(s) => {
                 if s.files_written > 0 {
@@ -235,12 +227,20 @@ impl Outputs for Recorder {
             .min(late.len() as u64);
         self.taken.late += late.len() as u64;
         let late = &late[already as usize..];
+        if late.is_empty() {
+            return;
+        }
+        let mut rows = String::new();
         for l in late {
-            self.late_rows.push_str(&late_row(l, &sources.name(l.source)));
-            self.late_rows.push('\n');
+            rows.push_str(&late_row(l, &sources.name(l.source)));
+            rows.push('\n');
         }
         self.stats.late += late.len() as u64;
         tracing::debug!(late = late.len(), "Late records kept.");
+        // Appended at once (one write per engine step that met late records), so `late_records`
+        // answers as soon as a record is late, as `hex_windows` does as soon as a window closes.
+        let path = self.late_file.clone();
+        self.append_log(&path, rows.as_bytes());
     }
 
     fn persist(&mut self) -> bool {
@@ -250,11 +250,6 @@ impl Outputs for Recorder {
     fn finish(&mut self) {
         if let Some(h) = self.maintenance.take() {
             let _ = h.join();
-        }
-        if !self.late_rows.is_empty() {
-            let rows = std::mem::take(&mut self.late_rows);
-            let path = self.late_file.clone();
-            self.append_log(&path, rows.as_bytes());
         }
         match self.history.close() {
             Ok(_) => tracing::info!(history = %self.history.root().display(), "History written."),

@@ -229,6 +229,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         // The config in force now decides presence, not the one the checkpoint was taken under.
         pipe.engine
             .set_presence(crate::window::Presence::from_config(&cfg.lbs));
+        pipe.engine.set_resend_horizon(&cfg.window);
     }
     pipe.refresh_scales();
     let history = open_history(&cfg, data_dir)?;

@@ -258,6 +258,18 @@ pub struct Engine {
     segments: Option<Arc<SegmentMap>>,
     #[serde(skip)]
     places: PlaceCache,
+    /// Idempotency keys of closed panes, by pane, kept `resend_ms` of event time after the pane
+    /// closed: a feed re-sending a batch whose acknowledgement it lost (or a broker redelivering)
+    /// must find its records already counted, not late.
+    /// Sorted, so each costs 8 bytes; only re-sent and late records ever look here.
+    #[serde(default)]
+    closed_keys: BTreeMap<i64, Vec<u64>>,
+    #[serde(default = "default_resend_ms")]
+    resend_ms: i64,
+}
+
+fn default_resend_ms() -> i64 {
+    120_000
 }
 
 /// A segment's prior density never falls below this (p/m²), so an empty segment can fill again.
@@ -288,6 +300,8 @@ impl Engine {
             profiles: Vec::new(),
             segments: None,
             places: PlaceCache::default(),
+            closed_keys: BTreeMap::new(),
+            resend_ms: w.resend_horizon.as_millis() as i64,
         }
     }
 
@@ -306,6 +320,12 @@ impl Engine {
             self.prior = vec![PRIOR_FLOOR; map.segments().len()];
         }
         self.segments = Some(map);
+    }
+
+    /// Sets how long a re-sent record is recognised after its window closed (the config in force
+    /// decides, not the one a checkpoint was taken under).
+    pub fn set_resend_horizon(&mut self, w: &WindowConfig) {
+        self.resend_ms = w.resend_horizon.as_millis() as i64;
     }
 
     /// Sets how long a device stays present between pings.
@@ -366,10 +386,12 @@ impl Engine {
             rec.hash(&mut h);
             h.finish()
         };
-        if self
-            .panes
-            .get(&at.div_euclid(self.slide))
-            .is_some_and(|p| p.keys.contains(&key))
+        let pane = at.div_euclid(self.slide);
+        if self.panes.get(&pane).is_some_and(|p| p.keys.contains(&key))
+            || self
+                .closed_keys
+                .get(&pane)
+                .is_some_and(|k| k.binary_search(&key).is_ok())
         {
             self.stats.duplicates += 1;
             return false;
@@ -421,7 +443,6 @@ impl Engine {
             },
         };
         self.sync_register_stats();
-        let pane = at.div_euclid(self.slide);
         let oldest_window = pane - self.n + 1;
         let next_close = self.next_close;
         if oldest_window < next_close {
@@ -440,6 +461,13 @@ impl Engine {
             });
             if pane < next_close {
                 self.stats.late_unwindowed += 1;
+                // Sent again, it is the same late record, not another one.
+                if self.within_resend_horizon(pane) {
+                    let keys = self.closed_keys.entry(pane).or_default();
+                    if let Err(i) = keys.binary_search(&key) {
+                        keys.insert(i, key);
+                    }
+                }
                 // Too late for any window, but still where the device was: presence keeps it.
                 if let Body::Ping { device, pos } = rec.body {
                     let seen = Seen {
@@ -557,6 +585,9 @@ impl Engine {
                         for (dev, seen) in p.devices {
                             remember(&mut self.carry, dev, seen);
                         }
+                        let mut keys: Vec<u64> = p.keys.into_iter().collect();
+                        keys.sort_unstable();
+                        self.closed_keys.insert(s, keys);
                     }
                     self.forget_absent(s * self.slide + self.size);
                     // Panes before s were already dropped; s is the only one no later window needs.
@@ -564,8 +595,35 @@ impl Engine {
                 }
             }
         }
+        self.forget_keys(wm);
         self.sync_register_stats();
         out
+    }
+
+    /// First pane whose keys are kept at watermark `wm`.
+    fn keys_kept_from(&self, wm: i64) -> i64 {
+        (wm - self.resend_ms).div_euclid(self.slide)
+    }
+
+    /// Whether a closed pane's keys are still kept (so a record in it is remembered).
+    fn within_resend_horizon(&self, pane: i64) -> bool {
+        self.watermark
+            .get()
+            .is_some_and(|wm| pane >= self.keys_kept_from(wm))
+    }
+
+    /// Drops the keys of panes that closed longer than the resend horizon ago (in event time).
+    fn forget_keys(&mut self, wm: i64) {
+        if wm == i64::MIN {
+            return;
+        }
+        let keep_from = self.keys_kept_from(wm);
+        while let Some(entry) = self.closed_keys.first_entry() {
+            if *entry.key() >= keep_from {
+                break;
+            }
+            entry.remove();
+        }
     }
 
     /// The closed window's densities become the prior for the next.
@@ -781,7 +839,15 @@ impl Engine {
                     + std::mem::size_of::<Pane>()
             })
             .sum();
-        panes + table::<DeviceId, Carry>(self.carry.capacity()) + self.registers.state_bytes()
+        let closed: usize = self
+            .closed_keys
+            .values()
+            .map(|k| k.capacity() * std::mem::size_of::<u64>())
+            .sum();
+        panes
+            + closed
+            + table::<DeviceId, Carry>(self.carry.capacity())
+            + self.registers.state_bytes()
     }
 
     /// Distinct devices held in the open panes (what "active devices" means for state per device).
@@ -962,6 +1028,7 @@ mod tests {
             slide: Duration::from_secs(slide),
             allowed_lateness: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            resend_horizon: Duration::from_secs(120),
         }
     }
 
@@ -1237,6 +1304,33 @@ mod tests {
         let w = &e.flush()[0];
         assert_eq!(w.rows[0].counter_in, 11);
         assert_eq!(e.stats().duplicates, 1);
+    }
+
+    #[test]
+    fn a_record_resent_after_its_window_closed_is_a_duplicate_within_the_horizon_and_late_after() {
+        let mut e = engine(10, 10);
+        let early = counter(T0 + 5_000, 7, 5, 1);
+        assert!(e.ingest(&early, 0));
+        // The watermark passes the window's end: it closes with the count.
+        assert!(e.ingest(&counter(T0 + 20_000, 7, 1, 0), 0));
+        let closed = e.advance(0);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].rows[0].counter_in, 5);
+        assert!(!e.ingest(&early, 0), "re-sent after close: already counted");
+        assert_eq!((e.stats().duplicates, e.stats().late), (1, 0));
+        // A late record sent twice is one late record.
+        let late = counter(T0 + 6_000, 7, 2, 0);
+        assert!(e.ingest(&late, 0));
+        assert!(!e.ingest(&late, 0));
+        assert_eq!((e.stats().duplicates, e.stats().late), (2, 1));
+        // Through a checkpoint the keys survive.
+        let mut e: Engine = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert!(!e.ingest(&early, 0));
+        // Past the horizon (2 min of event time after the close) it is late again.
+        assert!(e.ingest(&counter(T0 + 200_000, 7, 1, 0), 0));
+        e.advance(0);
+        assert!(e.ingest(&early, 0));
+        assert_eq!(e.stats().late, 2);
     }
 
     #[test]

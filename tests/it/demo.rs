@@ -17,7 +17,7 @@ async fn demo_serves_and_its_counts_move() {
          [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
     )
     .unwrap();
-    let mut child = Child(
+    let mut child = Child::new(
         Command::new(env!("CARGO_BIN_EXE_throng"))
             .args([
                 "demo",

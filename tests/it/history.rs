@@ -92,20 +92,20 @@ pub fn query_json(data: &Path, cfg: &Path, sql: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON rows")
 }
 
+/// Rows by (window, cell); a (window, cell) seen twice fails the test (a map would merge it).
 fn rows_by_window(v: &serde_json::Value) -> BTreeMap<(i64, String), u64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                (
-                    r["window_start"].as_i64().unwrap(),
-                    r["h3"].as_str().unwrap().to_owned(),
-                ),
-                r["lbs_devices"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    for r in v.as_array().unwrap() {
+        let key = (
+            r["window_start"].as_i64().unwrap(),
+            r["h3"].as_str().unwrap().to_owned(),
+        );
+        let devices = r["lbs_devices"].as_u64().unwrap();
+        if let Some(before) = out.insert(key.clone(), devices) {
+            panic!("(window, cell) {key:?} appears twice: {before} and {devices} devices");
+        }
+    }
+    out
 }
 
 #[test]

@@ -33,7 +33,7 @@ const CONFIG: &str = "[window]\nsize = \"60s\"\nslide = \"10s\"\nallowed_latenes
 [lbs.sources.carrier-a]\nscale = 1.25\nping_interval = \"55s\"\n[lbs.sources.carrier-b]\nscale = 1.25\nping_interval = \"17s\"\n";
 
 /// One POST that may fail (the server may be killed under it): the status, or None.
-async fn try_post(addr: std::net::SocketAddr, body: &str) -> Option<u16> {
+pub async fn try_post(addr: std::net::SocketAddr, body: &str) -> Option<u16> {
     let req = format!(
         "POST /api/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -60,7 +60,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Stops a server with SIGTERM (it drains, flushes every window, writes the history), bounded.
-fn stop(mut child: Child) {
+pub fn stop(mut child: Child) {
     signal(&child, "-TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
@@ -101,7 +101,7 @@ fn steps(feed: &str, t0: i64) -> Vec<String> {
 }
 
 /// Waits (at most 2 s) until the server has a checkpoint on disk.
-async fn wait_for_checkpoint(data: &Path) {
+pub async fn wait_for_checkpoint(data: &Path) {
     let cp = data.join("checkpoint.json");
     for _ in 0..40 {
         if cp.exists() {

@@ -228,7 +228,21 @@ async fn sighup_reloads_the_segments_file_and_a_bad_file_keeps_the_old_one() {
     // A broken file is refused; the segments in force stay.
     std::fs::write(&path, "{not geojson").unwrap();
     hup();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the refusal itself (the log says so), not for time to pass.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !child.stderr_tail().contains("Segments reload failed") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reload attempt logged after SIGHUP: {}",
+            child.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        child.stderr_tail().contains("segments.geojson"),
+        "the refusal names the file: {}",
+        child.stderr_tail()
+    );
     assert_eq!(count().await, before - 1);
     assert_eq!(
         request(addr, "GET", "/api/health", None, "").await.0,

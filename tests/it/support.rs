@@ -35,14 +35,19 @@ pub fn throng(args: &[&str]) -> Output {
 
 /// `throng query --data-dir DATA --format csv SQL` against a stopped server's data dir: the CSV.
 pub fn query(data: &std::path::Path, sql: &str) -> String {
-    let out = throng(&[
-        "query",
-        "--data-dir",
-        &data.display().to_string(),
-        "--format",
-        "csv",
-        sql,
-    ]);
+    query_with(data, None, sql)
+}
+
+/// `query` under a config file (its `privacy.k` decides what is suppressed).
+pub fn query_with(data: &std::path::Path, cfg: Option<&std::path::Path>, sql: &str) -> String {
+    let data = data.display().to_string();
+    let mut args = vec!["query", "--data-dir", &data, "--format", "csv"];
+    let cfg = cfg.map(|c| c.display().to_string());
+    if let Some(c) = &cfg {
+        args.extend(["--config", c.as_str()]);
+    }
+    args.push(sql);
+    let out = throng(&args);
     assert!(
         out.status.success(),
         "{sql}: {}",
@@ -76,17 +81,43 @@ impl Rng {
     }
 }
 
-/// A child process killed (and reaped) on drop, so a failing test leaves nothing behind.
-pub struct Child(pub std::process::Child);
+/// A child process killed (and reaped) on drop, so a failing test leaves nothing behind. When
+/// its standard error went to a file (`serving`), a failing test prints the file's tail.
+pub struct Child(pub std::process::Child, pub Option<tempfile::NamedTempFile>);
+
+impl Child {
+    /// A child whose standard error is not kept.
+    pub fn new(c: std::process::Child) -> Child {
+        Child(c, None)
+    }
+
+    /// The last lines the child wrote to standard error (empty when it was not kept).
+    pub fn stderr_tail(&self) -> String {
+        let Some(f) = &self.1 else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
 
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() && self.1.is_some() {
+            eprintln!(
+                "--- stderr of child {} (last lines) ---\n{}\n---",
+                self.0.id(),
+                self.stderr_tail()
+            );
+        }
     }
 }
 
-/// The real binary with these arguments, run from the repository root, stderr discarded.
+/// The real binary with these arguments, run from the repository root (`serving` keeps its
+/// standard error for the failure message; other callers discard it).
 pub fn throng_command(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_throng"));
     c.args(args)
@@ -95,34 +126,72 @@ pub fn throng_command(args: &[&str]) -> Command {
     c
 }
 
-/// Starts a server-like command (`serve`, `demo`) and waits for the address it prints; the rest of
-/// its standard output is drained on a thread.
-pub fn serving(mut cmd: Command) -> (Child, std::net::SocketAddr) {
+/// How long a started server may take to print its address.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Starts a server-like command (`serve`, `demo`) and waits, bounded, for the address it prints;
+/// the rest of its standard output is drained on a thread. Its standard error goes to a file
+/// that a failing test prints.
+pub fn serving(cmd: Command) -> (Child, std::net::SocketAddr) {
+    let (child, addr, _) = serving_line(cmd);
+    (child, addr)
+}
+
+/// `serving`, also giving the PostgreSQL port `serve` prints beside its address.
+pub fn serving_pg(cmd: Command) -> (Child, std::net::SocketAddr, u16) {
+    let (child, addr, line) = serving_line(cmd);
+    let port = line
+        .split(" -p ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no PostgreSQL port in {line:?}"));
+    (child, addr, port)
+}
+
+fn serving_line(mut cmd: Command) -> (Child, std::net::SocketAddr, String) {
     use std::io::BufRead;
+    let err = tempfile::NamedTempFile::new().expect("temp file");
     let mut child = Child(
         cmd.stdout(std::process::Stdio::piped())
+            .stderr(err.reopen().expect("reopen temp file"))
             .spawn()
             .expect("spawn throng"),
+        Some(err),
     );
-    let mut lines = std::io::BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let lines = std::io::BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            // After the address nobody listens: keep draining so the child never blocks.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server prints its address")
-            .expect("read stdout");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(e) => {
+                let status = child.0.try_wait().ok().flatten();
+                panic!(
+                    "the server printed no address ({e:?}; exit status {status:?}); its stderr:\n{}",
+                    child.stderr_tail()
+                );
+            }
+        };
         if let Some(rest) = line.split("http://").nth(1) {
-            break rest
+            let addr = rest
                 .split('/')
                 .next()
                 .expect("host:port")
                 .parse()
                 .expect("an address");
+            break (addr, line);
         }
     };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, addr.0, addr.1)
 }
-
 /// `throng serve` on an ephemeral loopback port with this data dir and extra arguments.
 pub fn serve_command(data: &std::path::Path, extra: &[&str]) -> Command {
     let data = data.to_str().expect("utf-8 path");
@@ -137,4 +206,13 @@ pub fn serve_command(data: &std::path::Path, extra: &[&str]) -> Command {
     ];
     args.extend_from_slice(extra);
     throng_command(&args)
+}
+
+/// The value of one exposed series in a Prometheus text page (`name` or `name{labels}` exactly as
+/// printed), so a check cannot be satisfied by a longer number or another series.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        let (name, v) = l.rsplit_once(' ')?;
+        (name == series).then(|| v.parse().ok()).flatten()
+    })
 }

@@ -193,6 +193,81 @@ async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
     server.shutdown().await.unwrap();
 }
 
+/// WebSocket feeds while HTTP feeds keep a one-batch queue full: the socket waits for room, so
+/// every frame is acknowledged — late, but in order and whole — and what reaches the engine is
+/// exactly what was acknowledged, over both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_ingest_under_a_full_queue_acknowledges_every_frame_late_but_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast(config());
+    cfg.ingest.queue_batches = 1;
+    cfg.window.size = Duration::from_secs(3600);
+    cfg.window.slide = Duration::from_secs(3600);
+    cfg.window.allowed_lateness = Duration::from_secs(7200);
+    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let now = throng::model::now_ms();
+    let line = move |dev: String| {
+        format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"{dev}\",\"lat\":31.2405,\"lng\":121.4832}}\n")
+    };
+    let http = tokio::spawn(async move {
+        let (mut accepted, mut busy) = (0u64, 0u64);
+        for r in 0..30 {
+            let body: String = (0..3000).map(|i| line(format!("h{r}-{i}"))).collect();
+            let (status, _, text) = post_raw(addr, &body).await;
+            match status {
+                202 => accepted += 3000,
+                503 => busy += 1,
+                other => panic!("unexpected {other}: {text}"),
+            }
+        }
+        (accepted, busy)
+    });
+    const FRAMES: u64 = 40;
+    let mut sockets = Vec::new();
+    for c in 0..3 {
+        sockets.push(tokio::spawn(async move {
+            let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/ingest"))
+                .await
+                .unwrap();
+            let (mut tx, mut rx) = ws.split();
+            let send = tokio::spawn(async move {
+                for f in 0..FRAMES {
+                    let frame: String = (0..200).map(|i| line(format!("w{c}-{f}-{i}"))).collect();
+                    tx.send(Message::Text(frame.into())).await.unwrap();
+                }
+                tx
+            });
+            let mut acks = Vec::new();
+            while (acks.len() as u64) < FRAMES {
+                let m = tokio::time::timeout(Duration::from_secs(30), rx.next())
+                    .await
+                    .expect("an ack in time")
+                    .unwrap()
+                    .unwrap();
+                if let Message::Text(t) = m {
+                    acks.push(serde_json::from_str::<serde_json::Value>(&t).unwrap());
+                }
+            }
+            let _ = send.await;
+            for (i, a) in acks.iter().enumerate() {
+                assert_eq!(a["frame"], i as u64 + 1, "client {c}: acks in order: {a}");
+                assert_eq!(a["accepted"], 200, "client {c}: frame {} whole: {a}", i + 1);
+            }
+        }));
+    }
+    for s in sockets {
+        s.await.unwrap();
+    }
+    let (accepted, busy) = http.await.unwrap();
+    eprintln!("HTTP: {accepted} records accepted, {busy} requests told to retry");
+    assert!(busy > 0, "the queue was never full: the test would not test waiting");
+    crate::http::wait_lbs_records(addr, accepted + 3 * FRAMES * 200).await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_sends_its_feed_to_a_server_at_a_rate() {
     let dir = tempfile::tempdir().unwrap();
