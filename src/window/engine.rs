@@ -844,10 +844,7 @@ impl Engine {
             .values()
             .map(|k| k.capacity() * std::mem::size_of::<u64>())
             .sum();
-        panes
-            + closed
-            + table::<DeviceId, Carry>(self.carry.capacity())
-            + self.registers.state_bytes()
+        panes + closed + table::<DeviceId, Carry>(self.carry.capacity()) + self.registers.state_bytes()
     }
 
     /// Distinct devices held in the open panes (what "active devices" means for state per device).

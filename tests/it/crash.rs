@@ -60,9 +60,7 @@ async fn a_server_killed_mid_request_loses_no_acknowledged_record_and_counts_non
         .map(|id| registry_cell("sensors.json", |v| v.as_array()?.iter().find(|s| s["id"] == *id)))
         .collect();
     let gate_cell = registry_cell("stations.json", |v| {
-        v.as_array()?
-            .iter()
-            .find(|s| s["id"] == "east-nanjing-road")?["exits"]
+        v.as_array()?.iter().find(|s| s["id"] == "east-nanjing-road")?["exits"]
             .as_array()?
             .iter()
             .find(|e| e["id"] == "exit-3")
@@ -91,7 +89,8 @@ async fn a_server_killed_mid_request_loses_no_acknowledged_record_and_counts_non
             (ts, rec)
         })
         .collect();
-    let line = |(ts, r): &(i64, Rec)| match r {
+    let line = |(ts, r): &(i64, Rec)| {
+        match r {
         Rec::Ping { device, lat, lng } => format!(
             "{{\"kind\":\"lbs\",\"ts\":{ts},\"device\":\"dev-{device}\",\"lat\":{lat},\"lng\":{lng}}}\n"
         ),
@@ -102,6 +101,7 @@ async fn a_server_killed_mid_request_loses_no_acknowledged_record_and_counts_non
         Rec::Gate { entries, exits } => format!(
             "{{\"kind\":\"gate\",\"ts\":{ts},\"station\":\"east-nanjing-road\",\"gate\":\"exit-3\",\"entries\":{entries},\"exits\":{exits},\"period_s\":10}}\n"
         ),
+    }
     };
     let batches: Vec<String> = feed
         .chunks(PER_BATCH)
@@ -155,13 +155,19 @@ async fn a_server_killed_mid_request_loses_no_acknowledged_record_and_counts_non
             wait_for_checkpoint(&data).await;
         }
     }
-    assert!(data.join("checkpoint.json").exists(), "no checkpoint before the kill");
+    assert!(
+        data.join("checkpoint.json").exists(),
+        "no checkpoint before the kill"
+    );
     // SIGKILL a few milliseconds into the request: no shutdown, no flush.
     let pid = first.0.id();
     let after = Duration::from_millis(kill_rng.below(6));
     let killer = std::thread::spawn(move || {
         std::thread::sleep(after);
-        let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status();
     });
     let acked = try_post(addr, &batches[kill_at]).await == Some(202);
     killer.join().unwrap();
@@ -199,7 +205,11 @@ async fn a_server_killed_mid_request_loses_no_acknowledged_record_and_counts_non
         assert_eq!(*g, e.as_str(), "(window, cell) row, {why}");
     }
     let late = query_with(&data, Some(&cfg), "SELECT count(*) AS n FROM late_records");
-    assert_eq!(late.lines().nth(1), Some("0"), "nothing re-sent was taken as late, {why}");
+    assert_eq!(
+        late.lines().nth(1),
+        Some("0"),
+        "nothing re-sent was taken as late, {why}"
+    );
     // The log and checkpoints hold pseudonyms only: no raw device id reaches the disk.
     let mut files = vec![data.join("checkpoint.json")];
     files.extend(

@@ -34,7 +34,9 @@ async fn late_records_on_the_server_path_are_counted_kept_queryable_and_fill_ope
     let (child, addr) = serving(serve_command(&data, &["--config", cfg.to_str().unwrap()]));
     // A recorded minute two hours ago: the watermark follows the feed (1 s behind its newest).
     let base = (throng::model::now_ms() - 2 * HOUR).div_euclid(HOUR) * HOUR;
-    let on_time: String = (0..60).map(|i| ping(base + i * 1_000, &format!("d{}", i % 5), A)).collect();
+    let on_time: String = (0..60)
+        .map(|i| ping(base + i * 1_000, &format!("d{}", i % 5), A))
+        .collect();
     assert_eq!(request(addr, "POST", "/api/ingest", None, &on_time).await.0, 202);
     wait_lbs_records(addr, 60).await;
     // The watermark is at base + 58 s: the window starting at +30 s has closed, +40 s is open.
@@ -63,10 +65,18 @@ async fn late_records_on_the_server_path_are_counted_kept_queryable_and_fill_ope
         .unwrap()
         .to_cell(h3o::Resolution::Eleven)
         .to_string();
-    let want = format!("ts,source,kind,h3,windows_missed\n{hopeless},lbs,lbs,{b},2\n{partly},lbs,lbs,{b},1\n");
+    let want =
+        format!("ts,source,kind,h3,windows_missed\n{hopeless},lbs,lbs,{b},2\n{partly},lbs,lbs,{b},1\n");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (s, v) = request(addr, "POST", "/api/sql", None, &serde_json::json!({ "sql": q }).to_string()).await;
+        let (s, v) = request(
+            addr,
+            "POST",
+            "/api/sql",
+            None,
+            &serde_json::json!({ "sql": q }).to_string(),
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
         if v.as_array().map(Vec::len) == Some(2) {
             assert_eq!(v[0]["ts"], hopeless, "{v}");

@@ -203,7 +203,11 @@ async fn metrics_count_this_servers_viewers_frames_and_frame_latencies() {
         &dir.path().join("data"),
         &["--config", cfg.to_str().unwrap()],
     ));
-    let page = || async move { crate::http::request_text(addr, "GET", "/metrics", None, "").await.1 };
+    let page = || async move {
+        crate::http::request_text(addr, "GET", "/metrics", None, "")
+            .await
+            .1
+    };
     let wait_clients = |n: f64| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -211,7 +215,10 @@ async fn metrics_count_this_servers_viewers_frames_and_frame_latencies() {
             if metric(&p, "throng_live_clients") == Some(n) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "live clients never {n}: {p}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "live clients never {n}: {p}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -225,7 +232,10 @@ async fn metrics_count_this_servers_viewers_frames_and_frame_latencies() {
     let mut a = connect(addr).await;
     let b = connect(addr).await;
     wait_clients(2.0).await;
-    assert_eq!(request(addr, "POST", "/api/ingest", None, &pings(5, 0)).await.0, 202);
+    assert_eq!(
+        request(addr, "POST", "/api/ingest", None, &pings(5, 0)).await.0,
+        202
+    );
     let mut finals = 0;
     while finals == 0 {
         let f = next_json(&mut a).await;
@@ -235,8 +245,14 @@ async fn metrics_count_this_servers_viewers_frames_and_frame_latencies() {
     }
     let after = page().await;
     let latencies = metric(&after, "throng_frame_latency_count{type=\"heatmap\"}").unwrap_or(0.0);
-    assert!(latencies >= 1.0, "a final frame was sent, its latency recorded: {after}");
-    let p99 = metric(&after, "throng_frame_latency_seconds{type=\"heatmap\",quantile=\"0.99\"}");
+    assert!(
+        latencies >= 1.0,
+        "a final frame was sent, its latency recorded: {after}"
+    );
+    let p99 = metric(
+        &after,
+        "throng_frame_latency_seconds{type=\"heatmap\",quantile=\"0.99\"}",
+    );
     assert!(p99.is_some_and(|v| v > 0.0), "{after}");
     // Both viewers were sent each heatmap frame: at least two, counted per frame sent.
     let frames = metric(&after, "throng_live_frames_total{type=\"heatmap\"}").unwrap_or(0.0);

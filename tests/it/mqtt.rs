@@ -159,12 +159,20 @@ async fn mqtt_counts_survive_a_full_queue_and_a_kill_counted_exactly_once() {
         .await
         .unwrap();
     while source_records(addr, "counter").await.is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "the server never took an MQTT message");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never took an MQTT message"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (m, body) in messages.iter().enumerate().take(MESSAGES / 2).skip(1) {
         client
-            .publish(format!("throng/feeds/cam/{m}"), QoS::AtLeastOnce, false, body.clone())
+            .publish(
+                format!("throng/feeds/cam/{m}"),
+                QoS::AtLeastOnce,
+                false,
+                body.clone(),
+            )
             .await
             .unwrap();
     }
@@ -177,7 +185,12 @@ async fn mqtt_counts_survive_a_full_queue_and_a_kill_counted_exactly_once() {
     // While it is down the broker keeps the session's messages.
     for (m, body) in messages.iter().enumerate().skip(MESSAGES / 2) {
         client
-            .publish(format!("throng/feeds/cam/{m}"), QoS::AtLeastOnce, false, body.clone())
+            .publish(
+                format!("throng/feeds/cam/{m}"),
+                QoS::AtLeastOnce,
+                false,
+                body.clone(),
+            )
             .await
             .unwrap();
     }
@@ -187,11 +200,17 @@ async fn mqtt_counts_survive_a_full_queue_and_a_kill_counted_exactly_once() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let n = source_records(addr, "counter").await.unwrap_or(0);
-        assert!(n <= want, "{n} counter records taken of {want} published: some twice");
+        assert!(
+            n <= want,
+            "{n} counter records taken of {want} published: some twice"
+        );
         if n == want {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{n} of {want} counter records arrived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} of {want} counter records arrived"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     flooding.store(false, std::sync::atomic::Ordering::Relaxed);

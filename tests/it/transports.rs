@@ -263,7 +263,10 @@ async fn websocket_ingest_under_a_full_queue_acknowledges_every_frame_late_but_w
     }
     let (accepted, busy) = http.await.unwrap();
     eprintln!("HTTP: {accepted} records accepted, {busy} requests told to retry");
-    assert!(busy > 0, "the queue was never full: the test would not test waiting");
+    assert!(
+        busy > 0,
+        "the queue was never full: the test would not test waiting"
+    );
     crate::http::wait_lbs_records(addr, accepted + 3 * FRAMES * 200).await;
     server.shutdown().await.unwrap();
 }
