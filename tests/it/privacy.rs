@@ -200,7 +200,7 @@ async fn k_counts_people_not_devices_on_every_sql_surface_and_every_role_meets_t
     );
     // The hidden row is there: with k = 0 the same files show it.
     let csv = query_with(&data, Some(&cfg0), q);
-    let mut rows = vec![shown.clone(), format!("{},7,8.75", cell(B))];
+    let mut rows = [shown.clone(), format!("{},7,8.75", cell(B))];
     rows.sort();
     assert_eq!(
         csv,
