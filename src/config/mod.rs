@@ -97,7 +97,7 @@ impl Default for WindowConfig {
             slide: Duration::from_secs(10),
             allowed_lateness: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            resend_horizon: Duration::from_secs(120),
+            resend_horizon: Duration::from_secs(600),
         }
     }
 }

@@ -269,7 +269,7 @@ pub struct Engine {
 }
 
 fn default_resend_ms() -> i64 {
-    120_000
+    600_000
 }
 
 /// A segment's prior density never falls below this (p/m²), so an empty segment can fill again.
@@ -595,29 +595,40 @@ impl Engine {
                 }
             }
         }
-        self.forget_keys(wm);
+        self.forget_keys();
         self.sync_register_stats();
         out
     }
 
-    /// First pane whose keys are kept at watermark `wm`.
-    fn keys_kept_from(&self, wm: i64) -> i64 {
-        (wm - self.resend_ms).div_euclid(self.slide)
+    /// First pane whose keys are kept when the newest event time is `newest`.
+    fn keys_kept_from(&self, newest: i64) -> i64 {
+        (newest - self.resend_ms).div_euclid(self.slide)
+    }
+
+    /// Newest event time any source has reported: the horizon is measured from it, not from the
+    /// watermark, because the watermark also moves with processing time (a pause, an idle feed)
+    /// and whether a re-sent record is a duplicate must depend on the records alone.
+    fn newest_event(&self) -> Option<i64> {
+        self.watermark
+            .sources()
+            .iter()
+            .map(|c| c.max_event)
+            .filter(|&t| t != i64::MIN)
+            .max()
     }
 
     /// Whether a closed pane's keys are still kept (so a record in it is remembered).
     fn within_resend_horizon(&self, pane: i64) -> bool {
-        self.watermark
-            .get()
-            .is_some_and(|wm| pane >= self.keys_kept_from(wm))
+        self.newest_event()
+            .is_some_and(|t| pane >= self.keys_kept_from(t))
     }
 
-    /// Drops the keys of panes that closed longer than the resend horizon ago (in event time).
-    fn forget_keys(&mut self, wm: i64) {
-        if wm == i64::MIN {
+    /// Drops the keys of panes older than the resend horizon (in event time, from the newest).
+    fn forget_keys(&mut self) {
+        let Some(newest) = self.newest_event() else {
             return;
-        }
-        let keep_from = self.keys_kept_from(wm);
+        };
+        let keep_from = self.keys_kept_from(newest);
         while let Some(entry) = self.closed_keys.first_entry() {
             if *entry.key() >= keep_from {
                 break;
@@ -1323,7 +1334,7 @@ mod tests {
         // Through a checkpoint the keys survive.
         let mut e: Engine = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert!(!e.ingest(&early, 0));
-        // Past the horizon (2 min of event time after the close) it is late again.
+        // Past the horizon (2 min of event time behind the newest) it is late again.
         assert!(e.ingest(&counter(T0 + 200_000, 7, 1, 0), 0));
         e.advance(0);
         assert!(e.ingest(&early, 0));
