@@ -289,17 +289,10 @@ fn a_checkpoint_taken_under_other_window_settings_is_refused_at_start_with_the_f
     let (child, _) = spawn(&a, &data);
     stop(child); // a clean stop writes a final checkpoint
     assert!(data.join("checkpoint.json").exists());
-    let out = crate::support::throng(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--pg-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--config",
-        b.to_str().unwrap(),
-    ]);
+    let out = crate::support::serve_command(&data, &["--config", b.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started on a checkpoint of other windows");
     assert!(

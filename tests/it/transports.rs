@@ -144,17 +144,23 @@ async fn post_raw(addr: std::net::SocketAddr, body: &str) -> (u16, Option<String
     (status, retry, rest.to_string())
 }
 
-#[tokio::test]
-async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
-    let dir = tempfile::tempdir().unwrap();
+/// A server whose ingest queue holds one batch, with hour-long windows that stay open (nothing
+/// closes or turns late while feeds compete for the queue).
+async fn one_batch_queue_server(dir: &std::path::Path) -> server::Server {
     let mut cfg = fast(config());
     cfg.ingest.queue_batches = 1;
     cfg.window.size = Duration::from_secs(3600);
     cfg.window.slide = Duration::from_secs(3600);
     cfg.window.allowed_lateness = Duration::from_secs(7200);
-    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+    server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = one_batch_queue_server(dir.path()).await;
     let addr = server.addr;
     let now = throng::model::now_ms();
     let mut tasks = Vec::new();
@@ -199,14 +205,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_takes_nothing_half() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_ingest_under_a_full_queue_acknowledges_every_frame_late_but_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = fast(config());
-    cfg.ingest.queue_batches = 1;
-    cfg.window.size = Duration::from_secs(3600);
-    cfg.window.slide = Duration::from_secs(3600);
-    cfg.window.allowed_lateness = Duration::from_secs(7200);
-    let server = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
-        .await
-        .unwrap();
+    let server = one_batch_queue_server(dir.path()).await;
     let addr = server.addr;
     let now = throng::model::now_ms();
     let line = move |dev: String| {
