@@ -301,3 +301,92 @@ fn a_checkpoint_taken_under_other_window_settings_is_refused_at_start_with_the_f
         "{stderr}"
     );
 }
+
+/// Each LBS provider's clock and counts, by name, from `/api/health`.
+async fn provider_health(addr: std::net::SocketAddr) -> HashMap<String, (i64, u64)> {
+    let (_, h) = crate::http::request(addr, "GET", "/api/health", None, "").await;
+    h["engine"]["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let name = s["source"].as_str()?.strip_prefix("lbs/")?.to_string();
+            Some((name, (s["max_event_time"].as_i64()?, s["records"].as_u64()?)))
+        })
+        .collect()
+}
+
+/// Pings of `n` devices of `provider` at `ts`.
+fn provider_pings(provider: &str, ts: i64, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"kind\":\"lbs\",\"source\":\"{provider}\",\"ts\":{ts},\"device\":\"{provider}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn providers_keep_their_clocks_and_counts_when_they_first_arrive_in_another_order_after_a_restart() {
+    // Source ids are numbers in the log and the checkpoint, handed out in order of arrival. Two
+    // unconfigured providers arrive east then west; after a kill (log replay) and after a clean
+    // stop (checkpoint), west speaks first. Each must keep its own clock and its own records.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "[window]\nsize = \"10s\"\nslide = \"10s\"\nallowed_lateness = \"1s\"\nidle_timeout = \"60s\"\n[privacy]\nk = 0\n[durability]\ncheckpoint_every = \"1h\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let base = (throng::model::now_ms() - 2 * HOUR).div_euclid(HOUR) * HOUR;
+    let send = |addr, body: String| async move {
+        let (s, v) = crate::http::request(addr, "POST", "/api/ingest", None, &body).await;
+        assert_eq!(s, 202, "{v}");
+    };
+
+    let (child, addr) = spawn(&cfg, &data);
+    send(addr, provider_pings("east", base + 50_000, 5)).await;
+    send(addr, provider_pings("west", base + 20_000, 3)).await;
+    let want = HashMap::from([
+        ("east".to_string(), (base + 50_000, 5)),
+        ("west".to_string(), (base + 20_000, 3)),
+    ]);
+    wait_health(addr, &want).await;
+    drop(child); // SIGKILL: no checkpoint, the log alone holds both providers
+
+    let (child, addr) = spawn(&cfg, &data);
+    send(addr, provider_pings("west", base + 30_000, 2)).await;
+    send(addr, provider_pings("east", base + 60_000, 4)).await;
+    let want = HashMap::from([
+        ("east".to_string(), (base + 60_000, 9)),
+        ("west".to_string(), (base + 30_000, 5)),
+    ]);
+    wait_health(addr, &want).await;
+    stop(child); // SIGTERM: a final checkpoint, the log emptied
+
+    let (child, addr) = spawn(&cfg, &data);
+    send(addr, provider_pings("west", base + 40_000, 1)).await;
+    let (_, h) = crate::http::request(addr, "GET", "/api/health", None, "").await;
+    let got = provider_health(addr).await;
+    assert_eq!(got.get("west").map(|w| w.0), Some(base + 40_000), "{h}");
+    assert_eq!(got.get("east").map(|e| e.0), Some(base + 60_000), "{h}");
+    stop(child);
+}
+
+/// Waits (bounded) until the providers' (newest event time, records) are `want`.
+async fn wait_health(addr: std::net::SocketAddr, want: &HashMap<String, (i64, u64)>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = provider_health(addr).await;
+        if &got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "providers (newest event time, records): {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,15 +1,58 @@
 //! The simulator against the engine: its feeds, run through the same flow a server runs, give
 //! segment people close to its ground truth (`throng accuracy`).
 
-// Bounds at CI scale (6,000 people, 20 minutes; docs/ACCURACY.md has the full-scale figures):
-// measured 6–17 % median, −1.5…+4.1 % total, 97.2–100 % tiers, stock segments ≤ 7 %. Cell shares
-// (the design positions replaced) gave a −13 % total and 77 % on the steps, and fail them.
-const MEDIAN_BOUND: f64 = 0.25;
-const TOTAL_BOUND: f64 = 0.08;
+// Bounds at CI scale (6,000 people, 20 minutes, seed 4; docs/ACCURACY.md has the full-scale
+// figures). The run is deterministic for a seed, so each bound is the figure measured on
+// 2026-12-02 plus about a fifth: a change that makes the counting worse by more fails here, one
+// that makes it better should lower the bound. Issue 15's targets (every segment with ≥ 50 true
+// people within 5 % MAPE, total within ±2 %) are not reached at this scale; the figures are:
+//
+// | panel / error | median | worst | total  | tiers  | main streets | steps |
+// | bund / panel  | 6.0 %  | 39 %  | +2.2 % | 97.2 % | 5.4–6.0 %    | 31 %  |
+// | bund / 30 m   | 9.0 %  | 63 %  | +4.1 % | 100 %  | 4.6–9.0 %    | 30 %  |
+// | sparse / panel| 16.9 % | 49 %  | −1.5 % | 97.5 % | 15–17 %      | 49 %  |
+// | sparse / 30 m | 16.2 % | 69 %  | −0.4 % | 98.1 % | 14–16 %      | 69 %  |
+//
+// Cell shares (the design positions replaced) read the steps 77 % low and the total −13 %.
+
+/// Per panel mix: (median MAPE, worst segment MAPE, each main street's MAPE, the steps' MAPE).
+const BOUNDS: [(&str, Bounds); 2] = [
+    (
+        "bund",
+        Bounds {
+            median: 0.11,
+            worst: 0.75,
+            street: 0.11,
+            steps: 0.37,
+        },
+    ),
+    (
+        "sparse",
+        Bounds {
+            median: 0.20,
+            worst: 0.82,
+            street: 0.20,
+            steps: 0.82,
+        },
+    ),
+];
+const TOTAL_BOUND: f64 = 0.05;
 const TIER_BOUND: f64 = 0.95;
+
+struct Bounds {
+    median: f64,
+    worst: f64,
+    street: f64,
+    steps: f64,
+}
+
 /// Where the crowd stands rather than walks through, the estimate is close.
-const STOCK_BOUND: f64 = 0.10;
+const STOCK_BOUND: f64 = 0.08;
 const STOCK: [&str; 2] = ["chenyi-square", "bund-promenade"];
+/// East Nanjing Road, the two blocks that carry the most people.
+const STREETS: [&str; 2] = ["enr-xizang-henan", "enr-henan-bund"];
+/// The 2014 crush site.
+const STEPS: &str = "chenyi-steps";
 
 /// `throng accuracy` at CI scale: two panel mixes, the panels' own error and 30 m scatter, one
 /// seed, with the bounds above asserted.
@@ -43,20 +86,37 @@ fn throng_accuracy_scores_the_engine_within_its_bounds() {
             f("total_error") * 100.0,
             f("tier_agreement") * 100.0
         );
-        assert!(f("median_mape") < MEDIAN_BOUND, "{name}: {s}");
+        let b = &BOUNDS
+            .iter()
+            .find(|(p, _)| s["panel"] == *p)
+            .unwrap_or_else(|| panic!("no bounds for {name}"))
+            .1;
+        assert!(f("median_mape") < b.median, "{name}: {s}");
+        assert!(f("max_mape") < b.worst, "{name}: {s}");
         assert!(f("total_error").abs() < TOTAL_BOUND, "{name}: {s}");
         assert!(f("tier_agreement") > TIER_BOUND, "{name}: {s}");
-        for seg in s["segments"].as_array().unwrap() {
-            if STOCK.contains(&seg["segment_id"].as_str().unwrap()) {
-                let m = seg["mape"].as_f64().unwrap();
-                assert!(
-                    m < STOCK_BOUND,
-                    "{name}: {} MAPE {:.1} %",
-                    seg["segment_id"],
-                    m * 100.0
-                );
-            }
+        let segs = s["segments"].as_array().unwrap();
+        let mape = |id: &str| {
+            segs.iter()
+                .find(|g| g["segment_id"] == id)
+                .and_then(|g| g["mape"].as_f64())
+                .unwrap_or_else(|| panic!("{name}: no score for {id}: {s}"))
+        };
+        for id in STOCK {
+            assert!(
+                mape(id) < STOCK_BOUND,
+                "{name}: {id} MAPE {:.1} %",
+                mape(id) * 100.0
+            );
         }
+        for id in STREETS {
+            assert!(mape(id) < b.street, "{name}: {id} MAPE {:.1} %", mape(id) * 100.0);
+        }
+        assert!(
+            mape(STEPS) < b.steps,
+            "{name}: {STEPS} MAPE {:.1} %",
+            mape(STEPS) * 100.0
+        );
         assert!(s["segment_windows"].as_u64().unwrap() > 500);
     }
 }
