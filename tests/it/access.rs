@@ -128,16 +128,15 @@ async fn every_route_checks_its_role() {
 
 #[tokio::test]
 async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
-    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
     let cfg = dir.path().join("t.toml");
     std::fs::write(&cfg, "scenario = \"fixtures/bund\"\n[window]\nsize = \"2s\"\nslide = \"1s\"\nidle_timeout = \"500ms\"\nallowed_lateness = \"100ms\"\n[durability]\ncheckpoint_every = \"200ms\"\n").unwrap();
     let mut cmd = crate::support::serve_command(&data, &["--config", cfg.to_str().unwrap()]);
-    cmd.env("RUST_LOG", "debug")
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-    let (child, addr) = crate::support::serving(cmd);
+    cmd.env("RUST_LOG", "debug");
+    // `serving` sends the child's standard error to a file of its own; that file is the log.
+    let (mut child, addr) = crate::support::serving(cmd);
     let now = throng::model::now_ms();
     let mut body = String::new();
     for i in 0..100 {
@@ -161,7 +160,15 @@ async fn raw_device_ids_appear_nowhere_on_disk_or_in_logs() {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await; // windows close, checkpoints run
     let (_, metrics) = crate::http::request_text(addr, "GET", "/metrics", None, "").await;
     assert!(!metrics.contains("PRIVATE-ID"));
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    std::fs::copy(child.1.as_ref().expect("stderr kept").path(), &log).unwrap();
     drop(child);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.lines().count() > 5 && logged.contains("DEBUG"),
+        "the server's debug log was captured: {logged}"
+    );
     let mut files = vec![log.clone()];
     let mut stack = vec![data.clone()];
     while let Some(d) = stack.pop() {

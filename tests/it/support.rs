@@ -28,7 +28,19 @@ pub fn throng(args: &[&str]) -> Output {
         Ok(out) => out.expect("output"),
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("throng {args:?} did not finish in 120 s");
+            // Killed, the child's pipes close and the thread hands back what it wrote.
+            let stderr = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .ok()
+                .and_then(Result::ok)
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "throng {args:?} did not finish in 120 s; its stderr ended:\n{}",
+                tail.join("\n")
+            );
         }
     }
 }
