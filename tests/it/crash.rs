@@ -289,10 +289,21 @@ fn a_checkpoint_taken_under_other_window_settings_is_refused_at_start_with_the_f
     let (child, _) = spawn(&a, &data);
     stop(child); // a clean stop writes a final checkpoint
     assert!(data.join("checkpoint.json").exists());
-    let out = crate::support::serve_command(&data, &["--config", b.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
+    // Bounded: a server that wrongly starts is killed and the test fails.
+    let out = crate::support::throng_within(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            b.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started on a checkpoint of other windows");
     assert!(

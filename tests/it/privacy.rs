@@ -215,7 +215,10 @@ fn with_no_tokens_serve_refuses_to_listen_beyond_loopback() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     for (http, pg) in [("0.0.0.0:0", "127.0.0.1:0"), ("127.0.0.1:0", "0.0.0.0:0")] {
-        let out = throng(&["serve", "--listen", http, "--pg-listen", pg, "--data-dir", data]);
+        let out = crate::support::throng_within(
+            &["serve", "--listen", http, "--pg-listen", pg, "--data-dir", data],
+            std::time::Duration::from_secs(20),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "served on {http} / {pg} with no tokens");
         assert!(

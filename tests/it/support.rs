@@ -10,6 +10,12 @@ pub fn root() -> PathBuf {
 
 /// Runs the real `throng` binary with a bounded time.
 pub fn throng(args: &[&str]) -> Output {
+    throng_within(args, std::time::Duration::from_secs(120))
+}
+
+/// `throng` killed (and the test failed, its stderr shown) if it runs longer than `limit`: for a
+/// command that must exit at once, such as a `serve` that has to refuse to start.
+pub fn throng_within(args: &[&str], limit: std::time::Duration) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_throng"))
         .args(args)
         .current_dir(root())
@@ -24,7 +30,7 @@ pub fn throng(args: &[&str]) -> Output {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+    match rx.recv_timeout(limit) {
         Ok(out) => out.expect("output"),
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
@@ -38,7 +44,7 @@ pub fn throng(args: &[&str]) -> Output {
             let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
-                "throng {args:?} did not finish in 120 s; its stderr ended:\n{}",
+                "throng {args:?} did not finish in {limit:?}; its stderr ended:\n{}",
                 tail.join("\n")
             );
         }
