@@ -290,18 +290,9 @@ fn a_checkpoint_taken_under_other_window_settings_is_refused_at_start_with_the_f
     stop(child); // a clean stop writes a final checkpoint
     assert!(data.join("checkpoint.json").exists());
     // Bounded: a server that wrongly starts is killed and the test fails.
+    let args = crate::support::serve_args(&data, &["--config", b.to_str().unwrap()]);
     let out = crate::support::throng_within(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--pg-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--config",
-            b.to_str().unwrap(),
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         Duration::from_secs(20),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);

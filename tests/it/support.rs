@@ -212,6 +212,12 @@ fn serving_line(mut cmd: Command) -> (Child, std::net::SocketAddr, String) {
 }
 /// `throng serve` on an ephemeral loopback port with this data dir and extra arguments.
 pub fn serve_command(data: &std::path::Path, extra: &[&str]) -> Command {
+    let args = serve_args(data, extra);
+    throng_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The arguments of `serve_command`, for running `serve` through `throng_within`.
+pub fn serve_args(data: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let data = data.to_str().expect("utf-8 path");
     let mut args = vec![
         "serve",
@@ -223,7 +229,7 @@ pub fn serve_command(data: &std::path::Path, extra: &[&str]) -> Command {
         data,
     ];
     args.extend_from_slice(extra);
-    throng_command(&args)
+    args.into_iter().map(String::from).collect()
 }
 
 /// The value of one exposed series in a Prometheus text page (`name` or `name{labels}` exactly as
