@@ -233,7 +233,9 @@ async fn replay_target_sends_a_recorded_feed_to_a_server() {
     let cfg = dir.path().join("t.toml");
     std::fs::write(
         &cfg,
-        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1h\"\nslide = \"1h\"\nallowed_lateness = \"6h\"\nidle_timeout = \"1s\"\n[privacy]\nk = 0\n",
+        // 500 records/s (a 1,000-record burst): the replay's 1,000-record batches meet 429s with
+        // `Retry-After` and must wait them out, resending each refused batch whole.
+        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1h\"\nslide = \"1h\"\nallowed_lateness = \"6h\"\nidle_timeout = \"1s\"\n[privacy]\nk = 0\n[limits]\ningest_records_per_s = 500\n",
     )
     .unwrap();
     let (_server, addr) = spawn(&cfg, &dir.path().join("data"));
@@ -272,6 +274,13 @@ async fn replay_target_sends_a_recorded_feed_to_a_server() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("accepted=3000"), "{stderr}");
+    let retries: u64 = stderr
+        .split("retries=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry count: {stderr}"));
+    assert!(retries > 0, "the server's 429s were waited out: {stderr}");
     assert!(
         stderr.contains("a.ndjson:1501"),
         "the bad line is reported with its place: {stderr}"
