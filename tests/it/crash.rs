@@ -379,10 +379,17 @@ async fn providers_keep_their_clocks_and_counts_when_they_first_arrive_in_anothe
 
     let (child, addr) = spawn(&cfg, &data);
     send(addr, provider_pings("west", base + 40_000, 1)).await;
-    let (_, h) = crate::http::request(addr, "GET", "/api/health", None, "").await;
-    let got = provider_health(addr).await;
-    assert_eq!(got.get("west").map(|w| w.0), Some(base + 40_000), "{h}");
-    assert_eq!(got.get("east").map(|e| e.0), Some(base + 60_000), "{h}");
+    // A 202 means logged and queued, not yet applied: wait (bounded) for the engine to take it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let got = provider_health(addr).await;
+        if got.get("west").map(|w| w.0) == Some(base + 40_000) || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got.get("west").map(|w| w.0), Some(base + 40_000), "{got:?}");
+    assert_eq!(got.get("east").map(|e| e.0), Some(base + 60_000), "{got:?}");
     stop(child);
 }
 
