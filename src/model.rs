@@ -206,7 +206,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// What a token holder may do (CONTRACT.md roles); `admin` may do everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Pushes feed records.

@@ -23,7 +23,7 @@ use crate::error::ConfigError;
 #[derive(Debug, Parser)]
 #[command(
     name = "throng",
-    version,
+    version = VERSION,
     about,
     long_about = "throng turns phone-location pings, people-counter \
 reports and metro gate reports into live H3 crowd heatmaps over event-time windows.\n\n\
@@ -31,9 +31,31 @@ Run `throng demo` for the live Bund demo, `throng serve` for the server alone,
 `throng simulate` for synthetic feeds with ground truth, `throng replay FILE --print` to run feeds offline."
 )]
 pub struct Cli {
+    /// How log lines on standard error look: `human` (one readable line per event) or `json` (one
+    /// JSON object per line for a log shipper: `timestamp`, `level`, `target`, `message` and the
+    /// event's own fields at the top level).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "THRONG_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The version `throng --version` prints: the package version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("THRONG_GIT_COMMIT"),
+    ")"
+);
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable text, coloured on a terminal.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.

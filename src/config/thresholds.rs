@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Entry levels of the three raised tiers for one trigger.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Levels {
     /// Enter medium at or above this.
@@ -16,7 +16,7 @@ pub struct Levels {
 }
 
 /// The thresholds in force for one segment.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
     /// Organiser capacity, people (None: no capacity trigger).
@@ -57,7 +57,7 @@ impl Default for Thresholds {
 }
 
 /// A partial update of one trigger's levels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LevelsPatch {
     /// New medium level.
@@ -72,7 +72,7 @@ pub struct LevelsPatch {
 }
 
 /// A partial update (the `PUT /api/segments/{id}/thresholds` body): omitted keys keep their value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdPatch {
     /// New capacity.

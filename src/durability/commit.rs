@@ -175,7 +175,9 @@ impl FeedSink {
     pub async fn commit(&self, records: Vec<Record>, when_full: WhenFull) -> Result<usize, CommitError> {
         let n = records.len();
         if n > 0 {
+            let started = std::time::Instant::now();
             self.committer.commit(records, when_full).await?;
+            metrics::histogram!("throng_ingest_ack_seconds").record(started.elapsed().as_secs_f64());
             metrics::counter!("throng_ingest_records_total").increment(n as u64);
         }
         Ok(n)

@@ -10,7 +10,7 @@ use super::parse::{Parser, Reject};
 use crate::model::Record;
 
 /// One refused line of a body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LineReject {
     /// 1-based line number in the body.
     pub line: usize,

@@ -170,39 +170,32 @@ impl Hub {
         text
     }
 
-    /// Records a frame's latency.
+    /// Records a frame's latency (the hdrhistogram for `/api/health`, the Prometheus histogram
+    /// for `/metrics`).
     pub fn record(&self, kind: FrameKind, at: Instant) {
-        let us = at.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+        let elapsed = at.elapsed();
+        let us = elapsed.as_micros().clamp(1, 60_000_000) as u64;
         if let Ok(mut h) = self.latency.by_type[kind as usize].lock() {
             let _ = h.record(us);
         }
+        metrics::histogram!("throng_frame_latency_seconds", "type" => kind.as_str())
+            .record(elapsed.as_secs_f64());
     }
 
-    /// Prometheus lines for the latency quantiles.
-    pub fn render_latency(&self) -> String {
-        let mut out = String::from(
-            "# HELP throng_frame_latency_seconds Window close (or snapshot) to frame written, by frame type.\n# TYPE throng_frame_latency_seconds gauge\n",
-        );
+    /// Frame latency quantiles (milliseconds) and counts per frame type, for people reading
+    /// `/api/health`; machines read the histogram on `/metrics`.
+    pub fn latency_summary(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
         for kind in FrameKind::ALL {
-            let name = kind.as_str();
             let Ok(h) = self.latency.by_type[kind as usize].lock() else {
                 continue;
             };
-            for q in [0.5, 0.99, 0.999] {
-                let v = if h.is_empty() {
-                    0.0
-                } else {
-                    h.value_at_quantile(q) as f64 / 1e6
-                };
-                out.push_str(&format!(
-                    "throng_frame_latency_seconds{{type=\"{name}\",quantile=\"{q}\"}} {v}\n"
-                ));
-            }
-            out.push_str(&format!(
-                "throng_frame_latency_count{{type=\"{name}\"}} {}\n",
-                h.len()
-            ));
+            let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0);
+            out.insert(
+                kind.as_str().to_owned(),
+                serde_json::json!({"frames": h.len(), "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999)}),
+            );
         }
-        out
+        serde_json::Value::Object(out)
     }
 }

@@ -135,6 +135,13 @@ fn bound_response(r: Response, deadline: tokio::time::Instant, engine: &SqlEngin
 }
 
 /// One connection's query handlers: the read-only check and limits around DataFusion's service.
+/// Counts a query answered over the wire (its rows stream after this).
+fn answered(started: std::time::Instant) {
+    metrics::counter!("throng_sql_queries_total").increment(1);
+    metrics::histogram!("throng_sql_query_duration_seconds", "interface" => "pgwire")
+        .record(started.elapsed().as_secs_f64());
+}
+
 struct Guarded {
     inner: DfSessionService,
     engine: SqlEngine,
@@ -155,12 +162,14 @@ impl SimpleQueryHandler for Guarded {
             .parse(query)
             .map_err(|e| sql_error(SqlError::Syntax(e.to_string())))?;
         statements.iter().try_for_each(check)?;
+        let started = std::time::Instant::now();
         let timeout = self.engine.limits().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let responses =
             tokio::time::timeout_at(deadline, SimpleQueryHandler::do_query(&self.inner, client, query))
                 .await
                 .map_err(|_| sql_error(SqlError::Timeout(timeout)))??;
+        answered(started);
         Ok(responses
             .into_iter()
             .map(|r| bound_response(r, deadline, &self.engine))
@@ -192,6 +201,7 @@ impl ExtendedQueryHandler for Guarded {
         if let (_, Some((statement, _))) = &portal.statement.statement {
             check(statement)?;
         }
+        let started = std::time::Instant::now();
         let timeout = self.engine.limits().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let response = tokio::time::timeout_at(
@@ -200,6 +210,7 @@ impl ExtendedQueryHandler for Guarded {
         )
         .await
         .map_err(|_| sql_error(SqlError::Timeout(timeout)))??;
+        answered(started);
         Ok(bound_response(response, deadline, &self.engine))
     }
 }

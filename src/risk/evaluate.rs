@@ -14,7 +14,7 @@ use crate::scenario::{SegmentId, SegmentMap};
 use crate::window::HexWindow;
 
 /// One segment after one evaluation.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct SegmentStatus {
     /// Segment id.
     pub id: SegmentId,
@@ -57,7 +57,7 @@ pub struct SegmentStatus {
 }
 
 /// A tier change.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Alert {
     /// Event time of the evaluation (window end, epoch ms).
     pub ts: i64,

@@ -12,7 +12,7 @@ use crate::durability::files;
 use crate::model::Role;
 
 /// One audited change.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// When (epoch ms, wall clock).
     pub ts: i64,

@@ -10,7 +10,20 @@ use serde::{Deserialize, Serialize};
 use super::thresholds::Thresholds;
 
 /// A risk tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// Fruin A–D.
@@ -48,7 +61,7 @@ impl Tier {
 
 /// The tier a segment shows: its tier, or `degraded` when every source of it is silent (never a
 /// silent `low`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Shown {
     /// Fruin A–D.

@@ -22,7 +22,9 @@ pub const DEFAULT_MAX_MATCH_M: f64 = 100.0;
 use crate::model::CellId;
 
 /// A segment's id (the GeoJSON `id` property).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct SegmentId(pub String);
 

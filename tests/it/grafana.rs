@@ -53,6 +53,60 @@ fn check_shape(d: &Value, uid: &str) -> Vec<Value> {
     targets
 }
 
+/// Each series name on a Prometheus page with the label names it carries.
+fn series_labels(page: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut out: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for l in page.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name = l.split(['{', ' ']).next().unwrap_or("");
+        let labels = out.entry(name.to_owned()).or_default();
+        if let Some(inside) = l
+            .split_once('{')
+            .and_then(|(_, r)| r.split_once('}'))
+            .map(|(i, _)| i)
+        {
+            for pair in inside.split(',') {
+                if let Some((k, _)) = pair.split_once('=') {
+                    labels.insert(k.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Label names a PromQL expression groups by (`by (...)`), selects on (`{k="v"}`) or its legend
+/// prints (`{{k}}`).
+fn labels_in(expr: &str, legend: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("by (") {
+        let after = &rest[i + 4..];
+        let close = after.find(')').expect("closing parenthesis");
+        out.extend(after[..close].split(',').map(|s| s.trim().to_owned()));
+        rest = &after[close..];
+    }
+    let mut rest = expr;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i + 1..];
+        let close = after.find('}').expect("closing brace");
+        for pair in after[..close].split(',') {
+            if let Some((k, _)) = pair.split_once(['=', '!']) {
+                out.insert(k.trim().to_owned());
+            }
+        }
+        rest = &after[close..];
+    }
+    let mut rest = legend;
+    while let Some(i) = rest.find("{{") {
+        let after = &rest[i + 2..];
+        let close = after.find("}}").expect("closing braces");
+        out.insert(after[..close].trim().to_owned());
+        rest = &after[close..];
+    }
+    out.retain(|l| !l.is_empty());
+    out
+}
+
 /// Expands Grafana's PostgreSQL macros and variables as Grafana would for a time range.
 fn expand(sql: &str, segments: &[String]) -> String {
     let mut out = String::new();
@@ -72,8 +126,18 @@ fn expand(sql: &str, segments: &[String]) -> String {
     out.replace("$segment", &quoted.join(","))
 }
 
+#[test]
+fn panel_labels_are_read_from_groupings_selectors_and_legends() {
+    let got = labels_in(
+        "histogram_quantile(0.99, sum by (le, type) (rate(x_bucket{job=\"a\"}[5m])))",
+        "{{type}} on {{ instance }}",
+    );
+    let want: BTreeSet<String> = ["le", "type", "job", "instance"].map(String::from).into();
+    assert_eq!(got, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grafana_dashboards_name_real_metrics_and_runnable_sql() {
+async fn grafana_dashboards_name_real_metrics_and_labels_and_runnable_sql() {
     let ops = check_shape(&dashboard("throng-operations.json"), "throng-operations");
     let analysis_doc = dashboard("throng-analysis.json");
     let analysis = check_shape(&analysis_doc, "throng-analysis");
@@ -114,23 +178,33 @@ async fn grafana_dashboards_name_real_metrics_and_runnable_sql() {
         assert!(tokio::time::Instant::now() < deadline, "no final heatmap frame");
     }
 
+    // One SQL query first, so the SQL latency histogram has a series.
+    let (status, _) = request(addr, "POST", "/api/sql", None, "{\"sql\":\"SELECT 1\"}").await;
+    assert_eq!(status, 200);
     let (_, metrics) = request_text(addr, "GET", "/metrics", None, "").await;
-    let present: BTreeSet<&str> = metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
+    let present = series_labels(&metrics);
     let mut named = 0;
     for t in &ops {
         let expr = t["expr"].as_str().expect("a PromQL expression");
-        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if word.starts_with("throng_") {
-                named += 1;
-                assert!(
-                    present.contains(word),
-                    "panel metric {word} is not in /metrics:\n{metrics}"
-                );
-            }
+        let used: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("throng_"))
+            .collect();
+        for word in &used {
+            named += 1;
+            assert!(
+                present.contains_key(*word),
+                "panel metric {word} is not in /metrics:\n{metrics}"
+            );
+        }
+        // Every label the panel groups by, selects on or prints is carried by a metric it reads.
+        let legend = t["legendFormat"].as_str().unwrap_or("");
+        for label in labels_in(expr, legend) {
+            assert!(
+                used.iter()
+                    .any(|m| present.get(*m).is_some_and(|l| l.contains(&label))),
+                "panel {expr:?} uses label {label:?}, which none of {used:?} carries in /metrics:\n{metrics}"
+            );
         }
     }
     assert!(named >= 10, "the operations dashboard names {named} metrics");

@@ -225,8 +225,8 @@ async fn metrics_count_this_servers_viewers_frames_and_frame_latencies() {
     let first = page().await;
     assert_eq!(metric(&first, "throng_live_clients"), Some(0.0), "{first}");
     assert_eq!(
-        metric(&first, "throng_frame_latency_count{type=\"heatmap\"}"),
-        Some(0.0),
+        metric(&first, "throng_frame_latency_seconds_count{type=\"heatmap\"}").unwrap_or(0.0),
+        0.0,
         "{first}"
     );
     let mut a = connect(addr).await;
@@ -244,16 +244,29 @@ async fn metrics_count_this_servers_viewers_frames_and_frame_latencies() {
         }
     }
     let after = page().await;
-    let latencies = metric(&after, "throng_frame_latency_count{type=\"heatmap\"}").unwrap_or(0.0);
+    // A Prometheus histogram: cumulative buckets ending in +Inf = count, and a positive sum.
+    let series = |suffix: &str, extra: &str| {
+        metric(
+            &after,
+            &format!("throng_frame_latency_seconds_{suffix}{{type=\"heatmap\"{extra}}}"),
+        )
+    };
+    let latencies = series("count", "").unwrap_or(0.0);
     assert!(
         latencies >= 1.0,
         "a final frame was sent, its latency recorded: {after}"
     );
-    let p99 = metric(
-        &after,
-        "throng_frame_latency_seconds{type=\"heatmap\",quantile=\"0.99\"}",
+    assert_eq!(series("bucket", ",le=\"+Inf\""), Some(latencies), "{after}");
+    assert!(series("sum", "").is_some_and(|v| v > 0.0), "{after}");
+    assert!(
+        after.contains("# TYPE throng_frame_latency_seconds histogram"),
+        "{after}"
     );
-    assert!(p99.is_some_and(|v| v > 0.0), "{after}");
+    // People read the quantiles on /api/health.
+    let (_, health) = crate::http::request(addr, "GET", "/api/health", None, "").await;
+    let heat = &health["live"]["frame_latency"]["heatmap"];
+    assert!(heat["frames"].as_u64().is_some_and(|n| n >= 1), "{health}");
+    assert!(heat["p99_ms"].as_f64().is_some_and(|v| v > 0.0), "{health}");
     // Both viewers were sent each heatmap frame: at least two, counted per frame sent.
     let frames = metric(&after, "throng_live_frames_total{type=\"heatmap\"}").unwrap_or(0.0);
     assert!(frames >= 2.0, "{after}");

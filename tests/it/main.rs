@@ -13,6 +13,7 @@ mod importers;
 mod late;
 mod live;
 mod mqtt;
+mod ops;
 mod positions;
 mod privacy;
 mod recovery;

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::auth::{check, roles};
+use super::error::ErrorBody;
 use super::ApiError;
 use crate::live::frames::Subscription;
 use crate::live::ws::{serve_viewer, ViewerContext, MAX_CLIENT_MESSAGE};
@@ -17,16 +18,26 @@ const INDEX: &str = include_str!("../../../dashboards/live/index.html");
 const APP_JS: &str = include_str!("../../../dashboards/live/app.js");
 
 /// `GET /`: the page (its data still needs a viewer token).
+#[utoipa::path(get, path = "/", tag = "live",
+    responses((status = 200, description = "The command-centre dashboard page", content_type = "text/html", body = String)))]
 pub async fn index() -> Html<&'static str> {
     Html(INDEX)
 }
 
 /// The page's script.
+#[utoipa::path(get, path = "/dashboard/app.js", tag = "live",
+    responses((status = 200, description = "The dashboard's script", content_type = "text/javascript", body = String)))]
 pub async fn app_js() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS)
 }
 
 /// `GET /ws/live`: viewers' live frames.
+#[utoipa::path(get, path = "/ws/live", tag = "live",
+    description = "WebSocket upgrade for viewers: heatmap, segments and alert frames (CONTRACT.md); a client may send a subscription message (resolution, bounding box).",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 101, description = "Switching to the WebSocket protocol"), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 429, description = "Too many sockets from this address", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn ws_live(
     State(h): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,

@@ -3,7 +3,13 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong and what to do about it.
+    pub error: String,
+}
 
 /// A JSON error with its status.
 #[derive(Debug)]
@@ -32,7 +38,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, Json(json!({"error": self.message}))).into_response();
+        let mut r = (self.status, Json(ErrorBody { error: self.message })).into_response();
         if let Some(s) = self.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, s.into());
         }

@@ -6,9 +6,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use super::auth::{check, roles};
+use super::error::ErrorBody;
 use super::{ApiError, Params};
 use crate::durability::{CommitError, WhenFull};
 use crate::model::now_ms;
@@ -51,6 +51,15 @@ fn ingest_body(
     Ok(Bytes::from(out))
 }
 
+/// The acknowledgement of one ingest body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct IngestAck {
+    /// Records logged, fsynced and queued.
+    pub accepted: usize,
+    /// Lines refused, with what was wrong.
+    pub rejected: Vec<crate::ingest::decode::LineReject>,
+}
+
 /// A refused commit as an HTTP answer: 503 with a retry delay (the feed's data was not taken).
 fn commit_error(e: CommitError) -> ApiError {
     let retry = match &e {
@@ -65,6 +74,16 @@ fn commit_error(e: CommitError) -> ApiError {
 }
 
 /// `POST /api/ingest` (feed role).
+#[utoipa::path(post, path = "/api/ingest", tag = "feeds",
+    description = "NDJSON records (FEEDS.md), optionally gzip. Accepted lines are logged and fsynced before the 202; refused lines are listed by number.",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    request_body(content = String, content_type = "application/x-ndjson", description = "One record per line"),
+    responses((status = 202, description = "Accepted records acknowledged; refused lines named", body = IngestAck), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 400, description = "Body unreadable (bad gzip)", body = ErrorBody),
+        (status = 413, description = "Body over ingest.max_body_bytes", body = ErrorBody),
+        (status = 429, description = "Feed over its rate limit (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Queue full or log failing: nothing was taken (Retry-After)", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn ingest(
     State(h): State<AppState>,
     headers: HeaderMap,
@@ -93,7 +112,10 @@ pub async fn ingest(
         .map_err(commit_error)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"accepted": n, "rejected": decoded.rejected})),
+        Json(IngestAck {
+            accepted: n,
+            rejected: decoded.rejected,
+        }),
     )
         .into_response())
 }

@@ -11,6 +11,7 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::auth::{check, roles};
+use super::error::ErrorBody;
 use super::ApiError;
 use crate::durability::WhenFull;
 use crate::model::now_ms;
@@ -20,6 +21,12 @@ use crate::server::state::AppState;
 const MAX_FRAME: usize = 1 << 20;
 
 /// The upgrade.
+#[utoipa::path(get, path = "/ws/ingest", tag = "feeds",
+    description = "WebSocket upgrade for feeds: each text message is an NDJSON body, answered in order by an acknowledgement like POST /api/ingest's.",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 101, description = "Switching to the WebSocket protocol"), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 429, description = "Too many sockets from this address", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn ws_ingest(
     State(h): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,

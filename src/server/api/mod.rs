@@ -1,7 +1,12 @@
 //! HTTP routes (axum): handlers extract, make one call on a typed handle, map the result.
 //! `ingest` and `ingest_ws` take feeds; `segments` serves the live picture and organisers'
-//! thresholds; `sql` serves analysts; `dashboard` the page and viewers' WebSocket; `ops` health
-//! and metrics. `auth` and `limits` guard them; `error` is their one error type.
+//! thresholds; `sql` serves analysts; `dashboard` the page and viewers' WebSocket; `ops` health,
+//! metrics and the OpenAPI document. `auth` and `limits` guard them; `error` is their one error
+//! type.
+//!
+//! Every route is registered through `utoipa_axum::routes!` from its handler's
+//! `#[utoipa::path]`, so the router and `/api/openapi.json` are built from one list and cannot
+//! drift apart.
 
 pub mod auth;
 pub mod dashboard;
@@ -14,10 +19,14 @@ pub mod segments;
 pub mod sql;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Query};
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::{Extension, Router};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -26,25 +35,70 @@ use super::state::AppState;
 /// Query parameters (`?token=`, `?since=`).
 pub type Params = Query<HashMap<String, String>>;
 
+/// The document's fixed parts; the paths come from the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "throng",
+        description = "Crowd-flow stream processor: feeds in (NDJSON over HTTP or WebSocket), the live picture out (segments, alerts, WebSocket frames), SQL over history. Roles and tokens: CONTRACT.md; feed formats: FEEDS.md.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "feeds", description = "Ingest (feed role)"),
+        (name = "live", description = "The live picture (viewer role)"),
+        (name = "organisers", description = "Thresholds and segments (organiser, admin)"),
+        (name = "analysis", description = "SQL (analyst role)"),
+        (name = "ops", description = "Health, metrics, this document (open)")
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` scheme the routes name.
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The router and the OpenAPI document of every route in it.
+pub fn routes() -> (OpenApiRouter<AppState>, utoipa::openapi::OpenApi) {
+    let r = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ingest::ingest))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(segments::list))
+        .routes(routes!(segments::reload))
+        .routes(routes!(segments::one))
+        .routes(routes!(segments::put_thresholds))
+        .routes(routes!(segments::audit))
+        .routes(routes!(segments::alerts))
+        .routes(routes!(segments::scenario))
+        .routes(routes!(segments::boundaries))
+        .routes(routes!(sql::sql))
+        .routes(routes!(dashboard::ws_live))
+        .routes(routes!(ingest_ws::ws_ingest))
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::app_js))
+        .routes(routes!(ops::metrics));
+    let doc = r.get_openapi().clone();
+    (r, doc)
+}
+
+/// The OpenAPI document alone (`throng serve` serves it; tests read it).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
 /// Builds the routes.
 pub fn router(h: AppState) -> Router {
-    Router::new()
-        .route("/api/ingest", post(ingest::ingest))
-        .route("/api/health", get(ops::health))
-        .route("/api/segments", get(segments::list))
-        .route("/api/segments/reload", post(segments::reload))
-        .route("/api/segments/{id}", get(segments::one))
-        .route("/api/segments/{id}/thresholds", put(segments::put_thresholds))
-        .route("/api/thresholds/audit", get(segments::audit))
-        .route("/api/alerts", get(segments::alerts))
-        .route("/api/scenario", get(segments::scenario))
-        .route("/api/cells/boundaries", post(segments::boundaries))
-        .route("/api/sql", post(sql::sql))
-        .route("/ws/live", get(dashboard::ws_live))
-        .route("/ws/ingest", get(ingest_ws::ws_ingest))
-        .route("/", get(dashboard::index))
-        .route("/dashboard/app.js", get(dashboard::app_js))
-        .route("/metrics", get(ops::metrics))
+    let (routes, doc) = routes();
+    let (router, _) = routes.split_for_parts();
+    router
+        .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(h.config.ingest.max_body_bytes))
         .with_state(h)
 }

@@ -10,10 +10,12 @@ use axum::Json;
 use serde_json::json;
 
 use super::auth::{check, roles};
+use super::error::ErrorBody;
 use super::{ApiError, Params};
 use crate::model::now_ms;
+use crate::risk::thresholds::AuditEntry;
 use crate::risk::thresholds::{Change, StoreError};
-use crate::risk::{thresholds_for, ThresholdPatch};
+use crate::risk::{thresholds_for, Alert, SegmentStatus, ThresholdPatch};
 use crate::server::state::{AppState, ControlError};
 
 /// Cells one boundaries request may ask for: a Bund-scale heatmap is ~3,000 cells, and more would
@@ -46,12 +48,23 @@ fn segment_list(h: &AppState) -> Vec<serde_json::Value> {
 }
 
 /// `GET /api/segments`.
+#[utoipa::path(get, path = "/api/segments", tag = "live",
+    description = "Every segment with its thresholds in force and its latest status (numbers null before its first window).",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 200, description = "Segments", body = Vec<SegmentStatus>), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list(State(h): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::VIEW)?;
     Ok(Json(segment_list(&h)).into_response())
 }
 
 /// `GET /api/segments/{id}`: the list entry plus its recent history.
+#[utoipa::path(get, path = "/api/segments/{id}", tag = "live",
+    description = "One segment's list entry plus its recent history.",
+    params(("id" = String, Path, description = "Segment id (the GeoJSON `id` property)"), ("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 200, description = "The segment", body = SegmentStatus), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such segment", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn one(
     State(h): State<AppState>,
     Path(id): Path<String>,
@@ -68,6 +81,14 @@ pub async fn one(
 }
 
 /// `PUT /api/segments/{id}/thresholds` (organisers): a partial body, validated, persisted, audited.
+#[utoipa::path(put, path = "/api/segments/{id}/thresholds", tag = "organisers",
+    description = "Changes a segment's thresholds (organiser role): omitted keys keep their value; persisted and audited.",
+    params(("id" = String, Path, description = "Segment id (the GeoJSON `id` property)"), ("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    request_body = ThresholdPatch,
+    responses((status = 200, description = "The thresholds now in force and before", body = serde_json::Value),
+        (status = 400, description = "Not a valid patch (names the key)", body = ErrorBody), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such segment", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn put_thresholds(
     State(h): State<AppState>,
     Path(id): Path<String>,
@@ -114,12 +135,24 @@ pub async fn put_thresholds(
 }
 
 /// `GET /api/thresholds/audit` (organisers).
+#[utoipa::path(get, path = "/api/thresholds/audit", tag = "organisers",
+    description = "Every threshold change: who, when, before and after.",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 200, description = "The audit log", body = Vec<AuditEntry>), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn audit(State(h): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::ORGANISE)?;
     Ok(Json(h.thresholds.audit()).into_response())
 }
 
 /// `POST /api/segments/reload` (admin).
+#[utoipa::path(post, path = "/api/segments/reload", tag = "organisers",
+    description = "Re-reads the scenario's segments file (admin role); a bad file is refused and the old segments stay.",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 200, description = "Reloaded", body = serde_json::Value),
+        (status = 400, description = "The new file was refused (names the problem)", body = ErrorBody), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn reload(State(h): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::ADMIN)?;
     match h.control.reload_segments().await {
@@ -136,6 +169,12 @@ pub async fn reload(State(h): State<AppState>, headers: HeaderMap, q: Params) ->
 }
 
 /// `GET /api/alerts?since=`: newest first.
+#[utoipa::path(get, path = "/api/alerts", tag = "live",
+    description = "Tier changes, newest first.",
+    params(("since" = Option<String>, Query, description = "Only alerts at or after this time: epoch ms or RFC 3339"), ("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 200, description = "Alerts", body = Vec<Alert>),
+        (status = 400, description = "`since` unreadable", body = ErrorBody), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn alerts(State(h): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::VIEW)?;
     let since = match q.get("since") {
@@ -154,6 +193,11 @@ pub async fn alerts(State(h): State<AppState>, headers: HeaderMap, q: Params) ->
 }
 
 /// `GET /api/scenario`: segment polygons (GeoJSON), the basemap, and the bounding box.
+#[utoipa::path(get, path = "/api/scenario", tag = "live",
+    description = "What the dashboard draws: segment polygons and the basemap (GeoJSON), the bounding box, the H3 resolution and the privacy threshold k.",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    responses((status = 200, description = "The scenario", body = serde_json::Value), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn scenario(
     State(h): State<AppState>,
     headers: HeaderMap,
@@ -177,6 +221,14 @@ pub async fn scenario(
 }
 
 /// `POST /api/cells/boundaries`: outlines (lng, lat rings) of H3 cells, by hex string.
+#[utoipa::path(post, path = "/api/cells/boundaries", tag = "live",
+    description = "Outlines of H3 cells (lng, lat rings) by hex string, at most 5,000 a request.",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    request_body(content = Vec<String>, description = "H3 cells as hex strings"),
+    responses((status = 200, description = "Cell → ring of [lng, lat]", body = serde_json::Value),
+        (status = 400, description = "Not a JSON array of H3 strings", body = ErrorBody), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 413, description = "Too many cells", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn boundaries(
     State(h): State<AppState>,
     headers: HeaderMap,

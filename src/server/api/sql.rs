@@ -10,12 +10,13 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::auth::{check, roles};
+use super::error::ErrorBody;
 use super::ApiError;
 use crate::query::{format, SqlError};
 use crate::server::state::AppState;
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SqlRequest {
     /// One read-only statement (or several; the last one's rows are returned).
     pub sql: String,
@@ -53,6 +54,15 @@ pub fn status(e: &SqlError) -> StatusCode {
 }
 
 /// Runs the query with the server's limits.
+#[utoipa::path(post, path = "/api/sql", tag = "analysis",
+    description = "One read-only SQL statement over the live and history tables (CONTRACT.md). Rows as JSON objects, or CSV (`Accept: text/csv`) or Arrow IPC (`Accept: application/vnd.apache.arrow.stream`).",
+    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
+    request_body = SqlRequest,
+    responses((status = 200, description = "The rows", body = Vec<serde_json::Value>),
+        (status = 400, description = "Not read-only, bad syntax, or a failed query", body = ErrorBody), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
+        (status = 413, description = "More rows than sql.max_rows", body = ErrorBody),
+        (status = 422, description = "Over the time or memory limit", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn sql(
     State(h): State<AppState>,
     headers: HeaderMap,
@@ -78,6 +88,8 @@ pub async fn sql(
         Answer::Csv => format::csv(&answer).map(|b| ("text/csv; charset=utf-8", b)),
         Answer::Arrow => format::arrow_ipc(&answer).map(|b| ("application/vnd.apache.arrow.stream", b)),
     };
+    metrics::histogram!("throng_sql_query_duration_seconds", "interface" => "http")
+        .record(started.elapsed().as_secs_f64());
     let (media, bytes) = encoded.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
