@@ -23,7 +23,8 @@ fn main() {
     println!("cargo:rustc-env=THRONG_GIT_COMMIT={commit}");
     // Rebuild when HEAD moves: HEAD itself (branch switches) and the ref it names (new commits).
     if let Some(dir) = git(&["rev-parse", "--git-dir"]).map(PathBuf::from) {
-        let mut watch = vec![dir.join("HEAD"), dir.join("packed-refs")];
+        // `refs/heads` as a folder: a commit on a branch whose ref was packed creates a new file.
+        let mut watch = vec![dir.join("HEAD"), dir.join("packed-refs"), dir.join("refs/heads")];
         if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
             watch.push(dir.join(r));
         }

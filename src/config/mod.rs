@@ -424,6 +424,9 @@ impl MqttConfig {
 pub struct AuthConfig {
     /// None configured: open demo mode, loopback only.
     pub tokens: Vec<TokenConfig>,
+    /// Web origins (`scheme://host:port`, or `*`) besides the server's own whose pages may open
+    /// `/ws/live` and `/ws/ingest`; clients that send no `Origin` (feeds, tools) always may.
+    pub allowed_origins: Vec<String>,
 }
 
 /// One named token.

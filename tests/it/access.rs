@@ -322,3 +322,66 @@ async fn tls_serves_https_and_the_postgresql_wire_with_the_configured_certificat
     assert!(out.contains("SSL connection"), "{out}");
     server.shutdown().await.unwrap();
 }
+
+/// Opens a WebSocket with this `Origin` (None: none sent); the HTTP status of the answer.
+async fn upgrade_status(addr: std::net::SocketAddr, path: &str, origin: Option<&str>) -> (u16, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("upgrade answered within 5 s");
+    match connected {
+        Ok((_ws, resp)) => (resp.status().as_u16(), String::new()),
+        Err(Error::Http(resp)) => (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("{path}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn websockets_refuse_other_sites_origins_and_take_own_listed_and_originless_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast(config());
+    cfg.auth.allowed_origins = vec!["http://grafana.example:3000".to_owned()];
+    let s = server::start(cfg, "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let addr = s.addr;
+    let own = format!("http://{addr}");
+    for path in ["/ws/live", "/ws/ingest"] {
+        let (status, body) = upgrade_status(addr, path, Some("http://evil.example")).await;
+        assert_eq!(status, 403, "{path}: a page on another site must not open it");
+        assert!(
+            body.contains("allowed_origins"),
+            "{path}: the refusal names the fix: {body}"
+        );
+        assert_eq!(upgrade_status(addr, path, Some("null")).await.0, 403, "{path}");
+        assert_eq!(
+            upgrade_status(addr, path, Some(&own)).await.0,
+            101,
+            "{path}: the dashboard's own origin"
+        );
+        assert_eq!(
+            upgrade_status(addr, path, None).await.0,
+            101,
+            "{path}: feeds and tools send no Origin"
+        );
+        assert_eq!(
+            upgrade_status(addr, path, Some("http://grafana.example:3000"))
+                .await
+                .0,
+            101,
+            "{path}: a listed origin"
+        );
+    }
+    s.shutdown().await.unwrap();
+}

@@ -45,6 +45,7 @@ pub async fn ws_live(
     Query(q): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    super::origin::check(&h.config.auth.allowed_origins, &headers)?;
     check(&h.config.auth, &headers, &q, roles::VIEW)?;
     let bbox = h
         .picture

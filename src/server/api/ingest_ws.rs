@@ -34,6 +34,7 @@ pub async fn ws_ingest(
     Query(q): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    super::origin::check(&h.config.auth.allowed_origins, &headers)?;
     check(&h.config.auth, &headers, &q, roles::FEED)?;
     let slot = h.limits.socket(peer.ip(), h.config.limits.ws_per_address)?;
     Ok(ws

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod ingest_ws;
 pub mod limits;
 pub mod ops;
+pub mod origin;
 pub mod segments;
 pub mod sql;
 
