@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["error"],
     &["config"],
-    &["scenario"],
+    &["scenario", "net"],
     &["ingest"],
     &["window"],
     &["durability", "pipeline"],

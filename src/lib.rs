@@ -15,6 +15,7 @@ pub mod history;
 pub mod ingest;
 pub mod live;
 pub mod model;
+pub mod net;
 pub mod pipeline;
 pub mod query;
 pub mod risk;

@@ -302,7 +302,7 @@ impl Default for DurabilityConfig {
     }
 }
 
-/// Per-client limits (each answered with a clear 429).
+/// Per-client limits (each answered with a clear 429 or 503, or closed with a logged reason).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -310,6 +310,21 @@ pub struct LimitsConfig {
     pub ws_per_address: usize,
     /// Records per second per feed token over HTTP ingest (burst: two seconds' worth; 0: no limit).
     pub ingest_records_per_s: f64,
+    /// Open connections per listener (HTTP, the PostgreSQL wire), WebSockets included (503 past it).
+    pub max_connections: usize,
+    /// Open connections per client address per listener (429 past it).
+    pub connections_per_address: usize,
+    /// A request header (HTTP, also the wait between keep-alive requests) or a PostgreSQL login
+    /// must arrive within this, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection that moves no byte (HTTP, mid-request) or runs no query (PostgreSQL) for this
+    /// long is closed. Never shorter than `sql.timeout` plus a margin, so no query is cut.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Failed tokens (HTTP 401, PostgreSQL login) one address may present per minute; past it
+    /// that address's requests with a token get 429 until the minute is over. 0: no throttle.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -317,6 +332,11 @@ impl Default for LimitsConfig {
         LimitsConfig {
             ws_per_address: 50,
             ingest_records_per_s: 0.0,
+            max_connections: 4096,
+            connections_per_address: 256,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            auth_failures_per_minute: 20,
         }
     }
 }
@@ -601,6 +621,27 @@ impl Config {
         }
         if self.history.flush_every.is_zero() {
             return bad("history.flush_every", "must be positive".into());
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 || l.connections_per_address == 0 {
+            return bad(
+                if l.max_connections == 0 {
+                    "limits.max_connections"
+                } else {
+                    "limits.connections_per_address"
+                },
+                "must be at least 1".into(),
+            );
+        }
+        if l.header_timeout.is_zero() || l.idle_timeout.is_zero() {
+            return bad(
+                if l.header_timeout.is_zero() {
+                    "limits.header_timeout"
+                } else {
+                    "limits.idle_timeout"
+                },
+                "must be positive".into(),
+            );
         }
         if self.sql.timeout.is_zero() {
             return bad("sql.timeout", "must be positive".into());

@@ -8,19 +8,19 @@ use arrow::error::ArrowError;
 use super::sql::Answer;
 
 /// A JSON array of row objects. Timestamps are epoch milliseconds (as everywhere in the HTTP
-/// API), integers and floats numbers (NaN and infinities null), everything else text.
+/// API), integers and floats numbers (NaN and infinities null), everything else text. Columns
+/// that share a name get unique keys (`unique_names`).
 pub fn json(answer: &Answer) -> Result<String, ArrowError> {
     // Written by hand so each object keeps the columns' order.
     let mut out = String::with_capacity(64 * answer.rows() + 2);
     out.push('[');
     let mut first_row = true;
+    let fields: Vec<&str> = answer.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let names: Vec<String> = unique_names(&fields)
+        .into_iter()
+        .map(|n| serde_json::Value::String(n).to_string())
+        .collect();
     for batch in &answer.batches {
-        let schema = batch.schema();
-        let names: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| serde_json::Value::String(f.name().clone()).to_string())
-            .collect();
         let cols = batch
             .columns()
             .iter()
@@ -45,6 +45,29 @@ pub fn json(answer: &Answer) -> Result<String, ArrowError> {
     }
     out.push(']');
     Ok(out)
+}
+
+/// The keys a row object uses: each column's name, and for a name already used by a column to
+/// its left, the name with the first free suffix `_1`, `_2`… A JSON object with two equal keys
+/// keeps only one of them in most parsers, so `SELECT a.id, b.id` would silently lose a column;
+/// a 400 would refuse a query DataFusion and psql answer. CSV and Arrow keep the names as they are.
+pub fn unique_names(names: &[&str]) -> Vec<String> {
+    let mut taken: std::collections::HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut seen = std::collections::HashSet::new();
+    names
+        .iter()
+        .map(|&n| {
+            if seen.insert(n) {
+                return n.to_string();
+            }
+            let key = (1..)
+                .map(|i| format!("{n}_{i}"))
+                .find(|k| !taken.contains(k))
+                .unwrap_or_else(|| n.to_string());
+            taken.insert(key.clone());
+            key
+        })
+        .collect()
 }
 
 fn json_values(col: &dyn Array) -> Result<Vec<serde_json::Value>, ArrowError> {
@@ -139,6 +162,18 @@ mod tests {
     use arrow::datatypes::{Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn repeated_column_names_get_the_first_free_suffix() {
+        assert_eq!(unique_names(&["a", "b"]), ["a", "b"]);
+        assert_eq!(
+            unique_names(&["value", "value", "value"]),
+            ["value", "value_1", "value_2"]
+        );
+        // A suffix another column already has is skipped, whichever side it is on.
+        assert_eq!(unique_names(&["x", "x_1", "x"]), ["x", "x_1", "x_2"]);
+        assert_eq!(unique_names(&["x", "x", "x_1"]), ["x", "x_2", "x_1"]);
+    }
 
     #[test]
     fn json_rows_have_epoch_ms_times_numbers_and_nulls() {

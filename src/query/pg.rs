@@ -7,6 +7,8 @@
 //! read-only before they run, and each answer is cut off at `sql.timeout` and `sql.max_rows`.
 
 use std::fmt::Debug;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,13 +35,15 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::sql::{allowed, SqlEngine, SqlError};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, Config};
 use crate::model::Role;
+use crate::net::{Activity, Admission, AuthThrottle, Refusal};
 
 fn user_error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -146,6 +150,8 @@ struct Guarded {
     inner: DfSessionService,
     engine: SqlEngine,
     parser: PostgresCompatibilityParser,
+    /// Marked at each query's start and end (the idle timeout counts from it).
+    activity: Arc<Activity>,
 }
 
 #[async_trait]
@@ -162,6 +168,7 @@ impl SimpleQueryHandler for Guarded {
             .parse(query)
             .map_err(|e| sql_error(SqlError::Syntax(e.to_string())))?;
         statements.iter().try_for_each(check)?;
+        self.activity.touch();
         let started = std::time::Instant::now();
         let timeout = self.engine.limits().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -170,6 +177,7 @@ impl SimpleQueryHandler for Guarded {
                 .await
                 .map_err(|_| sql_error(SqlError::Timeout(timeout)))??;
         answered(started);
+        self.activity.touch();
         Ok(responses
             .into_iter()
             .map(|r| bound_response(r, deadline, &self.engine))
@@ -201,6 +209,7 @@ impl ExtendedQueryHandler for Guarded {
         if let (_, Some((statement, _))) = &portal.statement.statement {
             check(statement)?;
         }
+        self.activity.touch();
         let started = std::time::Instant::now();
         let timeout = self.engine.limits().timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -211,6 +220,7 @@ impl ExtendedQueryHandler for Guarded {
         .await
         .map_err(|_| sql_error(SqlError::Timeout(timeout)))??;
         answered(started);
+        self.activity.touch();
         Ok(bound_response(response, deadline, &self.engine))
     }
 }
@@ -219,14 +229,30 @@ impl ExtendedQueryHandler for Guarded {
 struct TokenLogin {
     auth: Arc<AuthConfig>,
     params: DefaultServerParameterProvider,
+    peer: IpAddr,
+    throttle: Arc<AuthThrottle>,
+    logged_in: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl TokenLogin {
-    fn new(auth: Arc<AuthConfig>) -> TokenLogin {
+    fn new(guards: &Guards, peer: IpAddr, activity: Arc<Activity>) -> TokenLogin {
         let mut params = DefaultServerParameterProvider::default();
         params.default_transaction_read_only = true;
         params.is_superuser = false;
-        TokenLogin { auth, params }
+        TokenLogin {
+            auth: guards.auth.clone(),
+            params,
+            peer,
+            throttle: guards.throttle.clone(),
+            logged_in: Arc::new(AtomicBool::new(false)),
+            activity,
+        }
+    }
+
+    fn logged_in(&self) {
+        self.logged_in.store(true, Ordering::Relaxed);
+        self.activity.touch();
     }
 
     fn verify(&self, user: &str, password: &str) -> Result<(), String> {
@@ -265,6 +291,17 @@ impl StartupHandler for TokenLogin {
                     let (pid, key) = RandomPidSecretKeyGenerator::default().generate(client);
                     client.set_pid_and_secret_key(pid, key);
                     finish_authentication(client, &self.params).await?;
+                    self.logged_in();
+                } else if let Some(wait) = self.throttle.wait(self.peer) {
+                    return Err(user_error(
+                        "FATAL",
+                        "28000",
+                        format!(
+                            "too many failed logins from {} in a minute (limits.auth_failures_per_minute): wait {} s",
+                            self.peer,
+                            wait.as_secs().max(1)
+                        ),
+                    ));
                 } else {
                     client.set_state(PgWireConnectionState::AuthenticationInProgress);
                     client
@@ -283,9 +320,11 @@ impl StartupHandler for TokenLogin {
                         let (pid, key) = RandomPidSecretKeyGenerator::default().generate(client);
                         client.set_pid_and_secret_key(pid, key);
                         finish_authentication(client, &self.params).await?;
+                        self.logged_in();
                     }
                     Err(reason) => {
-                        tracing::warn!(user, %reason, "PostgreSQL-wire login refused.");
+                        self.throttle.failed(self.peer);
+                        tracing::warn!(user, peer = %self.peer, %reason, "PostgreSQL-wire login refused.");
                         return Err(user_error("FATAL", "28P01", reason));
                     }
                 }
@@ -315,7 +354,7 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-fn handlers(engine: &SqlEngine, auth: &Arc<AuthConfig>) -> anyhow::Result<Handlers> {
+fn handlers(engine: &SqlEngine, login: TokenLogin) -> anyhow::Result<Handlers> {
     let ctx = engine.context()?;
     setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider)
         .map_err(|e| anyhow::anyhow!("setting up pg_catalog: {e}"))?;
@@ -324,9 +363,55 @@ fn handlers(engine: &SqlEngine, auth: &Arc<AuthConfig>) -> anyhow::Result<Handle
             inner: DfSessionService::new(Arc::new(ctx)),
             engine: engine.clone(),
             parser: PostgresCompatibilityParser::new(),
+            activity: login.activity.clone(),
         }),
-        login: Arc::new(TokenLogin::new(auth.clone())),
+        login: Arc::new(login),
     })
+}
+
+/// What guards the PostgreSQL port: the tokens, the failed-login throttle (shared with HTTP),
+/// the connection caps, the login and idle timeouts (`[limits]`).
+pub struct Guards {
+    auth: Arc<AuthConfig>,
+    throttle: Arc<AuthThrottle>,
+    admission: Arc<Admission>,
+    login_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Guards {
+    /// From the config; the idle timeout never cuts a query that `sql.timeout` still allows.
+    pub fn new(cfg: &Config, throttle: Arc<AuthThrottle>) -> Guards {
+        let l = &cfg.limits;
+        Guards {
+            auth: Arc::new(cfg.auth.clone()),
+            throttle,
+            admission: Admission::new("pgwire", l.max_connections, l.connections_per_address),
+            login_timeout: l.header_timeout,
+            idle_timeout: l.idle_timeout.max(cfg.sql.timeout + Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A FATAL ErrorResponse (SQLSTATE 53300 too_many_connections) for a client not let in, as a
+/// PostgreSQL server sends one when it is full.
+fn refusal_message(r: &Refusal) -> Vec<u8> {
+    let mut fields = Vec::new();
+    for (tag, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (b'M', &r.to_string()),
+    ] {
+        fields.push(tag);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut out = vec![b'E'];
+    out.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&fields);
+    out
 }
 
 /// Accepts PostgreSQL connections on `listener` until `stop`, each in its own task on `tracker`;
@@ -335,7 +420,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     engine: SqlEngine,
-    auth: Arc<AuthConfig>,
+    guards: Guards,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -351,7 +436,25 @@ pub async fn serve(
                 }
             },
         };
-        let h = match handlers(&engine, &auth) {
+        let slot = match guards.admission.admit(peer.ip()) {
+            Ok(s) => s,
+            Err(refusal) => {
+                let mut socket = socket;
+                let msg = refusal_message(&refusal);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        socket.write_all(&msg).await?;
+                        socket.shutdown().await
+                    })
+                    .await;
+                });
+                continue;
+            }
+        };
+        let activity = Activity::new();
+        let login = TokenLogin::new(&guards, peer.ip(), activity.clone());
+        let logged_in = login.logged_in.clone();
+        let h = match handlers(&engine, login) {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "Could not set up a SQL session.");
@@ -360,14 +463,35 @@ pub async fn serve(
         };
         let stop = stop.clone();
         let tls = tls.clone();
+        let admission = guards.admission.clone();
+        let (login_timeout, idle_timeout) = (guards.login_timeout, guards.idle_timeout);
         tracker.spawn(async move {
-            tokio::select! {
-                r = pgwire::tokio::process_socket(socket, tls, h) => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "PostgreSQL-wire connection ended with an error.");
+            let _slot = slot;
+            let started = tokio::time::Instant::now();
+            let mut ticks = tokio::time::interval(Duration::from_millis(250).max(login_timeout / 8));
+            let served = pgwire::tokio::process_socket(socket, tls, h);
+            tokio::pin!(served);
+            loop {
+                tokio::select! {
+                    r = &mut served => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "PostgreSQL-wire connection ended with an error.");
+                        }
+                        return;
+                    }
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => {
+                        if !logged_in.load(Ordering::Relaxed) {
+                            if started.elapsed() >= login_timeout {
+                                admission.closed("login_timeout", "a PostgreSQL client did not log in within limits.header_timeout");
+                                return;
+                            }
+                        } else if activity.idle() >= idle_timeout {
+                            admission.closed("idle_timeout", "a PostgreSQL session ran no query for limits.idle_timeout");
+                            return;
+                        }
                     }
                 }
-                _ = stop.cancelled() => {}
             }
         });
     }

@@ -98,6 +98,9 @@ const fn histogram(
 
 /// Every metric family throng exports.
 pub const CATALOGUE: &[Metric] = &[
+    counter("throng_connections_refused_total", &["listener", "reason"], "Connections refused at accept (max_connections, connections_per_address) or closed for a timeout (header_timeout, login_timeout, idle_timeout)."),
+    counter("throng_auth_throttled_total", &[], "Times an address used up its failed-token budget (limits.auth_failures_per_minute) and was made to wait."),
+    gauge("throng_connections_open", Unit::Count, &["listener"], "Connections open now per listener (http, pgwire), WebSockets included."),
     counter("throng_ingest_records_total", &[], "Records acknowledged to feeds (written to the log, queued for the engine)."),
     counter("throng_ingest_duplicates_total", &[], "Records the engine dropped as resends of a record already counted (same idempotency key)."),
     counter("throng_ingest_rejected_total", &["reason"], "Records refused at the door, by reason code (the feed was told which line and why)."),

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod http;
 pub mod metrics;
 pub mod state;
 pub mod tls;
@@ -210,6 +211,7 @@ fn recover(
 /// Starts every part of a server.
 pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow::Result<Server> {
     let cfg = Arc::new(cfg);
+    crate::net::prepare_process(cfg.limits.max_connections);
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let fsync = cfg.durability.fsync == FsyncPolicy::Always;
     let (mut wal, mut recovery) = Wal::open(data_dir, fsync)
@@ -282,6 +284,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     );
     tracker.spawn(task.run(rx, control_rx));
     let sink = FeedSink::new(parser, committer, cfg.ingest.max_line_bytes);
+    let throttle = crate::net::AuthThrottle::new(cfg.limits.auth_failures_per_minute);
     let state = AppState {
         sink: sink.clone(),
         health: health_rx,
@@ -294,6 +297,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         hub,
         stop: token.clone(),
         limits: Arc::default(),
+        throttle: throttle.clone(),
         sql: sql.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen.http)
@@ -309,16 +313,15 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     }
     let router = api::router(state.clone());
     let tls = tls::acceptor(&cfg.tls)?;
-    match tls.clone() {
-        None => {
-            tracker.spawn(serve_http(listener, router, token.clone()));
-        }
-        Some(acceptor) => {
-            use axum::serve::ListenerExt;
-            let listener = tls::TlsListener::new(listener, acceptor, token.clone())?.tap_io(|_| {});
-            tracker.spawn(serve_http(listener, router, token.clone()));
-        }
-    }
+    let serving = http::HttpServing::new(&cfg.limits, cfg.sql.timeout);
+    tracker.spawn(http::serve(
+        listener,
+        tls.clone(),
+        router,
+        serving,
+        token.clone(),
+        tracker.clone(),
+    ));
     let pg_addr = match listen.pg {
         Some(pg) => {
             let l = tokio::net::TcpListener::bind(pg)
@@ -329,7 +332,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
                 l,
                 tls.clone(),
                 sql,
-                Arc::new(cfg.auth.clone()),
+                crate::query::pg::Guards::new(&cfg, throttle.clone()),
                 token.clone(),
                 tracker.clone(),
             ));
@@ -352,21 +355,4 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         token,
         tracker,
     })
-}
-
-/// Serves the routes on `listener` (plain TCP or TLS) until `stop`.
-async fn serve_http<L>(listener: L, router: axum::Router, stop: CancellationToken)
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    let served = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP server failed.");
-    }
 }

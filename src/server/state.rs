@@ -88,6 +88,8 @@ pub struct AppState {
     pub stop: CancellationToken,
     /// Per-client limits.
     pub limits: Arc<Limits>,
+    /// Failed tokens per address (shared with the PostgreSQL wire).
+    pub throttle: Arc<crate::net::AuthThrottle>,
     /// SQL over history.
     pub sql: SqlEngine,
 }

@@ -409,6 +409,43 @@ async fn sql_over_http_and_psql_sees_memory_and_files_with_roles_and_limits() {
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 2);
 
+    // Two columns of one name (a self-join, as an analyst writes it) keep both values in JSON:
+    // the second gets `_1`, and CSV keeps the header as the query named it.
+    let dup = "SELECT a.h3, b.h3, a.lbs_devices FROM hex_windows a JOIN hex_windows b \
+               ON a.h3 = b.h3 AND a.window_start = b.window_start ORDER BY a.window_start, a.h3";
+    let body = serde_json::json!({ "sql": dup }).to_string();
+    let (status, json) = request_bytes(
+        addr,
+        "POST",
+        "/api/sql",
+        Some("analyst-secret"),
+        "application/json",
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let json = String::from_utf8(json).unwrap();
+    assert_eq!(
+        json,
+        format!(
+            r#"[{{"h3":"{a}","h3_1":"{a}","lbs_devices":12}},{{"h3":"{b}","h3_1":"{b}","lbs_devices":11}}]"#,
+            a = cell(A),
+            b = cell(B)
+        )
+    );
+    let (_, dup_csv) = request_bytes(
+        addr,
+        "POST",
+        "/api/sql",
+        Some("analyst-secret"),
+        "text/csv",
+        &body,
+    )
+    .await;
+    assert!(String::from_utf8(dup_csv)
+        .unwrap()
+        .starts_with("h3,h3,lbs_devices\n"));
+
     // `throng query --server` asks the running server (Arrow on the wire, a table or CSV out).
     let url = format!("http://{addr}");
     let out = tokio::task::spawn_blocking(move || {

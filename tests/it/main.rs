@@ -8,6 +8,7 @@ mod demo;
 mod flow;
 mod grafana;
 mod history;
+mod hostile;
 mod http;
 mod importers;
 mod late;

@@ -1,7 +1,7 @@
 //! HTTP routes (axum): handlers extract, make one call on a typed handle, map the result.
 //! `ingest` and `ingest_ws` take feeds; `segments` serves the live picture and organisers'
 //! thresholds; `sql` serves analysts; `dashboard` the page and viewers' WebSocket; `ops` health,
-//! metrics and the OpenAPI document. `auth` and `limits` guard them; `error` is their one error
+//! metrics and the OpenAPI document. `auth`, `limits`, `origin` and `throttle` guard them; `error` is their one error
 //! type.
 //!
 //! Every route is registered through `utoipa_axum::routes!` from its handler's
@@ -18,6 +18,7 @@ pub mod ops;
 pub mod origin;
 pub mod segments;
 pub mod sql;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,6 +100,10 @@ pub fn router(h: AppState) -> Router {
     let (routes, doc) = routes();
     let (router, _) = routes.split_for_parts();
     router
+        .layer(axum::middleware::from_fn_with_state(
+            h.clone(),
+            throttle::throttle,
+        ))
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(h.config.ingest.max_body_bytes))
         .with_state(h)
