@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["error"],
     &["config"],
-    &["scenario", "net"],
+    &["scenario", "net", "faults"],
     &["ingest"],
     &["window"],
     &["durability", "pipeline"],

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod durability;
 pub mod error;
+pub mod faults;
 pub mod flow;
 pub mod history;
 pub mod ingest;

@@ -13,8 +13,12 @@ fn main() -> ExitCode {
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    // A log write that fails (standard error redirected to a file on a full disk) is dropped:
+    // by default the subscriber reports it with `eprintln!`, which panics on that same failure
+    // and took the handler (or the engine task) that logged down with it.
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_env_filter(filter);
     match cli.log_format {
         LogFormat::Human => logs

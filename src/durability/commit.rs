@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::wal::Wal;
+use crate::faults::{Component, Faults};
 use crate::ingest::{decode, Decoded, Parser};
 use crate::model::Record;
 
@@ -54,16 +55,19 @@ pub enum WhenFull {
 pub struct Committer {
     queue: mpsc::Sender<Ingest>,
     wal: Arc<Mutex<Wal>>,
+    faults: Arc<Faults>,
 }
 
 impl Committer {
     /// A committer over `wal` and a queue of `capacity` batches; the receiver is the engine's.
-    pub fn new(wal: Wal, capacity: usize) -> (Committer, mpsc::Receiver<Ingest>) {
+    /// Log failures and recoveries are reported to `faults`.
+    pub fn new(wal: Wal, capacity: usize, faults: Arc<Faults>) -> (Committer, mpsc::Receiver<Ingest>) {
         let (queue, rx) = mpsc::channel(capacity);
         (
             Committer {
                 queue,
                 wal: Arc::new(Mutex::new(wal)),
+                faults,
             },
             rx,
         )
@@ -84,12 +88,22 @@ impl Committer {
                 mpsc::error::TrySendError::Closed(_) => CommitError::Closed,
             })?,
         };
-        let wal = self.wal.clone();
+        let (wal, faults) = (self.wal.clone(), self.faults.clone());
         tokio::task::spawn_blocking(move || {
             let mut w = wal.lock().unwrap_or_else(|p| p.into_inner());
-            let at = w.append(&records).map_err(CommitError::Log)?;
-            permit.send(Ingest::Batch { at, records });
-            Ok(())
+            match w.append(&records) {
+                Ok(at) => {
+                    faults.succeeded(Component::Wal);
+                    permit.send(Ingest::Batch { at, records });
+                    Ok(())
+                }
+                Err(e) => {
+                    if faults.failed(Component::Wal, &e) {
+                        tracing::error!(error = %e, "Write-ahead log failed: ingest answers 503 and acknowledges nothing until a write succeeds.");
+                    }
+                    Err(CommitError::Log(e))
+                }
+            }
         })
         .await
         .map_err(|_| CommitError::Closed)?
@@ -100,6 +114,7 @@ impl Committer {
         CheckpointRequests {
             queue: self.queue.downgrade(),
             wal: self.wal.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -109,6 +124,7 @@ pub struct CheckpointRequests {
     /// Weak, so the queue still closes when every producer is gone.
     queue: mpsc::WeakSender<Ingest>,
     wal: Arc<Mutex<Wal>>,
+    faults: Arc<Faults>,
 }
 
 impl CheckpointRequests {
@@ -120,7 +136,11 @@ impl CheckpointRequests {
         let Ok(permit) = queue.try_reserve() else { return };
         match wal.rotate() {
             Ok(seg) => permit.send(Ingest::Checkpoint(seg)),
-            Err(e) => tracing::error!(error = %e, "Could not start a new log segment."),
+            Err(e) => {
+                if self.faults.failed(Component::Wal, &e) {
+                    tracing::error!(error = %e, "Could not start a new log segment.");
+                }
+            }
         }
     }
 
@@ -132,14 +152,26 @@ impl CheckpointRequests {
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(permit) = queue.try_reserve() else { return };
         match wal.tick() {
-            Ok(at) => permit.send(Ingest::Tick(at)),
-            Err(e) => tracing::error!(error = %e, "Could not log a tick; the engine waits for the next."),
+            Ok(at) => {
+                self.faults.succeeded(Component::Wal);
+                permit.send(Ingest::Tick(at));
+            }
+            Err(e) => {
+                if self.faults.failed(Component::Wal, &e) {
+                    tracing::error!(error = %e, "Could not log a tick; the engine waits until the log can be written.");
+                }
+            }
         }
     }
 
     /// Starts a new log segment now (at shutdown, once the queue is drained); returns its number.
     pub fn rotate_now(&self) -> std::io::Result<u64> {
         self.wal.lock().unwrap_or_else(|p| p.into_inner()).rotate()
+    }
+
+    /// Where log and checkpoint failures are reported.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
     }
 
     /// The processing clock the log stamps with.

@@ -76,14 +76,25 @@ pub fn replace<T, E>(
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     let file = File::create(&tmp).map_err(fail("creating", &tmp))?;
-    let mut w = BufWriter::with_capacity(REPLACE_BUFFER_BYTES, file);
-    let out = write(&mut w).map_err(ReplaceError::Write)?;
-    let file = w
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .map_err(fail("writing", &tmp))?;
-    file.sync_all().map_err(fail("syncing", &tmp))?;
-    fs::rename(&tmp, path).map_err(fail("renaming", &tmp))?;
+    let written = (|| {
+        let mut w = BufWriter::with_capacity(REPLACE_BUFFER_BYTES, file);
+        let out = write(&mut w).map_err(ReplaceError::Write)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(fail("writing", &tmp))?;
+        file.sync_all().map_err(fail("syncing", &tmp))?;
+        fs::rename(&tmp, path).map_err(fail("renaming", &tmp))?;
+        Ok(out)
+    })();
+    let out = match written {
+        Ok(out) => out,
+        Err(e) => {
+            // A half-written temporary file would hold on to the space a full disk needs back.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     // The rename is durable only once the directory entry is.
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -97,11 +108,16 @@ pub fn append_lines(path: &Path, buf: &[u8], sync: bool) -> io::Result<()> {
         return Ok(());
     }
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(buf)?;
-    if sync {
-        f.sync_data()?;
+    let len = f.metadata()?.len();
+    let written = f
+        .write_all(buf)
+        .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+    if written.is_err() {
+        // A full disk lets a write go part way; cut it back so a retry appends whole lines only
+        // (a torn tail would otherwise be read as a line of its own, or swallow the next one).
+        let _ = f.set_len(len);
     }
-    Ok(())
+    written
 }
 
 /// Counts the whole lines of an append-only file, first cutting a torn last line (a crash in the

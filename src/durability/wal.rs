@@ -39,6 +39,10 @@ pub struct Wal {
     last: i64,
     /// The source table whose new names each mark carries, and how many are logged.
     sources: Option<(Arc<Sources>, usize)>,
+    /// Bytes of whole entries in the open segment: where a failed write is cut back to.
+    len: u64,
+    /// A failed write could not be cut back yet; the next write does it first.
+    torn: bool,
 }
 
 /// One entry of the log, as recovery hands it back.
@@ -201,6 +205,7 @@ impl Wal {
             .append(true)
             .open(seg_path(&dir, segment))?;
         let last = rec.last_time();
+        let len = file.metadata()?.len();
         Ok((
             Wal {
                 dir,
@@ -211,6 +216,8 @@ impl Wal {
                 clock: Clock::resuming(last),
                 last: last.unwrap_or(i64::MIN),
                 sources: None,
+                len,
+                torn: false,
             },
             rec,
         ))
@@ -253,9 +260,11 @@ impl Wal {
     }
 
     /// Appends records accepted now; returns the processing time they were stamped with. When
-    /// this returns Ok they survive a crash (with fsync on).
+    /// this returns Ok they survive a crash (with fsync on); when it fails nothing of them is in
+    /// the log (a half-written batch is cut off again), so a retry cannot count them twice.
     pub fn append(&mut self, records: &[Record]) -> io::Result<i64> {
         let at = self.stamp();
+        let before = self.sources.as_ref().map(|(_, logged)| *logged);
         let sources = self.sources_delta();
         self.buf.clear();
         let mark = Mark {
@@ -269,9 +278,12 @@ impl Wal {
             serde_json::to_writer(&mut self.buf, r).map_err(io::Error::other)?;
             self.buf.push(b'\n');
         }
-        self.file.write_all(&self.buf)?;
-        if self.fsync {
-            self.file.sync_data()?;
+        if let Err(e) = self.write_buf() {
+            // The names were not logged after all: the next mark carries them again.
+            if let (Some((_, logged)), Some(b)) = (self.sources.as_mut(), before) {
+                *logged = b;
+            }
+            return Err(e);
         }
         Ok(at)
     }
@@ -287,11 +299,33 @@ impl Wal {
         };
         serde_json::to_writer(&mut self.buf, &mark).map_err(io::Error::other)?;
         self.buf.push(b'\n');
-        self.file.write_all(&self.buf)?;
-        if self.fsync {
-            self.file.sync_data()?;
-        }
+        self.write_buf()?;
         Ok(at)
+    }
+
+    /// Writes `buf` whole (and syncs it) or leaves the segment as it was. A full disk or a file
+    /// size limit lets a write go part way: left in place, that fragment would join the next
+    /// batch's mark into one unreadable line and hand its records to the batch before.
+    fn write_buf(&mut self) -> io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
+        let written =
+            self.file
+                .write_all(&self.buf)
+                .and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) });
+        match written {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Cutting back needs no space; if even that fails, the next write tries first.
+                self.torn = self.file.set_len(self.len).is_err();
+                Err(e)
+            }
+        }
     }
 
     /// Starts a new segment; returns its number (the boundary a checkpoint may then be taken at).
@@ -299,11 +333,18 @@ impl Wal {
         if self.fsync {
             self.file.sync_all()?;
         }
-        self.segment += 1;
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
+        // The number moves on only once the file is open: a failed rotation keeps appending to
+        // the segment it had.
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(seg_path(&self.dir, self.segment))?;
+            .open(seg_path(&self.dir, self.segment + 1))?;
+        self.segment += 1;
+        self.len = 0;
         Ok(self.segment)
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::store::{History, HistoryError, Table};
 use crate::durability::files::{self, names};
+use crate::faults::{Component, Faults};
 use crate::flow::{Closed, Outputs, WindowKind};
 use crate::ingest::Sources;
 use crate::window::{late_row, to_record_batch, LateRecord};
@@ -65,6 +66,9 @@ pub struct Recorder {
     taken: RecorderMark,
     /// Lines already in the files when a recovery began (0 when not recovering).
     in_files: RecorderMark,
+    /// Lines a failed append left to write, per log, in order (written before any newer line).
+    unwritten: Vec<(PathBuf, Vec<u8>)>,
+    faults: Arc<Faults>,
 }
 
 impl Recorder {
@@ -82,7 +86,15 @@ impl Recorder {
             first_error: None,
             taken: RecorderMark::default(),
             in_files: RecorderMark::default(),
+            unwritten: Vec::new(),
+            faults: Arc::default(),
         }
+    }
+
+    /// Reports write failures and recoveries to `faults` (what `/api/health` shows).
+    pub fn with_faults(mut self, faults: Arc<Faults>) -> Recorder {
+        self.faults = faults;
+        self
     }
 
     /// Counts to checkpoint (everything emitted so far is in the files once `persist` is true).
@@ -106,6 +118,12 @@ impl Recorder {
         &self.stats
     }
 
+    /// True when every window, alert and late record taken is in the files (nothing waits in
+    /// memory for a write that failed).
+    pub fn all_written(&self) -> bool {
+        self.unwritten.is_empty() && self.history.pending_rows() == 0
+    }
+
     /// The history written to.
     pub fn history(&self) -> &Arc<History> {
         &self.history
@@ -124,23 +142,29 @@ impl Recorder {
     }
 
     fn failed(&mut self, e: HistoryError, what: &str) {
-        tracing::error!(error = %e, "{what}");
+        if self.faults.failed(Component::History, &e) {
+            tracing::error!(error = %e, "{what}");
+        } else {
+            tracing::debug!(error = %e, "{what}");
+        }
         self.stats.errors += 1;
         self.first_error.get_or_insert(e);
     }
 
     /// Writes buffered windows to files, then starts compaction in the background. False when the
-    /// write failed (the windows stay buffered and the next flush retries).
+    /// write failed (the windows stay buffered, queryable, and the next flush retries).
     fn write(&mut self) -> bool {
         self.last_flush = Instant::now();
         self.unflushed = 0;
+        let logs = self.write_unwritten();
         match self.history.write_pending() {
             Ok(s) => {
+                self.faults.succeeded(Component::History);
                 if s.files_written > 0 {
                     tracing::debug!(files = s.files_written, rows = s.rows_written, "History flushed.");
                 }
                 self.maintain_in_background();
-                true
+                logs
             }
             Err(e) => {
                 self.failed(
@@ -166,10 +190,43 @@ impl Recorder {
         }));
     }
 
+    /// Appends `buf` to the log at `path`, after any lines still waiting for it; what cannot be
+    /// written waits in memory (a checkpoint waits with it, so the write-ahead log keeps it too).
     fn append_log(&mut self, path: &Path, buf: &[u8]) {
-        if let Err(e) = files::append_lines(path, buf, false) {
-            self.stats.errors += 1;
-            tracing::error!(error = %e, path = %path.display(), "Could not append to the data dir.");
+        if let Some((_, waiting)) = self.unwritten.iter_mut().find(|(p, _)| p == path) {
+            waiting.extend_from_slice(buf);
+        } else {
+            self.unwritten.push((path.to_owned(), buf.to_vec()));
+        }
+        self.write_unwritten();
+    }
+
+    /// Writes the lines waiting for each log; true when none are left.
+    fn write_unwritten(&mut self) -> bool {
+        if self.unwritten.is_empty() {
+            return true;
+        }
+        let mut failed = None;
+        self.unwritten
+            .retain(|(path, buf)| match files::append_lines(path, buf, false) {
+                Ok(()) => false,
+                Err(e) => {
+                    failed = Some((path.clone(), e));
+                    true
+                }
+            });
+        match failed {
+            None => {
+                self.faults.succeeded(Component::HistoryLogs);
+                true
+            }
+            Some((path, e)) => {
+                self.stats.errors += 1;
+                if self.faults.failed(Component::HistoryLogs, &e) {
+                    tracing::error!(error = %e, path = %path.display(), "Could not append to the data dir; the lines wait in memory and the next write retries.");
+                }
+                false
+            }
         }
     }
 }
@@ -254,6 +311,9 @@ impl Outputs for Recorder {
         match self.history.close() {
             Ok(_) => tracing::info!(history = %self.history.root().display(), "History written."),
             Err(e) => self.failed(e, "The history could not be written at the end."),
+        }
+        if !self.write_unwritten() {
+            tracing::error!("Late records or alerts could not be written at the end; the log keeps them for the next start.");
         }
         if self.stats.skipped > 0 {
             tracing::warn!(

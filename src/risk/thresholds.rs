@@ -43,7 +43,7 @@ pub enum StoreError {
     /// The new values are invalid (a 400).
     #[error("{0}")]
     Invalid(String),
-    /// Disk trouble (a 500).
+    /// Disk trouble (a 503: the thresholds in force are unchanged).
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -115,12 +115,20 @@ impl ThresholdStore {
                 old: current,
                 new,
             };
-            files::append_lines(&dir.join(AUDIT_FILE), &files::json_lines([&entry]), true).map_err(|e| {
-                StoreError::Io {
+            if let Err(e) = files::append_lines(&dir.join(AUDIT_FILE), &files::json_lines([&entry]), true) {
+                // A change nobody can audit is not made: put the old file back, so a restart does
+                // not bring in what the organiser was told failed.
+                let restored = files::replace(&dir.join(OVERRIDES_FILE), |w| {
+                    serde_json::to_writer_pretty(w, &*overrides).map_err(std::io::Error::other)
+                });
+                if let Err(r) = restored {
+                    tracing::error!(error = %r.into_io(), "Could not put the previous thresholds file back; a restart may apply the refused change.");
+                }
+                return Err(StoreError::Io {
                     what: "writing the audit log".into(),
                     source: e,
-                }
-            })?;
+                });
+            }
         }
         *overrides = next;
         Ok(new)

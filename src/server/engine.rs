@@ -17,6 +17,7 @@ use super::state::Control;
 use crate::config::Config;
 use crate::durability::commit::CheckpointRequests;
 use crate::durability::{Checkpointed, Clock, Ingest};
+use crate::faults::Component;
 use crate::flow::{Delays, Flow, FlowState, Health};
 use crate::history::{Recorder, RecorderMark};
 use crate::live::{Picture, Publisher};
@@ -142,14 +143,16 @@ impl EngineTask {
             }
         }
         self.flow.close();
-        match self.flow.outputs_mut().1.take_error() {
-            None => {
-                tracing::info!("Engine drained and flushed; history written.");
-                self.final_checkpoint();
-            }
-            Some(e) => {
-                tracing::error!(error = %e, "Engine drained, but the history could not be written; the log is kept for the next start.")
-            }
+        // A write that failed earlier and succeeded since does not matter here; one that still
+        // fails does: the final checkpoint would drop the log that holds what it could not write.
+        let _ = self.flow.outputs_mut().1.take_error();
+        if self.flow.outputs().1.all_written() {
+            tracing::info!("Engine drained and flushed; history written.");
+            self.final_checkpoint();
+        } else {
+            tracing::error!(
+                "Engine drained, but the history could not be written; the log is kept for the next start."
+            );
         }
     }
 
@@ -198,7 +201,8 @@ impl EngineTask {
     fn checkpoint(&mut self, segment: u64) {
         // Windows closed before the checkpoint are no longer in the log: they must be on disk first.
         if !self.flow.persist() {
-            tracing::error!("Checkpoint skipped because the history could not be written.");
+            // The history fault is logged and shown in health once; this repeats every interval.
+            tracing::debug!("Checkpoint skipped because the history could not be written.");
             return;
         }
         // Serialising a city's window state takes seconds; ingest must not wait for it. The engine
@@ -217,6 +221,7 @@ impl EngineTask {
         let names = self.flow.sources().names();
         let cloned_ms = started.elapsed().as_millis() as u64;
         let (dir, running) = (self.data_dir.clone(), self.checkpointing.clone());
+        let faults = self.checkpoints.faults().clone();
         tokio::task::spawn_blocking(move || {
             let state = Checkpointed {
                 engine: &snapshot,
@@ -232,9 +237,12 @@ impl EngineTask {
                         "Checkpoint written."
                     );
                     metrics::counter!("throng_checkpoints_total").increment(1);
+                    faults.succeeded(Component::Checkpoint);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "Checkpoint failed; the log keeps growing until one succeeds.")
+                    if faults.failed(Component::Checkpoint, &e) {
+                        tracing::error!(error = %e, "Checkpoint failed; the log keeps growing until one succeeds.")
+                    }
                 }
             }
             running.store(false, Ordering::Release);

@@ -100,6 +100,8 @@ const fn histogram(
 pub const CATALOGUE: &[Metric] = &[
     counter("throng_connections_refused_total", &["listener", "reason"], "Connections refused at accept (max_connections, connections_per_address) or closed for a timeout (header_timeout, login_timeout, idle_timeout)."),
     counter("throng_auth_throttled_total", &[], "Times an address used up its failed-token budget (limits.auth_failures_per_minute) and was made to wait."),
+    gauge("throng_storage_degraded", Unit::Count, &["component"], "1 while writes of this component to the data dir fail (wal, checkpoint, history, history_logs, thresholds), 0 once one succeeds again."),
+    counter("throng_storage_failures_total", &["component"], "Writes to the data dir that failed, per component (each one retried; nothing acknowledged is dropped)."),
     gauge("throng_connections_open", Unit::Count, &["listener"], "Connections open now per listener (http, pgwire), WebSockets included."),
     counter("throng_ingest_records_total", &[], "Records acknowledged to feeds (written to the log, queued for the engine)."),
     counter("throng_ingest_duplicates_total", &[], "Records the engine dropped as resends of a record already counted (same idempotency key)."),

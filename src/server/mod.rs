@@ -256,6 +256,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     let (health_tx, health_rx) = watch::channel(Health::default());
     let (latest_tx, latest_rx) = watch::channel(None);
     let hub = Hub::default();
+    let faults = Arc::new(crate::faults::Faults::default());
     let picture = Picture::new(map);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -267,13 +268,13 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     } = pipe;
     let outputs = (
         Publisher::new(hub.clone(), picture.clone(), latest_tx),
-        Recorder::new(history, data_dir, cfg.history.flush_every),
+        Recorder::new(history, data_dir, cfg.history.flush_every).with_faults(faults.clone()),
     );
     let mut flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
     recover(&mut flow, recovery, checkpointed, wal.clock())?;
     // The time start-up and the replay took is not feed silence either.
     wal.resume_clock();
-    let (committer, rx) = Committer::new(wal, cfg.ingest.queue_batches);
+    let (committer, rx) = Committer::new(wal, cfg.ingest.queue_batches, faults.clone());
     let task = EngineTask::new(
         flow,
         committer.checkpoints(),
@@ -298,6 +299,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         stop: token.clone(),
         limits: Arc::default(),
         throttle: throttle.clone(),
+        faults,
         sql: sql.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen.http)

@@ -92,4 +92,6 @@ pub struct AppState {
     pub throttle: Arc<crate::net::AuthThrottle>,
     /// SQL over history.
     pub sql: SqlEngine,
+    /// Storage writes failing now (health shows them).
+    pub faults: Arc<crate::faults::Faults>,
 }

@@ -5,6 +5,7 @@ mod bench;
 mod browser;
 mod crash;
 mod demo;
+mod disk;
 mod flow;
 mod grafana;
 mod history;

@@ -65,10 +65,8 @@ fn commit_error(e: CommitError) -> ApiError {
     let retry = match &e {
         CommitError::Full => 1,
         CommitError::Closed => 5,
-        CommitError::Log(io) => {
-            tracing::error!(error = %io, "Write-ahead log failed.");
-            5
-        }
+        // Logged once per outage by the committer, not once per refused request.
+        CommitError::Log(_) => 5,
     };
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after(retry)
 }

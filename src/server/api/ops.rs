@@ -10,11 +10,17 @@ use crate::server::state::AppState;
 
 /// `GET /api/health`: the engine's watermark and sources.
 #[utoipa::path(get, path = "/api/health", tag = "ops",
-    description = "The engine's watermark, windows and sources (per-source clocks, delays, late counts), and frame latency quantiles. Open to all.",
+    description = "`status` (`ok`, or `degraded` while a write to the data dir fails, with `faults` naming what fails: wal, checkpoint, history, history_logs, thresholds), the engine's watermark, windows and sources (per-source clocks, delays, late counts), and frame latency quantiles. Open to all.",
     responses((status = 200, description = "Health", body = serde_json::Value)))]
 pub async fn health(State(h): State<AppState>) -> Json<serde_json::Value> {
     let health = h.health.borrow().clone();
-    Json(json!({"status": "ok", "engine": health, "live": {"frame_latency": h.hub.latency_summary()}}))
+    let faults = h.faults.current();
+    // Still 200 when degraded: the server answers and keeps what it took; a probe that should
+    // alert on storage trouble reads `status` (or `throng_storage_degraded`).
+    let status = if faults.is_empty() { "ok" } else { "degraded" };
+    Json(
+        json!({"status": status, "faults": faults, "engine": health, "live": {"frame_latency": h.hub.latency_summary()}}),
+    )
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -12,6 +12,7 @@ use serde_json::json;
 use super::auth::{check, roles};
 use super::error::ErrorBody;
 use super::{ApiError, Params};
+use crate::faults::Component;
 use crate::model::now_ms;
 use crate::risk::thresholds::AuditEntry;
 use crate::risk::thresholds::{Change, StoreError};
@@ -87,7 +88,8 @@ pub async fn one(
     request_body = ThresholdPatch,
     responses((status = 200, description = "The thresholds now in force and before", body = serde_json::Value),
         (status = 400, description = "Not a valid patch (names the key)", body = ErrorBody), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
-        (status = 404, description = "No such segment", body = ErrorBody)),
+        (status = 404, description = "No such segment", body = ErrorBody),
+        (status = 503, description = "The data dir could not be written: nothing changed (Retry-After)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn put_thresholds(
     State(h): State<AppState>,
@@ -123,13 +125,16 @@ pub async fn put_thresholds(
                 ApiError::new(StatusCode::BAD_REQUEST, format!("invalid thresholds: {m}"))
             }
             StoreError::Io { .. } => {
-                tracing::error!(error = %e, "Could not persist thresholds.");
+                tracing::error!(error = %e, segment = %id, by = %who.name, "Could not persist thresholds; the old ones stay in force.");
+                h.faults.failed(Component::Thresholds, &e);
                 ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "could not persist the thresholds",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("could not write the thresholds to the data dir ({e}); the thresholds in force are unchanged: free space in the data dir and send the change again"),
                 )
+                .retry_after(5)
             }
         })?;
+    h.faults.succeeded(Component::Thresholds);
     tracing::info!(segment = %id, by = %who.name, role = %who.role, "Thresholds changed.");
     Ok(Json(json!({"segment_id": id, "thresholds": new, "old": current})).into_response())
 }
