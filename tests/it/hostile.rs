@@ -269,3 +269,140 @@ async fn the_postgres_port_caps_connections_and_closes_clients_that_never_log_in
     let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
     server.shutdown().await.unwrap();
 }
+
+/// Pings from `n` phones scattered over the Bund, now: at res 13 nearly every phone is a cell
+/// of its own, so a heatmap frame is most of a megabyte.
+fn scattered(rng: &mut crate::support::Rng, n: usize) -> String {
+    let now = throng::model::now_ms();
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"p{i}\",\"lat\":{:.6},\"lng\":{:.6}}}\n",
+                rng.range(31.2320, 31.2480),
+                rng.range(121.4780, 121.4950)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_that_stops_reading_big_frames_is_dropped_and_the_others_stay_on_time() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "scenario = \"fixtures/bund\"\n[h3]\nresolution = 13\n[window]\nsize = \"1s\"\nslide = \"1s\"\n\
+         allowed_lateness = \"100ms\"\nidle_timeout = \"300ms\"\n[privacy]\nk = 0\n",
+    )
+    .unwrap();
+    let (child, addr) = crate::support::serving(crate::support::serve_command(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    ));
+    let subscribe = r#"{"subscribe":{"res":13,"bbox":[121.47,31.23,121.50,31.25]}}"#;
+
+    // The viewer that reads.
+    let mut live = crate::live::connect(addr).await;
+    futures_util::SinkExt::send(&mut live, Message::Text(subscribe.into()))
+        .await
+        .unwrap();
+    // The viewer that stops: a small receive buffer, a subscription, and then no reads at all.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = tokio::time::timeout(Duration::from_secs(5), sock.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    stalled
+        .write_all(
+            b"GET /ws/live HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 129];
+    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"));
+    // A masked client text frame carrying the subscription (mask of zeros).
+    let mut frame = vec![0x81, 0x80 | subscribe.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(subscribe.as_bytes());
+    stalled.write_all(&frame).await.unwrap();
+    let stalled_at = Instant::now();
+
+    // Feeds: 10,000 scattered phones twice a second, on a task of their own.
+    let feeding = tokio::spawn(async move {
+        let mut rng = crate::support::Rng(0x5107);
+        loop {
+            let (s, v) = crate::http::request(addr, "POST", "/api/ingest", None, &scattered(&mut rng, 10_000)).await;
+            assert_eq!(s, 202, "{v}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+
+    // Read as a viewer does; watch the server's metrics for the drop.
+    let mut finals: Vec<(i64, i64, usize)> = Vec::new(); // window start, close → arrival (ms), bytes
+    let mut dropped_after = None;
+    let mut last_poll = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let m = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("the reading viewer gets frames")
+            .expect("open")
+            .expect("a frame");
+        if let Message::Text(t) = m {
+            let arrived = throng::model::now_ms();
+            let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if f["type"] == "heatmap" && f["final"] == true && f["cells"].as_array().is_some_and(|c| c.len() > 1_000) {
+                let closed = f["closed_at"].as_i64().unwrap();
+                finals.push((f["window_start"].as_i64().unwrap(), arrived - closed, t.len()));
+            }
+        }
+        if last_poll.elapsed() > Duration::from_millis(200) {
+            last_poll = Instant::now();
+            let (_, page) = crate::http::request_text(addr, "GET", "/metrics", None, "").await;
+            if dropped_after.is_none()
+                && crate::support::metric(&page, "throng_live_clients_dropped_total") == Some(1.0)
+            {
+                dropped_after = Some(stalled_at.elapsed());
+                assert_eq!(crate::support::metric(&page, "throng_live_clients"), Some(1.0), "only the reader is left");
+            }
+        }
+        // Three more seconds of frames once the stalled viewer is gone.
+        if dropped_after.is_some_and(|d| stalled_at.elapsed() > d + Duration::from_secs(3)) {
+            break;
+        }
+    }
+    feeding.abort();
+    let dropped_after = dropped_after.expect("the viewer that stopped reading was dropped");
+    // Its connection is closed: reading now drains what was buffered and ends.
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the stalled viewer's socket was closed by the server");
+
+    assert!(finals.len() >= 5, "final frames while the stalled viewer was held: {}", finals.len());
+    for w in finals.windows(2) {
+        assert_eq!(w[1].0 - w[0].0, 1_000, "the reading viewer missed no window: {:?}", finals.iter().map(|f| f.0).collect::<Vec<_>>());
+    }
+    let mut lat: Vec<i64> = finals.iter().map(|f| f.1).collect();
+    lat.sort_unstable();
+    let max = *lat.last().unwrap();
+    // Blocked behind the stalled viewer, a frame would wait out its 5 s write timeout.
+    assert!(max < 5_000, "a frame to the reading viewer waited {max} ms");
+    eprintln!(
+        "slow viewer: dropped {:.1} s after it stopped reading; reading viewer: {} final frames of ~{} kB, close→arrival p50 {} ms, max {} ms; stalled socket held {} kB unread",
+        dropped_after.as_secs_f64(),
+        finals.len(),
+        finals.iter().map(|f| f.2).max().unwrap_or(0) / 1000,
+        lat[lat.len() / 2],
+        max,
+        sink.len() / 1000
+    );
+    drop(child);
+}
