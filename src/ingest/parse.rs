@@ -137,6 +137,15 @@ impl Parser {
         self.validate(&raw, now_ms)
     }
 
+    /// [`parse_line`](Parser::parse_line) through serde_json alone, without the scanner: what the
+    /// fast path must agree with on every line (the fuzzer in `tests/it/fuzz.rs` checks it).
+    pub fn parse_line_serde(&self, line: &[u8], now_ms: Option<i64>) -> Result<Record, Reject> {
+        match serde_json::from_slice::<Raw>(line) {
+            Ok(raw) => self.validate(&raw, now_ms),
+            Err(_) => Err(explain(line)),
+        }
+    }
+
     fn validate(&self, raw: &Raw, now_ms: Option<i64>) -> Result<Record, Reject> {
         let kind = match raw.kind.as_deref() {
             None => return Err(missing("kind")),

@@ -8,6 +8,7 @@
 
 use std::fmt::Debug;
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::{DfSessionService, Parser};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
     DefaultServerParameterProvider, StartupHandler,
@@ -469,13 +470,17 @@ pub async fn serve(
             let _slot = slot;
             let started = tokio::time::Instant::now();
             let mut ticks = tokio::time::interval(Duration::from_millis(250).max(login_timeout / 8));
-            let served = pgwire::tokio::process_socket(socket, tls, h);
+            // pgwire 0.41's decoder panics on some malformed Parse/Bind frames (out-of-bounds
+            // slicing; found by tests/it/fuzz.rs): such a client loses its connection, no one else.
+            let served = AssertUnwindSafe(pgwire::tokio::process_socket(socket, tls, h)).catch_unwind();
             tokio::pin!(served);
             loop {
                 tokio::select! {
                     r = &mut served => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "PostgreSQL-wire connection ended with an error.");
+                        match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "PostgreSQL-wire connection ended with an error."),
+                            Err(_) => admission.closed("malformed", "a PostgreSQL client sent a frame the wire decoder could not read"),
                         }
                         return;
                     }

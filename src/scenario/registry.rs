@@ -126,14 +126,9 @@ pub struct Registry {
     sensor_points: Vec<PointIdx>,
 }
 
-fn read_entries<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RegistryError> {
-    let whole = |problem: String| RegistryError {
-        file: path.to_owned(),
-        entry: "the file".into(),
-        problem,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
-    let mut de = serde_json::Deserializer::from_str(&text);
+/// A registry file's entries from its text; errors name `path` and the entry.
+fn parse_entries<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<Vec<T>, RegistryError> {
+    let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path_str = e.path().to_string();
         let entry = path_str
@@ -185,15 +180,47 @@ impl Registry {
         stations: Option<&Path>,
         res: Resolution,
     ) -> Result<Registry, RegistryError> {
+        let read = |path: Option<&Path>| -> Result<Option<String>, RegistryError> {
+            path.map(|p| {
+                std::fs::read_to_string(p).map_err(|e| RegistryError {
+                    file: p.to_owned(),
+                    entry: "the file".into(),
+                    problem: format!("cannot read: {e}"),
+                })
+            })
+            .transpose()
+        };
+        let (a, b) = (read(sensors)?, read(stations)?);
+        Registry::build(sensors.zip(a.as_deref()), stations.zip(b.as_deref()), res)
+    }
+
+    /// [`load`](Registry::load) from the files' texts (`sensors.json`, `stations.json`).
+    pub fn parse(
+        sensors: Option<&str>,
+        stations: Option<&str>,
+        res: Resolution,
+    ) -> Result<Registry, RegistryError> {
+        Registry::build(
+            sensors.map(|t| (Path::new("sensors.json"), t)),
+            stations.map(|t| (Path::new("stations.json"), t)),
+            res,
+        )
+    }
+
+    fn build(
+        sensors: Option<(&Path, &str)>,
+        stations: Option<(&Path, &str)>,
+        res: Resolution,
+    ) -> Result<Registry, RegistryError> {
         let mut reg = Registry::default();
-        if let Some(path) = sensors {
-            for (i, s) in read_entries::<Sensor>(path)?.into_iter().enumerate() {
+        if let Some((path, text)) = sensors {
+            for (i, s) in parse_entries::<Sensor>(text, path)?.into_iter().enumerate() {
                 reg.add_sensor(s, res)
                     .map_err(|problem| entry_err(path, i, problem))?;
             }
         }
-        if let Some(path) = stations {
-            for (i, s) in read_entries::<Station>(path)?.into_iter().enumerate() {
+        if let Some((path, text)) = stations {
+            for (i, s) in parse_entries::<Station>(text, path)?.into_iter().enumerate() {
                 reg.add_station(s, res)
                     .map_err(|problem| entry_err(path, i, problem))?;
             }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use geo::orient::{Direction, Orient};
 use geo::{BooleanOps, GeodesicArea, MultiPolygon, Polygon};
 use h3o::geom::{ContainmentMode, TilerBuilder};
 use h3o::{CellIndex, Resolution};
@@ -103,21 +104,38 @@ fn prop_f64(props: &serde_json::Map<String, serde_json::Value>, key: &str) -> Re
     }
 }
 
-/// Geodesic area (m²) of a polygon in lng/lat degrees, on the WGS-84 ellipsoid.
+/// Geodesic area (m²) of a polygon in lng/lat degrees, on the WGS-84 ellipsoid, whichever way its
+/// rings wind. Oriented first: on the ellipsoid a clockwise ring bounds the rest of the Earth, and
+/// GeoJSON files in the wild (our own Bund file among them) wind both ways.
 pub fn geodesic_area_m2(p: &Polygon<f64>) -> f64 {
-    p.geodesic_area_unsigned()
+    p.orient(Direction::Default).geodesic_area_unsigned()
 }
+
+/// Largest segment accepted (m²): the whole Bund waterfront is about 0.3 km².
+pub const MAX_SEGMENT_AREA_M2: f64 = 4_000_000.0;
+/// Widest segment accepted, in degrees of latitude or longitude.
+pub const MAX_SEGMENT_SPAN_DEG: f64 = 0.5;
 
 impl SegmentMap {
     /// Loads a GeoJSON FeatureCollection of polygons and maps them onto cells at `res`.
     pub fn load(path: &Path, res: Resolution) -> Result<SegmentMap, SegmentError> {
         let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SegmentError {
+            file: file.clone(),
+            entry: "the file".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        SegmentMap::parse(&text, &file, res)
+    }
+
+    /// [`load`](SegmentMap::load) from the file's text; errors name `file`.
+    pub fn parse(text: &str, file: &str, res: Resolution) -> Result<SegmentMap, SegmentError> {
+        let file = file.to_owned();
         let whole = |problem: String| SegmentError {
             file: file.clone(),
             entry: "the file".into(),
             problem,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
         let gj: geojson::GeoJson = text.parse().map_err(|e| whole(format!("not GeoJSON: {e}")))?;
         let geojson::GeoJson::FeatureCollection(fc) = gj else {
             return Err(whole("expected a FeatureCollection".into()));
@@ -284,9 +302,28 @@ impl Segment {
         let width = prop_f64(props, "effective_width_m")?
             .ok_or("property `effective_width_m` (metres) is missing")?;
         let capacity = prop_f64(props, "capacity")?;
+        // Checked before anything is tiled: a polygon spanning a continent is billions of cells
+        // (the fuzzer found one that took 21 s and gigabytes), and is a mistake in any case.
+        let (lng, lat) = polygon.exterior().0.iter().fold(
+            ((f64::MAX, f64::MIN), (f64::MAX, f64::MIN)),
+            |((x0, x1), (y0, y1)), c| ((x0.min(c.x), x1.max(c.x)), (y0.min(c.y), y1.max(c.y))),
+        );
+        let span = (lng.1 - lng.0).max(lat.1 - lat.0);
+        if span > MAX_SEGMENT_SPAN_DEG {
+            return Err(format!(
+                "polygon spans {span:.3}° (over {MAX_SEGMENT_SPAN_DEG}°, about 50 km): a segment is one street, square or exit; check the coordinates are lng, lat"
+            ));
+        }
         let geodesic = geodesic_area_m2(&polygon);
         if geodesic < 1.0 {
             return Err("polygon has no area".into());
+        }
+        if geodesic > MAX_SEGMENT_AREA_M2 {
+            return Err(format!(
+                "polygon covers {:.2} km² (over {} km²): a segment is one street, square or exit; split it",
+                geodesic / 1e6,
+                MAX_SEGMENT_AREA_M2 / 1e6
+            ));
         }
         let area_m2 = prop_f64(props, "area_m2")?.unwrap_or(geodesic);
         let thresholds = match props.get("thresholds") {
@@ -332,6 +369,14 @@ mod tests {
         let want = band_area(31.24, 31.241, 0.001);
         let got = geodesic_area_m2(&p);
         assert!((got / want - 1.0).abs() < 0.005, "{got} vs {want}");
+    }
+
+    #[test]
+    fn a_clockwise_ring_has_the_area_it_encloses_not_the_rest_of_the_earth() {
+        let ccw = polygon![(x: 121.48, y: 31.24), (x: 121.481, y: 31.24), (x: 121.481, y: 31.241), (x: 121.48, y: 31.241)];
+        let cw = polygon![(x: 121.48, y: 31.24), (x: 121.48, y: 31.241), (x: 121.481, y: 31.241), (x: 121.481, y: 31.24)];
+        let (a, b) = (geodesic_area_m2(&ccw), geodesic_area_m2(&cw));
+        assert!((a / b - 1.0).abs() < 1e-9 && a < 20_000.0, "{a} vs {b}");
     }
 
     #[test]

@@ -339,7 +339,8 @@ async fn a_viewer_that_stops_reading_big_frames_is_dropped_and_the_others_stay_o
     let feeding = tokio::spawn(async move {
         let mut rng = crate::support::Rng(0x5107);
         loop {
-            let (s, v) = crate::http::request(addr, "POST", "/api/ingest", None, &scattered(&mut rng, 10_000)).await;
+            let (s, v) =
+                crate::http::request(addr, "POST", "/api/ingest", None, &scattered(&mut rng, 10_000)).await;
             assert_eq!(s, 202, "{v}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -359,7 +360,10 @@ async fn a_viewer_that_stops_reading_big_frames_is_dropped_and_the_others_stay_o
         if let Message::Text(t) = m {
             let arrived = throng::model::now_ms();
             let f: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if f["type"] == "heatmap" && f["final"] == true && f["cells"].as_array().is_some_and(|c| c.len() > 1_000) {
+            if f["type"] == "heatmap"
+                && f["final"] == true
+                && f["cells"].as_array().is_some_and(|c| c.len() > 1_000)
+            {
                 let closed = f["closed_at"].as_i64().unwrap();
                 finals.push((f["window_start"].as_i64().unwrap(), arrived - closed, t.len()));
             }
@@ -371,7 +375,11 @@ async fn a_viewer_that_stops_reading_big_frames_is_dropped_and_the_others_stay_o
                 && crate::support::metric(&page, "throng_live_clients_dropped_total") == Some(1.0)
             {
                 dropped_after = Some(stalled_at.elapsed());
-                assert_eq!(crate::support::metric(&page, "throng_live_clients"), Some(1.0), "only the reader is left");
+                assert_eq!(
+                    crate::support::metric(&page, "throng_live_clients"),
+                    Some(1.0),
+                    "only the reader is left"
+                );
             }
         }
         // Three more seconds of frames once the stalled viewer is gone.
@@ -384,11 +392,23 @@ async fn a_viewer_that_stops_reading_big_frames_is_dropped_and_the_others_stay_o
     // Its connection is closed: reading now drains what was buffered and ends.
     let mut sink = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut sink)).await;
-    assert!(closed.is_ok(), "the stalled viewer's socket was closed by the server");
+    assert!(
+        closed.is_ok(),
+        "the stalled viewer's socket was closed by the server"
+    );
 
-    assert!(finals.len() >= 5, "final frames while the stalled viewer was held: {}", finals.len());
+    assert!(
+        finals.len() >= 5,
+        "final frames while the stalled viewer was held: {}",
+        finals.len()
+    );
     for w in finals.windows(2) {
-        assert_eq!(w[1].0 - w[0].0, 1_000, "the reading viewer missed no window: {:?}", finals.iter().map(|f| f.0).collect::<Vec<_>>());
+        assert_eq!(
+            w[1].0 - w[0].0,
+            1_000,
+            "the reading viewer missed no window: {:?}",
+            finals.iter().map(|f| f.0).collect::<Vec<_>>()
+        );
     }
     let mut lat: Vec<i64> = finals.iter().map(|f| f.1).collect();
     lat.sort_unstable();
@@ -403,6 +423,38 @@ async fn a_viewer_that_stops_reading_big_frames_is_dropped_and_the_others_stay_o
         lat[lat.len() / 2],
         max,
         sink.len() / 1000
+    );
+    drop(child);
+}
+
+/// A startup packet, then a Bind whose parameter claims more bytes than the frame holds: pgwire
+/// 0.41's decoder panics on it (found by `fuzz.rs`).
+pub const MALFORMED_BIND: &[u8] =
+    b"\x00\x00\x00&\x00\x03\x00\x00user\x00analyst\x00database\x00throng\x00\x00\
+B\x00\x00\x00\x13\x00\x00\x00\x01\x00\x00\x00\x01options\x00\x00\x00\x011\x00\x00";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_postgres_frame_costs_only_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr, port) =
+        crate::support::serving_pg(crate::support::serve_command(&dir.path().join("data"), &[]));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(MALFORMED_BIND).await.unwrap();
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "the connection that sent it is closed");
+    // Everyone else is served as before: a real psql runs a query.
+    let out = crate::history::psql(port, "analyst", "", &["-c", "SELECT 1 + 1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let (_, page) = crate::http::request_text(addr, "GET", "/metrics", None, "").await;
+    assert_eq!(
+        crate::support::metric(
+            &page,
+            "throng_connections_refused_total{listener=\"pgwire\",reason=\"malformed\"}"
+        ),
+        Some(1.0),
+        "counted as a malformed client"
     );
     drop(child);
 }

@@ -7,6 +7,7 @@ mod crash;
 mod demo;
 mod disk;
 mod flow;
+mod fuzz;
 mod grafana;
 mod history;
 mod hostile;
