@@ -116,6 +116,9 @@ pub struct BenchReport {
     pub rss_by_minute_mib: Vec<f64>,
     /// state_bytes / active_devices.
     pub state_bytes_per_device: Option<f64>,
+    /// Records the engine has taken into windows (`/api/health`, every source), once sending
+    /// stopped and the queue drained: equal to `accepted` when nothing acknowledged was lost.
+    pub engine_records: Option<u64>,
 }
 
 /// What a viewer reads of a frame.
@@ -289,7 +292,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         anyhow::bail!("--senders and --batch must be at least 1");
     }
     let mut cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
+    // Every viewer and sender of the in-process run comes from 127.0.0.1: the per-address caps
+    // that protect a real server from one client would refuse the harness itself.
     cfg.limits.ws_per_address = cfg.limits.ws_per_address.max(args.viewers + 8);
+    let clients = args.viewers + args.senders + 64;
+    cfg.limits.connections_per_address = cfg.limits.connections_per_address.max(clients);
+    cfg.limits.max_connections = cfg.limits.max_connections.max(clients + 64);
     let (feed, records, first_ts, offline) = match args.soak {
         Some(secs) => {
             if !(10.0..=3600.0).contains(&args.duration) || secs < 10 {
@@ -563,6 +571,31 @@ async fn drive(args: &BenchArgs, base: &str, feed: Feed, records: u64) -> anyhow
     }
     // Let the windows closed by the last records reach the viewers, and the state census catch up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acc = accepted.load(Ordering::Relaxed);
+    let health_url = format!("{base}/api/health");
+    let mut engine_records = None;
+    for _ in 0..40 {
+        let url = health_url.clone();
+        let taken = tokio::task::spawn_blocking(move || {
+            let text = ureq::get(&url)
+                .timeout(Duration::from_secs(5))
+                .call()
+                .ok()?
+                .into_string()
+                .ok()?;
+            let h: serde_json::Value = serde_json::from_str(&text).ok()?;
+            h["engine"]["sources"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|x| x["records"].as_u64()).sum::<u64>())
+        })
+        .await?;
+        engine_records = taken;
+        if taken.is_some_and(|t| t >= acc) {
+            break;
+        }
+        // The engine may still be draining its queue.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let metrics_text = fetch().await?;
     keep_state(&metrics_text);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -570,7 +603,6 @@ async fn drive(args: &BenchArgs, base: &str, feed: Feed, records: u64) -> anyhow
     for t in viewer_tasks {
         let _ = t.await;
     }
-    let acc = accepted.load(Ordering::Relaxed);
     let ack = quantiles(
         &*acks.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
         &[0.5, 0.99, 0.999, 1.0],
@@ -626,6 +658,7 @@ async fn drive(args: &BenchArgs, base: &str, feed: Feed, records: u64) -> anyhow
             (Some(b), Some(a)) if a > 0.0 => Some(b / a),
             _ => None,
         },
+        engine_records,
         ..BenchReport::default()
     })
 }
@@ -641,6 +674,13 @@ fn print_report(r: &BenchReport) {
         "  ingest         {:.0} records/s over HTTP (WAL on, {} viewers)",
         r.accepted_per_s, r.viewers
     );
+    if let Some(e) = r.engine_records {
+        let verdict = if e == r.accepted { "equal" } else { "DIFFERENT" };
+        println!(
+            "  accounting     {} acknowledged, {e} taken into windows: {verdict}",
+            r.accepted
+        );
+    }
     if let (Some(o), Some(x)) = (r.offline_per_s, r.ratio_to_offline) {
         println!("  offline        {o:.0} records/s (same records, pipeline only) → ratio {x:.2}");
     }

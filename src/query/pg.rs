@@ -24,10 +24,12 @@ use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
     DefaultServerParameterProvider, StartupHandler,
 };
-use pgwire::api::portal::Portal;
+use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::Response;
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
+use pgwire::api::Type;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, PidSecretKeyGenerator,
     RandomPidSecretKeyGenerator,
@@ -41,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::sql::{allowed, SqlEngine, SqlError};
+use super::sql::{allowed, check_nesting, SqlEngine, SqlError};
 use crate::config::{AuthConfig, Config};
 use crate::model::Role;
 use crate::net::{Activity, Admission, AuthThrottle, Refusal};
@@ -164,6 +166,7 @@ impl SimpleQueryHandler for Guarded {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        check_nesting(query).map_err(sql_error)?;
         let statements = self
             .parser
             .parse(query)
@@ -189,10 +192,10 @@ impl SimpleQueryHandler for Guarded {
 #[async_trait]
 impl ExtendedQueryHandler for Guarded {
     type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-    type QueryParser = Parser;
+    type QueryParser = Bounded;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        self.inner.query_parser()
+        Arc::new(Bounded(self.inner.query_parser()))
     }
 
     async fn do_query<C>(
@@ -223,6 +226,40 @@ impl ExtendedQueryHandler for Guarded {
         answered(started);
         self.activity.touch();
         Ok(bound_response(response, deadline, &self.engine))
+    }
+}
+
+/// DataFusion's parser for the extended protocol (Parse messages), behind the nesting bound the
+/// simple protocol and HTTP have, so no client can make the parser backtrack for minutes.
+struct Bounded(Arc<Parser>);
+
+#[async_trait]
+impl QueryParser for Bounded {
+    type Statement = <Parser as QueryParser>::Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        check_nesting(sql).map_err(sql_error)?;
+        self.0.parse_sql(client, sql, types).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.0.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.0.get_result_schema(stmt, column_format)
     }
 }
 

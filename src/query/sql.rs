@@ -85,8 +85,57 @@ fn kind(sql: &str) -> String {
     }
 }
 
+/// Deepest nesting of parentheses a query may have. The SQL parser backtracks through nested
+/// function calls in time doubling with each level (measured, debug build: 12 levels 11 ms, 14
+/// levels 48 ms; the fuzzer found one that ran for minutes), and the statement timeout only starts
+/// once a query is parsed. Analysts' queries nest a handful of levels.
+pub const MAX_NESTING: usize = 16;
+
+/// Refuses text nested past [`MAX_NESTING`] before any parser sees it. Parentheses inside string
+/// literals, quoted identifiers and comments do not count.
+pub fn check_nesting(sql: &str) -> Result<(), SqlError> {
+    let b = sql.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'(' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    if deepest > MAX_NESTING {
+        return Err(SqlError::Refused(format!(
+            "a query nested {deepest} parentheses deep (at most {MAX_NESTING}; use WITH to name the inner parts)"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks every statement in `sql` before anything is planned.
 pub fn check_read_only(sql: &str) -> Result<(), SqlError> {
+    check_nesting(sql)?;
     let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
         .map_err(|e| SqlError::Syntax(e.find_root().to_string()))?;
     if statements.is_empty() {
@@ -273,5 +322,26 @@ mod tests {
             }
         }
         assert!(matches!(check_read_only("SELEC 1"), Err(SqlError::Syntax(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_parser_backtracks_through_it() {
+        let nested = |d: usize| format!("SELECT {}1{}", "f(".repeat(d), ")".repeat(d));
+        assert!(check_nesting(&nested(MAX_NESTING)).is_ok());
+        let t = std::time::Instant::now();
+        let e = check_read_only(&nested(40)).unwrap_err().to_string();
+        assert!(e.contains("40 parentheses deep") && e.contains("WITH"), "{e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "refused without parsing"
+        );
+        // Parentheses in strings and comments are text, not nesting.
+        let text = format!(
+            "SELECT '{}' -- {}\n, 1 /* {} */",
+            "(".repeat(50),
+            "(".repeat(50),
+            "(".repeat(50)
+        );
+        assert!(check_nesting(&text).is_ok());
     }
 }

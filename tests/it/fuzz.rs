@@ -21,6 +21,9 @@ use throng::ingest::Parser;
 
 use crate::support::{root, Rng};
 
+/// An input still running after this is a hang: written out, and the run stops.
+const HANG: Duration = Duration::from_secs(10);
+
 /// Inputs on which pgwire's decoder panicked (contained by the server per connection).
 static PG_CONTAINED: AtomicU64 = AtomicU64::new(0);
 
@@ -779,7 +782,17 @@ fn decode_pg(b: &[u8]) {
 }
 
 /// Puts `n` inputs through `t` on this thread; findings are returned (input, what happened).
-fn run_target(t: &Target, n: u64, seed: u64, slowest: &AtomicU64) -> Vec<(Vec<u8>, String)> {
+/// What a worker is running now, for the watchdog: an input that never returns cannot report
+/// itself.
+type Current = Mutex<Option<(Instant, Vec<u8>)>>;
+
+fn run_target(
+    t: &Target,
+    n: u64,
+    seed: u64,
+    slowest: &AtomicU64,
+    current: &Current,
+) -> Vec<(Vec<u8>, String)> {
     let mut rng = Rng(seed | 1);
     let mut input = Vec::new();
     let mut findings = Vec::new();
@@ -789,6 +802,16 @@ fn run_target(t: &Target, n: u64, seed: u64, slowest: &AtomicU64) -> Vec<(Vec<u8
             _ => mutate(&mut rng, &t.seeds, t.dict, &mut input),
         }
         let started = Instant::now();
+        if let Ok(mut c) = current.lock() {
+            match c.as_mut() {
+                Some((at, buf)) => {
+                    *at = started;
+                    buf.clear();
+                    buf.extend_from_slice(&input);
+                }
+                None => *c = Some((started, input.clone())),
+            }
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| (t.run)(&input)));
         let took = started.elapsed();
         slowest.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
@@ -824,22 +847,57 @@ fn fuzz(total: u64) {
         let n = ((total as f64) * (1.0 / t.weight as f64) / inverse).ceil() as u64;
         let slowest = AtomicU64::new(0);
         let t0 = Instant::now();
+        let currents: Vec<Current> = (0..threads).map(|_| Mutex::new(None)).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
-            for k in 0..threads {
-                let (findings, slowest) = (&findings, &slowest);
-                s.spawn(move || {
-                    let f = run_target(
-                        t,
-                        n / threads + 1,
-                        0x00f0_2201 + k * 7919 + t.name.len() as u64,
-                        slowest,
-                    );
-                    findings
-                        .lock()
-                        .unwrap()
-                        .extend(f.into_iter().map(|(i, w)| (t.name, i, w)));
-                });
+            // The watchdog: an input still running after HANG is written out and the run ends
+            // there, since a parser stuck in a loop never gives its thread back.
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    for c in &currents {
+                        let stuck = c.lock().ok().and_then(|c| {
+                            c.as_ref()
+                                .filter(|(at, _)| at.elapsed() > HANG)
+                                .map(|(_, i)| i.clone())
+                        });
+                        if let Some(input) = stuck {
+                            let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-hang.bin");
+                            let _ = std::fs::write(&path, &input);
+                            eprintln!(
+                                "fuzz: {} still running one input after {HANG:?}: {} ({} bytes): {:?}",
+                                t.name,
+                                path.display(),
+                                input.len(),
+                                text(&input[..input.len().min(300)])
+                            );
+                            std::process::exit(101);
+                        }
+                    }
+                }
+            });
+            let workers: Vec<_> = (0..threads)
+                .map(|k| {
+                    let (findings, slowest, current) = (&findings, &slowest, &currents[k as usize]);
+                    s.spawn(move || {
+                        let f = run_target(
+                            t,
+                            n / threads + 1,
+                            0x00f0_2201 + k * 7919 + t.name.len() as u64,
+                            slowest,
+                            current,
+                        );
+                        findings
+                            .lock()
+                            .unwrap()
+                            .extend(f.into_iter().map(|(i, w)| (t.name, i, w)));
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
             }
+            done.store(true, Ordering::Relaxed);
         });
         report.push(format!(
             "{:45} {:>10} inputs  {:>7.1} s  slowest {:>8.1} ms",
@@ -926,4 +984,7 @@ const REGRESSIONS: &[(&str, &[u8])] = &[
     // bounded in area and span.
     ("segments GeoJSON", br#"{"features":[{"geometry":{"coordinates":[[[-1.4754745,31.2390971],[121.4831746,31.2405971],[121.4852764,31.2409974],[121.4856834,31.2410485],[121.4857166,31.2408515],[121.4853236,31.2408026],[121.4832254,31.2404029],[121.4755255,31.2389029],[121.4754745,31.2390971]]],"type":"Polygon"},"properties":{"area_m2":21885,"capacity":30000,"effective_width_m":22,"id":"enr-xizang-henan","kind":"street","name":"x"},"type":"Feature"}],"type":"FeatureCollection"}"#),
     ("PostgreSQL startup and query messages", crate::hostile::MALFORMED_BIND),
+    // Nested function calls: the SQL parser backtracked for minutes (time doubling per level)
+    // before queries were bounded at `query::sql::MAX_NESTING` levels.
+    ("SQL read-only check", b"SELECT h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3, 9)))))))))))))))))))))))))) FROM hex_windows"),
 ];

@@ -447,6 +447,31 @@ async fn a_malformed_postgres_frame_costs_only_its_own_connection() {
     let out = crate::history::psql(port, "analyst", "", &["-c", "SELECT 1 + 1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    // Nested function calls make the SQL parser backtrack in time doubling per level: refused
+    // before it parses, over the simple protocol (psql) and the extended one (a prepare).
+    let nested = format!("SELECT {}1{}", "abs(".repeat(40), ")".repeat(40));
+    let out = crate::history::psql(port, "analyst", "", &["-c", &nested]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("40 parentheses deep"), "{e}");
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=analyst dbname=throng"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let prepared = tokio::time::timeout(Duration::from_secs(10), client.prepare(&nested)).await;
+    let err = match prepared.expect("refused in time") {
+        Ok(_) => panic!("a query nested 40 deep was prepared"),
+        Err(e) => e,
+    };
+    let msg = err
+        .as_db_error()
+        .map_or_else(|| err.to_string(), |d| d.message().to_owned());
+    assert!(msg.contains("parentheses deep"), "{msg}");
+    drop(client);
+    let _ = conn.await;
     let (_, page) = crate::http::request_text(addr, "GET", "/metrics", None, "").await;
     assert_eq!(
         crate::support::metric(
