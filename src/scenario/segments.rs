@@ -155,6 +155,17 @@ impl SegmentMap {
             };
             let id = id.ok_or_else(|| err("property `id` (a string) is missing".into()))?;
             let geometry = f.geometry.ok_or_else(|| err("has no geometry".into()))?;
+            // geojson's conversion indexes [0] and [1] of each position: a short one panics it.
+            if let geojson::GeometryValue::Polygon { coordinates: rings } = &geometry.value {
+                for (r, ring) in rings.iter().enumerate() {
+                    if let Some(p) = ring.iter().position(|pos| pos.len() < 2) {
+                        return Err(err(format!(
+                            "position {p} of ring {r} has {} number(s); a position is [lng, lat]",
+                            ring[p].len()
+                        )));
+                    }
+                }
+            }
             let polygon: Polygon<f64> = Polygon::try_from(&geometry.value)
                 .map_err(|_| err("geometry must be a Polygon (lng, lat in WGS-84)".into()))?;
             let seg = Segment::new(id, &props, polygon).map_err(err)?;

@@ -976,6 +976,16 @@ fn regressions() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("spans") && e.contains("lng, lat"), "{e}");
+    let short = throng::scenario::SegmentMap::parse(
+        std::str::from_utf8(REGRESSIONS[2].1).unwrap(),
+        "segments.geojson",
+        h3o::Resolution::Eleven,
+    );
+    let e = match short {
+        Ok(_) => panic!("a position of one number was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("position 2 of ring 0 has 1 number"), "{e}");
 }
 
 /// (target, input) pairs found by the fuzzer.
@@ -984,6 +994,9 @@ const REGRESSIONS: &[(&str, &[u8])] = &[
     // bounded in area and span.
     ("segments GeoJSON", br#"{"features":[{"geometry":{"coordinates":[[[-1.4754745,31.2390971],[121.4831746,31.2405971],[121.4852764,31.2409974],[121.4856834,31.2410485],[121.4857166,31.2408515],[121.4853236,31.2408026],[121.4832254,31.2404029],[121.4755255,31.2389029],[121.4754745,31.2390971]]],"type":"Polygon"},"properties":{"area_m2":21885,"capacity":30000,"effective_width_m":22,"id":"enr-xizang-henan","kind":"street","name":"x"},"type":"Feature"}],"type":"FeatureCollection"}"#),
     ("PostgreSQL startup and query messages", crate::hostile::MALFORMED_BIND),
+    // A position of one number: geojson's conversion to geo indexed past it and panicked, so a
+    // typo in segments.geojson took `throng serve` down at start instead of naming the feature.
+    ("segments GeoJSON", br#"{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[121.4754745,31.2390971],[121.4831746,31.2405971],[121.48535],[121.4755255,31.2389029],[121.4754745,31.2390971]]]},"properties":{"id":"x","kind":"street","effective_width_m":10}}]}"#),
     // Nested function calls: the SQL parser backtracked for minutes (time doubling per level)
     // before queries were bounded at `query::sql::MAX_NESTING` levels.
     ("SQL read-only check", b"SELECT h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3_to_parent(h3, 9)))))))))))))))))))))))))) FROM hex_windows"),
