@@ -117,8 +117,12 @@ pub struct BenchReport {
     /// state_bytes / active_devices.
     pub state_bytes_per_device: Option<f64>,
     /// Records the engine has taken into windows (`/api/health`, every source), once sending
-    /// stopped and the queue drained: equal to `accepted` when nothing acknowledged was lost.
+    /// stopped and the queue drained. With `duplicates`, equal to `accepted` when nothing
+    /// acknowledged was lost.
     pub engine_records: Option<u64>,
+    /// Records the engine recognised as resends of one already counted and dropped
+    /// (`throng_ingest_duplicates_total`).
+    pub duplicates: Option<u64>,
 }
 
 /// What a viewer reads of a frame.
@@ -589,12 +593,15 @@ async fn drive(args: &BenchArgs, base: &str, feed: Feed, records: u64) -> anyhow
                 .map(|s| s.iter().filter_map(|x| x["records"].as_u64()).sum::<u64>())
         })
         .await?;
+        // Drained when the count stops moving (identical resends are dropped, so it may stay
+        // under `acc`) or reaches what was acknowledged.
+        let settled = taken.is_some_and(|t| t >= acc) || (taken.is_some() && taken == engine_records);
         engine_records = taken;
-        if taken.is_some_and(|t| t >= acc) {
+        if settled {
             break;
         }
-        // The engine may still be draining its queue.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Health is published once per engine tick.
+        tokio::time::sleep(Duration::from_millis(600)).await;
     }
     let metrics_text = fetch().await?;
     keep_state(&metrics_text);
@@ -659,6 +666,7 @@ async fn drive(args: &BenchArgs, base: &str, feed: Feed, records: u64) -> anyhow
             _ => None,
         },
         engine_records,
+        duplicates: metric(&metrics_text, "throng_ingest_duplicates_total").map(|d| d as u64),
         ..BenchReport::default()
     })
 }
@@ -675,9 +683,10 @@ fn print_report(r: &BenchReport) {
         r.accepted_per_s, r.viewers
     );
     if let Some(e) = r.engine_records {
-        let verdict = if e == r.accepted { "equal" } else { "DIFFERENT" };
+        let d = r.duplicates.unwrap_or(0);
+        let verdict = if e + d == r.accepted { "equal" } else { "DIFFERENT" };
         println!(
-            "  accounting     {} acknowledged, {e} taken into windows: {verdict}",
+            "  accounting     {} acknowledged = {e} taken into windows + {d} identical resends dropped: {verdict}",
             r.accepted
         );
     }
