@@ -92,6 +92,9 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<Summary> {
         std::fs::write(p, serde_json::to_vec_pretty(&s.registry)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    for (how, n) in &s.resolved {
+        tracing::info!(rows = n, "Matched a name written differently: {how}.");
+    }
     for (why, n) in &s.skipped {
         tracing::warn!(rows = n, "Skipped: {why}.");
     }

@@ -110,7 +110,7 @@ pub const CATALOGUE: &[Metric] = &[
     counter("throng_late_records_total", &["source"], "Records that arrived after their window was published and were counted into a correction, by source."),
     counter("throng_late_unwindowed_records_total", &[], "Records older than every open or correctable window: kept in the log and history, not in a live window."),
     counter("throng_windows_closed_total", &[], "Event-time windows closed and published."),
-    counter("throng_register_resets_total", &[], "Counter or gate registers that ran backwards and were taken as a reset."),
+    counter("throng_register_resets_total", &[], "Register directions (entries, exits, in, out) that reset, ran backwards or jumped and were re-based alone (the other direction still counts)."),
     counter("throng_register_out_of_order_total", &[], "Counter or gate readings older than the newest reading of their register."),
     counter("throng_lbs_off_network_devices_total", &[], "Device positions farther from every walkable segment than their accuracy allows (counted, not assigned)."),
     counter("throng_alerts_total", &[], "Segment alerts raised (a tier rising to high or critical)."),

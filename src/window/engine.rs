@@ -1220,7 +1220,7 @@ mod tests {
             (44, 17, T0 + 30_000),
             "exits flow into the street"
         );
-        assert_eq!(e.stats().register_resets, 1);
+        assert_eq!(e.stats().register_resets, 2, "both directions re-based");
     }
 
     #[test]

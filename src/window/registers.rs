@@ -21,7 +21,8 @@ pub enum Delta {
     Baseline,
     /// People counted since the previous reading (both directions).
     Counted(u64, u64),
-    /// Reset, backwards or implausible jump: new base, no count.
+    /// Both directions reset, ran backwards or jumped: new base, no count. (One direction alone
+    /// is re-based inside a `Counted`, with 0 for it.)
     Reset,
     /// Older than (or as old as) the last reading: ignored, the newer delta already covers it.
     OutOfOrder,
@@ -32,7 +33,7 @@ pub enum Delta {
 pub struct Registers {
     last: FxHashMap<RegisterKey, Reading>,
     max_rate_per_s: f64,
-    /// Readings taken as new bases after a reset or jump.
+    /// Directions re-based after a reset, a backwards step or a jump (a reading can count two).
     pub resets: u64,
     /// Readings ignored for arriving out of order.
     pub out_of_order: u64,
@@ -69,12 +70,24 @@ impl Registers {
         }
         let dt_s = ((ts - prev.ts) as f64 / 1000.0).max(1.0);
         let limit = self.max_rate_per_s * dt_s;
-        let plausible = |new: u64, old: u64| new >= old && ((new - old) as f64) <= limit;
-        let delta = if plausible(a, prev.a) && plausible(b, prev.b) {
-            Delta::Counted(a - prev.a, b - prev.b)
-        } else {
-            self.resets += 1;
-            Delta::Reset
+        // Each direction is its own register: one that runs backwards (a known MTA fault) or
+        // jumps is re-based alone, and the other's count stands. Taking the whole reading as a
+        // reset lost every entry of a turnstile whose exit register ran backwards.
+        let step = |new: u64, old: u64| (new >= old && ((new - old) as f64) <= limit).then(|| new - old);
+        let delta = match (step(a, prev.a), step(b, prev.b)) {
+            (Some(da), Some(db)) => Delta::Counted(da, db),
+            (Some(da), None) => {
+                self.resets += 1;
+                Delta::Counted(da, 0)
+            }
+            (None, Some(db)) => {
+                self.resets += 1;
+                Delta::Counted(0, db)
+            }
+            (None, None) => {
+                self.resets += 2;
+                Delta::Reset
+            }
         };
         *prev = now;
         delta
@@ -100,15 +113,27 @@ mod tests {
         let mut r = Registers::new(50.0);
         r.observe(K, 0, 103_422, 99_813);
         assert_eq!(r.observe(K, 10_000, 12, 3), Delta::Reset);
-        assert_eq!(r.resets, 1);
+        assert_eq!(r.resets, 2, "both directions re-based");
         assert_eq!(r.observe(K, 20_000, 40, 10), Delta::Counted(28, 7));
     }
 
     #[test]
-    fn a_backwards_running_register_is_a_reset() {
+    fn a_backwards_running_register_is_rebased_alone_and_the_other_direction_still_counts() {
         let mut r = Registers::new(50.0);
         r.observe(K, 0, 500, 500);
-        assert_eq!(r.observe(K, 10_000, 499, 510), Delta::Reset);
+        // Entries ran backwards: exits' 10 still count.
+        assert_eq!(r.observe(K, 10_000, 499, 510), Delta::Counted(0, 10));
+        assert_eq!(r.resets, 1);
+        // An exit register that keeps running backwards never costs the entries.
+        assert_eq!(r.observe(K, 20_000, 530, 505), Delta::Counted(31, 0));
+        assert_eq!(r.observe(K, 30_000, 560, 501), Delta::Counted(30, 0));
+        assert_eq!(r.resets, 3);
+        assert_eq!(
+            r.observe(K, 40_000, 1, 1),
+            Delta::Reset,
+            "both reset: a replaced counter"
+        );
+        assert_eq!(r.resets, 5);
     }
 
     #[test]
@@ -116,7 +141,7 @@ mod tests {
         let mut r = Registers::new(50.0);
         r.observe(K, 0, 10, 10);
         // 10 s at 50 p/s allows 500; a jump of 5 million is a replaced counter.
-        assert_eq!(r.observe(K, 10_000, 5_000_010, 10), Delta::Reset);
+        assert_eq!(r.observe(K, 10_000, 5_000_010, 10), Delta::Counted(0, 0));
         assert_eq!(r.observe(K, 20_000, 5_000_110, 20), Delta::Counted(100, 10));
     }
 

@@ -32,6 +32,8 @@ pub struct Summary {
     pub records: u64,
     /// Input rows skipped, with the reason, counted by reason.
     pub skipped: std::collections::BTreeMap<String, u64>,
+    /// Names that matched their registry entry only once normalised (`written → table`), counted.
+    pub resolved: std::collections::BTreeMap<String, u64>,
     /// The registry entries (sensors or stations) the records need, as JSON.
     pub registry: Vec<serde_json::Value>,
     pending: Vec<(i64, String)>,
@@ -41,6 +43,11 @@ impl Summary {
     /// Counts a skipped row.
     pub fn skip(&mut self, why: impl Into<String>) {
         *self.skipped.entry(why.into()).or_default() += 1;
+    }
+
+    /// Counts a row whose name matched only once normalised.
+    pub fn resolve(&mut self, how: impl Into<String>) {
+        *self.resolved.entry(how.into()).or_default() += 1;
     }
 
     /// Takes one record (kept until `finish`, which writes them in event-time order).

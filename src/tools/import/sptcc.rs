@@ -45,6 +45,44 @@ pub fn strip_line(s: &str) -> &str {
     }
 }
 
+/// Characters the card data and the station table write differently for one station.
+const VARIANTS: &[(char, char)] = &[('浜', '滨')];
+
+/// A station name as people mean it: no `站` (station) or `路` (road) at the end, variant
+/// characters folded (`上海大学站` = `上海大学`, `李子园路` = `李子园`, `淞浜路` = `淞滨路`).
+pub fn normalise(name: &str) -> String {
+    let mut n: String = name
+        .trim()
+        .chars()
+        .map(|c| VARIANTS.iter().find(|(v, _)| *v == c).map_or(c, |(_, to)| *to))
+        .collect();
+    for suffix in ["站", "路"] {
+        if n.chars().count() > 2 {
+            if let Some(stripped) = n.strip_suffix(suffix) {
+                n = stripped.to_owned();
+            }
+        }
+    }
+    n
+}
+
+/// The table's name for `name`: itself, or the one entry whose normalised name is the same
+/// (none when two entries would share it: a guess between stations is worse than a skip).
+fn resolve<'a>(
+    stations: &'a HashMap<String, (String, f64, f64)>,
+    name: &str,
+) -> Option<(&'a str, &'a (String, f64, f64))> {
+    if let Some((k, v)) = stations.get_key_value(name) {
+        return Some((k, v));
+    }
+    let want = normalise(name);
+    let mut hits = stations.iter().filter(|(k, _)| normalise(k) == want);
+    match (hits.next(), hits.next()) {
+        (Some((k, v)), None) => Some((k, v)),
+        _ => None,
+    }
+}
+
 /// Converts one file.
 pub fn import(
     input: impl Read,
@@ -64,11 +102,14 @@ pub fn import(
             s.skip("not a metro row");
             continue;
         }
-        let name = strip_line(f(3));
-        let Some((en, lat, lng)) = stations.get(name) else {
-            s.skip(format!("station {name} not in the station table"));
+        let written = strip_line(f(3));
+        let Some((name, (en, lat, lng))) = resolve(stations, written) else {
+            s.skip(format!("station {written} not in the station table"));
             continue;
         };
+        if name != written {
+            s.resolve(format!("{written} → {name}"));
+        }
         let Ok(t) = NaiveDateTime::parse_from_str(&format!("{} {}", f(1), f(2)), "%Y-%m-%d %H:%M:%S") else {
             s.skip("unreadable date/time");
             continue;
@@ -88,4 +129,36 @@ pub fn import(
     }
     s.registry.extend(seen.into_values());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn station_names_match_as_people_write_them_and_ambiguity_is_not_guessed() {
+        let table: HashMap<String, (String, f64, f64)> = [
+            "李子园",
+            "上海大学",
+            "外高桥保税区北站",
+            "淞滨路",
+            "长寿路",
+            "长寿",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), (String::new(), 31.0, 121.0)))
+        .collect();
+        let name = |n: &str| resolve(&table, n).map(|(k, _)| k.to_owned());
+        assert_eq!(name("李子园路").as_deref(), Some("李子园"));
+        assert_eq!(name("上海大学站").as_deref(), Some("上海大学"));
+        assert_eq!(name("外高桥保税区北").as_deref(), Some("外高桥保税区北站"));
+        assert_eq!(name("淞浜路").as_deref(), Some("淞滨路"));
+        assert_eq!(name("长寿路").as_deref(), Some("长寿路"), "an exact name wins");
+        assert_eq!(
+            name("长寿站"),
+            None,
+            "two stations would match: skipped, not guessed"
+        );
+        assert_eq!(name("人民广场"), None);
+    }
 }
