@@ -18,7 +18,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         pg: Some(args.place.pg_listen),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(server::run(cfg, listen, &args.place.data_dir, super::signals::shutdown(), |server| {
+    // Signal handlers first: a stop that comes as soon as the address is printed is a clean stop.
+    let stop = {
+        let _in_runtime = rt.enter();
+        super::signals::shutdown()
+    };
+    rt.block_on(server::run(cfg, listen, &args.place.data_dir, stop, |server| {
         super::signals::reload_on_hangup(server.control());
         println!(
             "throng is serving on {}://{}/ (health: /api/health, metrics: /metrics); SQL: psql -h {} -p {} -U analyst",

@@ -220,14 +220,7 @@ async fn a_history_flush_that_fails_keeps_the_windows_retries_and_shows_degraded
     // The closed window is kept in memory and still answers SQL.
     let sql =
         format!("SELECT sum(lbs_devices) AS n FROM hex_windows WHERE CAST(window_start AS BIGINT) = {w0}");
-    let (s, v) = request(
-        addr,
-        "POST",
-        "/api/sql",
-        None,
-        &serde_json::json!({ "sql": sql }).to_string(),
-    )
-    .await;
+    let (s, v) = crate::history::sql(addr, None, &sql).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v[0]["n"], 50, "{v}");
     // While the windows are not on disk no checkpoint drops the log that holds them.

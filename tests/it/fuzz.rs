@@ -30,6 +30,24 @@ static PG_CONTAINED: AtomicU64 = AtomicU64::new(0);
 /// Feeds one input to a parser.
 type Runner = Box<dyn Fn(&[u8]) + Sync>;
 
+/// A target fed by mutation alone.
+fn mutated(
+    name: &'static str,
+    weight: u64,
+    seeds: Vec<Vec<u8>>,
+    dict: &'static [&'static str],
+    run: Runner,
+) -> Target {
+    Target {
+        name,
+        weight,
+        seeds,
+        dict,
+        run,
+        generate: None,
+    }
+}
+
 /// One parser under test.
 struct Target {
     name: &'static str,
@@ -559,73 +577,67 @@ fn targets() -> Vec<Target> {
                 }
             }),
         },
-        Target {
-            name: "ndjson body",
-            weight: 4,
-            seeds: body_seeds,
-            dict: NDJSON_DICT,
-            generate: None,
-            run: Box::new(move |b| {
+        mutated(
+            "ndjson body",
+            4,
+            body_seeds,
+            NDJSON_DICT,
+            Box::new(move |b| {
                 let d = throng::ingest::decode(&p2, b, Some(1_767_193_200_000), 64 * 1024);
                 assert!(d.records.len() + d.rejected.len() <= b.split(|c| *c == b'\n').count());
             }),
-        },
-        Target {
-            name: "throng.toml",
-            weight: 4,
-            seeds: toml_seeds,
-            dict: TOML_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "throng.toml",
+            4,
+            toml_seeds,
+            TOML_DICT,
+            Box::new(|b| {
                 if let Ok(c) = Config::parse(&text(b)) {
                     let _ = c.validate();
                 }
             }),
-        },
-        Target {
-            name: "segments GeoJSON",
-            weight: 40,
-            seeds: vec![segments, one_feature],
-            dict: GEOJSON_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "segments GeoJSON",
+            40,
+            vec![segments, one_feature],
+            GEOJSON_DICT,
+            Box::new(|b| {
                 let _ = throng::scenario::SegmentMap::parse(
                     &text(b),
                     "segments.geojson",
                     h3o::Resolution::Eleven,
                 );
             }),
-        },
-        Target {
-            name: "sensor registry",
-            weight: 4,
-            seeds: vec![sensors],
-            dict: JSON_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "sensor registry",
+            4,
+            vec![sensors],
+            JSON_DICT,
+            Box::new(|b| {
                 let _ = throng::scenario::Registry::parse(Some(&text(b)), None, h3o::Resolution::Eleven);
             }),
-        },
-        Target {
-            name: "station registry",
-            weight: 4,
-            seeds: vec![stations],
-            dict: JSON_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "station registry",
+            4,
+            vec![stations],
+            JSON_DICT,
+            Box::new(|b| {
                 let _ = throng::scenario::Registry::parse(None, Some(&text(b)), h3o::Resolution::Eleven);
             }),
-        },
-        Target {
-            name: "live subscription message",
-            weight: 1,
-            seeds: vec![
+        ),
+        mutated(
+            "live subscription message",
+            1,
+            vec![
                 br#"{"subscribe":{"res":13,"bbox":[121.47,31.23,121.50,31.25]}}"#.to_vec(),
                 br#"{"subscribe":{"res":9}}"#.to_vec(),
             ],
-            dict: JSON_DICT,
-            generate: None,
-            run: Box::new(|b| {
+            JSON_DICT,
+            Box::new(|b| {
                 let mut sub = throng::live::frames::Subscription {
                     res: 11,
                     bbox: [-180.0, -90.0, 180.0, 90.0],
@@ -634,76 +646,73 @@ fn targets() -> Vec<Target> {
                     assert!(sub.res <= 11 && sub.bbox[0] < sub.bbox[2] && sub.bbox[1] < sub.bbox[3]);
                 }
             }),
-        },
-        Target {
-            name: "importer: MTA turnstile CSV and unit table",
-            weight: 8,
-            seeds: vec![mta_csv],
-            dict: CSV_DICT,
-            generate: None,
-            run: Box::new(move |b| {
+        ),
+        mutated(
+            "importer: MTA turnstile CSV and unit table",
+            8,
+            vec![mta_csv],
+            CSV_DICT,
+            Box::new(move |b| {
                 let mut s = throng::tools::import::Summary::default();
                 let _ = throng::tools::import::mta::import(b, &units_table, &mut Vec::new(), &mut s);
             }),
-        },
-        Target {
-            name: "importer: MTA unit table",
-            weight: 8,
-            seeds: vec![mta_units],
-            dict: JSON_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "importer: MTA unit table",
+            8,
+            vec![mta_units],
+            JSON_DICT,
+            Box::new(|b| {
                 let _ = throng::tools::import::mta::units(&text(b));
             }),
-        },
-        Target {
-            name: "importer: GeoLife PLT",
-            weight: 4,
-            seeds: vec![plt],
-            dict: CSV_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "importer: GeoLife PLT",
+            4,
+            vec![plt],
+            CSV_DICT,
+            Box::new(|b| {
                 let mut s = throng::tools::import::Summary::default();
                 let _ = throng::tools::import::geolife::import(b, "000", &mut Vec::new(), &mut s);
             }),
-        },
-        Target {
-            name: "importer: Melbourne pedestrian CSV",
-            weight: 2,
-            seeds: vec![melbourne],
-            dict: CSV_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "importer: Melbourne pedestrian CSV",
+            2,
+            vec![melbourne],
+            CSV_DICT,
+            Box::new(|b| {
                 let mut s = throng::tools::import::Summary::default();
                 let _ = throng::tools::import::melbourne::import(b, &mut Vec::new(), &mut s);
             }),
-        },
-        Target {
-            name: "importer: SPTCC card records",
-            weight: 2,
-            seeds: vec![sptcc],
-            dict: CSV_DICT,
-            generate: None,
-            run: Box::new(move |b| {
+        ),
+        mutated(
+            "importer: SPTCC card records",
+            2,
+            vec![sptcc],
+            CSV_DICT,
+            Box::new(move |b| {
                 let mut s = throng::tools::import::Summary::default();
                 let _ = throng::tools::import::sptcc::import(b, &sptcc_stations, &mut Vec::new(), &mut s);
             }),
-        },
-        Target {
-            name: "SQL read-only check",
-            weight: 4,
-            seeds: sql_seeds,
-            dict: SQL_DICT,
-            generate: None,
-            run: Box::new(|b| {
+        ),
+        mutated(
+            "SQL read-only check",
+            4,
+            sql_seeds,
+            SQL_DICT,
+            Box::new(|b| {
                 let _ = throng::query::sql::check_read_only(&text(b));
             }),
-        },
-        Target {
-            name: "PostgreSQL startup and query messages",
-            weight: 1,
-            seeds: pg_seeds,
-            dict: &[
+        ),
+        // pgwire's decoder panics on some malformed frames; the server catches that per
+        // connection (`hostile::a_malformed_postgres_frame_costs_only_its_own_connection`),
+        // so here such a panic is counted as contained, not failed.
+        mutated(
+            "PostgreSQL startup and query messages",
+            1,
+            pg_seeds,
+            &[
                 "\0",
                 "user",
                 "database",
@@ -718,16 +727,12 @@ fn targets() -> Vec<Target> {
                 "\u{4}\u{d2}\u{16}/",
                 "\0\0\0\u{8}",
             ],
-            generate: None,
-            // pgwire's decoder panics on some malformed frames; the server catches that per
-            // connection (`hostile::a_malformed_postgres_frame_costs_only_its_own_connection`),
-            // so here such a panic is counted as contained, not failed.
-            run: Box::new(|b| {
+            Box::new(|b| {
                 if catch_unwind(AssertUnwindSafe(|| decode_pg(b))).is_err() {
                     PG_CONTAINED.fetch_add(1, Ordering::Relaxed);
                 }
             }),
-        },
+        ),
     ]
 }
 

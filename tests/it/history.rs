@@ -241,7 +241,8 @@ fn server_config() -> Config {
     cfg
 }
 
-async fn sql(addr: std::net::SocketAddr, token: Option<&str>, q: &str) -> (u16, serde_json::Value) {
+/// `POST /api/sql` with `q`: the status and the JSON answer.
+pub async fn sql(addr: std::net::SocketAddr, token: Option<&str>, q: &str) -> (u16, serde_json::Value) {
     request(
         addr,
         "POST",
