@@ -173,8 +173,13 @@ pub enum Body {
         exits: u32,
         period_ms: Option<u32>,
     },
-    /// One tap at a gate.
-    GateTap { exit: bool },
+    /// One tap at a gate; `seq`, when the feed numbers its taps, tells two taps in one
+    /// millisecond apart from a re-send of one (it is part of the idempotency key).
+    GateTap {
+        exit: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
     /// A gate's running totals.
     GateCumulative {
         register: RegisterKey,

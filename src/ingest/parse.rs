@@ -385,7 +385,7 @@ impl Parser {
                     ))
                 }
             };
-            Body::GateTap { exit }
+            Body::GateTap { exit, seq: raw.seq }
         } else {
             return Err(reject(
                 "entries",
@@ -639,7 +639,27 @@ mod tests {
         let tap = ok(
             r#"{"kind":"gate","ts":1767196800120,"station":"east-nanjing-road","gate":"G12","dir":"out"}"#,
         );
-        assert_eq!(tap.body, Body::GateTap { exit: true });
+        assert_eq!(
+            tap.body,
+            Body::GateTap {
+                exit: true,
+                seq: None
+            }
+        );
+        // A numbered tap: the scanner and serde read the number alike.
+        let line = r#"{"kind":"gate","ts":1767196800120,"station":"east-nanjing-road","gate":"G12","dir":"out","seq":7}"#;
+        let numbered = ok(line);
+        assert_eq!(
+            numbered.body,
+            Body::GateTap {
+                exit: true,
+                seq: Some(7)
+            }
+        );
+        assert_eq!(
+            parser().parse_line_serde(line.as_bytes(), None).ok(),
+            Some(numbered)
+        );
         assert_ne!(
             r.cell, tap.cell,
             "exit-3 counts at its own location, G12 at the station's"

@@ -78,6 +78,8 @@ pub(super) struct Raw<'a> {
     #[serde(borrow)]
     pub(super) gate: Option<Cow<'a, str>>,
     pub(super) entries: Option<u64>,
+    /// A tap's sequence number at its gate (optional).
+    pub(super) seq: Option<u64>,
     pub(super) exits: Option<u64>,
     #[serde(borrow)]
     pub(super) dir: Option<Cow<'a, str>>,

@@ -71,6 +71,7 @@ fn read<'a>(line: &'a [u8], raw: &mut Raw<'a>) -> Option<()> {
                 "dir" => s.text(&mut raw.dir, 19)?,
                 "entries_total" => s.count(&mut raw.entries_total, 20)?,
                 "exits_total" => s.count(&mut raw.exits_total, 21)?,
+                "seq" => s.count(&mut raw.seq, 22)?,
                 _ => {
                     s.skip_scalar()?;
                     31

@@ -410,7 +410,7 @@ impl Engine {
                 gate_exits: exits as u64,
                 ..Default::default()
             }),
-            Body::GateTap { exit } => Some(Flows {
+            Body::GateTap { exit, .. } => Some(Flows {
                 gate_entries: (!exit) as u64,
                 gate_exits: exit as u64,
                 ..Default::default()
@@ -1179,6 +1179,25 @@ mod tests {
     }
 
     #[test]
+    fn numbered_taps_in_one_millisecond_are_two_people_and_a_resend_of_one_is_not() {
+        let mut e = engine(60, 60);
+        let tap = |seq| Record {
+            ts: EventTime(T0 + 1_000),
+            source: SourceId(1),
+            cell: CellId(5),
+            point: None,
+            body: Body::GateTap { exit: true, seq },
+        };
+        assert!(e.ingest(&tap(Some(1)), 0));
+        assert!(e.ingest(&tap(Some(2)), 0), "another person, same millisecond");
+        assert!(!e.ingest(&tap(Some(2)), 0), "the same tap sent again");
+        assert!(e.ingest(&tap(None), 0));
+        assert!(!e.ingest(&tap(None), 0), "unnumbered, identical: one record");
+        let ws = e.flush();
+        assert_eq!(row(&ws[0], 5).unwrap().gate_exits, 3);
+    }
+
+    #[test]
     fn gate_taps_and_registers_with_a_reset() {
         let mut e = engine(60, 60);
         let tap = |ts, exit| Record {
@@ -1186,7 +1205,7 @@ mod tests {
             source: SourceId(1),
             cell: CellId(5),
             point: None,
-            body: Body::GateTap { exit },
+            body: Body::GateTap { exit, seq: None },
         };
         e.ingest(&tap(1_000, true), 0);
         e.ingest(&tap(2_000, true), 0);

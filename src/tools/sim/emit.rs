@@ -125,6 +125,9 @@ impl<'w> Emitter<'w> {
         }
         let mut zone_occupancy = vec![vec![0i64; periods + 1]; map.segments().len()];
         let mut taps = vec![Vec::new(); secs];
+        // Numbered, as a gate controller numbers its taps: two exits in one millisecond at a busy
+        // exit are two people, not a re-send.
+        let mut tap_seq = 0u64;
         let mut gates: Vec<((String, String), Reporter)> = Vec::new();
         for a in &world.agents {
             let route = &world.scenario.routes[a.route as usize];
@@ -158,7 +161,9 @@ impl<'w> Emitter<'w> {
                 let out_of_station = from.is_none();
                 if station == "peoples-square" {
                     let dir = if out_of_station { "out" } else { "in" };
-                    let line = format!(r#""station":"{station}","gate":"{exit}","dir":"{dir}"}}"#);
+                    tap_seq += 1;
+                    let line =
+                        format!(r#""station":"{station}","gate":"{exit}","dir":"{dir}","seq":{tap_seq}}}"#);
                     taps[(t as usize).min(secs - 1)].push((t, line));
                 } else {
                     let key = (station.clone(), exit.clone());
