@@ -195,6 +195,9 @@ impl Recorder {
     fn append_log(&mut self, path: &Path, buf: &[u8]) {
         if let Some((_, waiting)) = self.unwritten.iter_mut().find(|(p, _)| p == path) {
             waiting.extend_from_slice(buf);
+        } else if self.unwritten.is_empty() && files::append_lines(path, buf, false).is_ok() {
+            // The usual case: nothing waiting, the write goes through, nothing is copied.
+            return;
         } else {
             self.unwritten.push((path.to_owned(), buf.to_vec()));
         }
