@@ -37,6 +37,19 @@ pub struct AccuracyArgs {
     /// number with `+outliers` (and 3 % of pings off by σ 100 m, their accuracy not saying so).
     #[arg(long, value_delimiter = ',', default_value = "panel,5,15,30,15+outliers")]
     pub errors: Vec<String>,
+    /// Scale-error models: the configured people per device as the right one (1 / coverage)
+    /// shifted by a percentage: `0`, `+30` (every provider 30 % high), `-30`, or `±30` (the
+    /// first provider high, the second low). Calibration from the zone headcount has to recover them.
+    #[arg(long, value_delimiter = ',', default_value = "0", allow_hyphen_values = true)]
+    pub scale_errors: Vec<String>,
+    /// Keep the configured factors (no learning from the zone headcounts), to see what they cost.
+    #[arg(long)]
+    pub no_calibration: bool,
+    /// Percentage by which every provider's people per device rises over the night as its phones
+    /// fall silent (0: a steady panel). The configured factors stay the start's; calibration has
+    /// to follow.
+    #[arg(long, default_value_t = 0.0)]
+    pub drift: f64,
     /// Print each night's score as a JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +79,26 @@ fn with_error(p: Panel, model: &str) -> anyhow::Result<Panel> {
     Ok(p.with_error(sigma, outliers))
 }
 
+/// Each provider's factor as a multiple of the right one, for a `--scale-errors` model.
+fn scale_error(model: &str) -> anyhow::Result<Vec<f64>> {
+    let bad = || anyhow::anyhow!("--scale-errors: {model:?} is not 0, +N, -N or ±N (a percentage under 100)");
+    let (signs, num): (&[f64], &str) =
+        if let Some(n) = model.strip_prefix('±').or_else(|| model.strip_prefix("+-")) {
+            (&[1.0, -1.0], n)
+        } else if let Some(n) = model.strip_prefix('+') {
+            (&[1.0, 1.0], n)
+        } else if let Some(n) = model.strip_prefix('-') {
+            (&[-1.0, -1.0], n)
+        } else {
+            (&[1.0, 1.0], model)
+        };
+    let pct: f64 = num.parse().map_err(|_| bad())?;
+    if !(0.0..100.0).contains(&pct) {
+        return Err(bad());
+    }
+    Ok(signs.iter().map(|s| 1.0 + s * pct / 100.0).collect())
+}
+
 /// Runs every trial (two at a time) and prints the scores; returns them.
 pub fn run(args: &AccuracyArgs) -> anyhow::Result<Vec<Score>> {
     if args.people == 0 || args.duration < 600.0 {
@@ -73,19 +106,27 @@ pub fn run(args: &AccuracyArgs) -> anyhow::Result<Vec<Score>> {
             "--people must be positive and --duration at least 600 s (scoring starts 6 minutes in)"
         );
     }
+    if !(0.0..=200.0).contains(&args.drift) {
+        anyhow::bail!("--drift is a percentage from 0 to 200 (got {})", args.drift);
+    }
     let cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
     let mut trials = Vec::new();
     for &seed in &args.seeds {
         for p in &args.panels {
             for e in &args.errors {
-                trials.push(Trial {
-                    seed,
-                    panel_name: p.clone(),
-                    panel: with_error(panel(p)?, e)?,
-                    error_name: e.clone(),
-                    people: args.people,
-                    duration_s: args.duration,
-                });
+                for k in &args.scale_errors {
+                    trials.push(Trial {
+                        seed,
+                        panel_name: p.clone(),
+                        panel: with_error(panel(p)?, e)?.with_drift(args.drift / 100.0),
+                        error_name: e.clone(),
+                        people: args.people,
+                        duration_s: args.duration,
+                        scale_error_name: k.clone(),
+                        scale_error: scale_error(k)?,
+                        calibration: !args.no_calibration,
+                    });
+                }
             }
         }
     }
@@ -134,28 +175,42 @@ fn pct(x: f64) -> String {
 fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<5} {:<7} {:<12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
-        "seed", "panel", "error", "median", "worst", "total", "tiers", "crossings", "off-net"
+        "{:<5} {:<7} {:<12} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>8}  people per device (configured → in force, right)",
+        "seed", "panel", "error", "scale", "counted", "median", "worst", "total", "tiers", "crossings", "off-net", "ppd err", "settled"
     )?;
     for s in scores {
+        let factors: Vec<String> = s
+            .factors
+            .iter()
+            .map(|(src, p, k, r)| format!("{} {p:.2} → {k:.2} ({r:.2})", src.trim_start_matches("lbs/")))
+            .collect();
         writeln!(
             out,
-            "{:<5} {:<7} {:<12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
+            "{:<5} {:<7} {:<12} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>8}  {}",
             s.seed,
             s.panel,
             s.error,
+            format!("{}{}", s.scale_error, if s.calibration { "" } else { "*" }),
+            pct(s.counted_mape),
             pct(s.median_mape),
             pct(s.max_mape),
             format!("{:+.1} %", s.total_error * 100.0),
             pct(s.tier_agreement),
             format!("{}/{}", s.crossings_on_time, s.crossings),
             s.off_network_devices,
+            format!("{:+.1} %", s.factor_error * 100.0),
+            s.factor_settled_s
+                .map_or("never".to_string(), |t| format!("{:.0} s", t)),
+            factors.join(", "),
         )?;
+    }
+    if scores.iter().any(|s| !s.calibration) {
+        writeln!(out, "(* calibration off: the configured factors stay in force)")?;
     }
     // Per segment: the worst MAPE over all nights.
     writeln!(
         out,
-        "\nper segment (MAPE over windows with ≥ 50 true people; worst night, mean true people):"
+        "\nper segment (MAPE over windows with ≥ 50 true people; worst night, mean true people, bias = Σ estimate / Σ truth − 1 over the nights):"
     )?;
     if let Some(first) = scores.first() {
         for (i, seg) in first.segments.iter().enumerate() {
@@ -169,8 +224,22 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
                 .map(|x| x.mean_true)
                 .sum::<f64>()
                 / scores.len() as f64;
+            let biases: Vec<f64> = scores
+                .iter()
+                .filter_map(|s| s.segments.get(i).and_then(|x| x.bias))
+                .collect();
+            let lo = biases.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = biases.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             match worst {
-                Some(w) => writeln!(out, "  {:<34} {:>8}   {:>7.0}", seg.segment_id, pct(w), mean)?,
+                Some(w) => writeln!(
+                    out,
+                    "  {:<34} {:>8}   {:>7.0}   {:+.1}…{:+.1} %",
+                    seg.segment_id,
+                    pct(w),
+                    mean,
+                    lo * 100.0,
+                    hi * 100.0
+                )?,
                 None => writeln!(out, "  {:<34} {:>8}", seg.segment_id, "(< 50)")?,
             }
         }

@@ -257,6 +257,57 @@ pub struct RiskConfig {
     pub stale_factor: f64,
     /// Windows in the trend's least-squares fit.
     pub trend_windows: usize,
+    /// People per device learnt from zone headcounts (`[risk.calibration]`).
+    pub calibration: CalibrationConfig,
+}
+
+/// Self-calibrating fusion: each LBS source's people per device estimated online from the zone
+/// headcounts of segments, against the devices the engine places there.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrationConfig {
+    /// Learn the factors (false: the configured `scale`s stay in force).
+    pub enabled: bool,
+    /// Evidence is forgotten with this time constant (exponentially): shorter tracks a drifting
+    /// panel faster, longer averages out noisy counts.
+    #[serde(with = "humantime_serde")]
+    pub time_constant: Duration,
+    /// A zone's window counts as evidence only with at least this many devices placed in it.
+    pub min_devices: f64,
+    /// Bound on the learnt factor, as a ratio to the configured one both ways; a zone whose count
+    /// against the configured estimate lies outside it disagrees wildly and is ignored.
+    pub max_ratio: f64,
+    /// A zone's count above this density (p/m²) is not a crowd but a fault, and is ignored.
+    pub max_density: f64,
+    /// ... as is a count above this multiple of the segment's capacity, when it has one.
+    pub max_capacity_share: f64,
+    /// A zone count unchanged for this many windows while the devices there change by more than
+    /// 10 % is a stuck register, and is ignored until it moves.
+    pub stuck_windows: u32,
+    /// With no accepted evidence for this long, every source falls back to its configured factor.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
+    /// No evidence is taken until the feeds have run this long (event time): before a panel's
+    /// slowest phones have spoken once, the devices placed in a zone are too few and the panel
+    /// looks thinner than it is.
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        CalibrationConfig {
+            enabled: true,
+            time_constant: Duration::from_secs(300),
+            min_devices: 20.0,
+            max_ratio: 2.0,
+            max_density: 9.0,
+            max_capacity_share: 2.0,
+            stuck_windows: 5,
+            hold: Duration::from_secs(900),
+            warmup: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for RiskConfig {
@@ -268,6 +319,7 @@ impl Default for RiskConfig {
             calm_period: Duration::from_secs(300),
             stale_factor: 3.0,
             trend_windows: 6,
+            calibration: CalibrationConfig::default(),
         }
     }
 }
@@ -594,6 +646,25 @@ impl Config {
         }
         if self.risk.dwell == 0 {
             return bad("risk.dwell", "must be at least 1".into());
+        }
+        let c = &self.risk.calibration;
+        if c.time_constant.is_zero() {
+            return bad("risk.calibration.time_constant", "must be positive".into());
+        }
+        if !(c.min_devices.is_finite() && c.min_devices >= 1.0) {
+            return bad("risk.calibration.min_devices", "must be at least 1".into());
+        }
+        if !(c.max_ratio.is_finite() && c.max_ratio > 1.0) {
+            return bad("risk.calibration.max_ratio", "must be greater than 1".into());
+        }
+        if !(c.max_density.is_finite() && c.max_density > 0.0) {
+            return bad("risk.calibration.max_density", "must be positive".into());
+        }
+        if !(c.max_capacity_share.is_finite() && c.max_capacity_share > 0.0) {
+            return bad("risk.calibration.max_capacity_share", "must be positive".into());
+        }
+        if c.stuck_windows < 2 {
+            return bad("risk.calibration.stuck_windows", "must be at least 2".into());
         }
         if !(self.risk.stale_factor.is_finite() && self.risk.stale_factor > 0.0) {
             return bad("risk.stale_factor", "must be positive".into());

@@ -151,6 +151,10 @@ pub struct Health {
     pub open_window_end: Option<i64>,
     /// Each source against that window: which are in, which still due (see [`SourceProgress`]).
     pub open_window_sources: Vec<SourceProgress>,
+    /// Each LBS source's people per device: configured, or learnt from zone headcounts.
+    pub calibration: Vec<crate::risk::SourceCalibration>,
+    /// The newest zone count calibration ignored, and why (null: none).
+    pub calibration_note: Option<String>,
 }
 
 impl Health {
@@ -194,6 +198,8 @@ impl Health {
                 .open_window_end()
                 .map(|end| progress(engine, sources, delays, clocks, end))
                 .unwrap_or_default(),
+            calibration: Vec::new(),
+            calibration_note: None,
         }
     }
 }

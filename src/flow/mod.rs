@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use crate::config::WindowConfig;
 use crate::ingest::Sources;
+use crate::model::SourceId;
 use crate::model::{EventTime, Record};
-use crate::risk::{Alert, Risk, RiskState, SegmentStatus};
+use crate::risk::{Alert, Risk, RiskState, SegmentStatus, SourceCalibration};
 use crate::scenario::SegmentMap;
 use crate::window::{Engine, HexWindow, LateRecord};
 
@@ -40,6 +41,8 @@ pub struct Closed<'a> {
     pub statuses: &'a Arc<Vec<SegmentStatus>>,
     /// Tier changes of this evaluation.
     pub alerts: &'a [Alert],
+    /// Each LBS source's people per device after this window (what the next windows use).
+    pub calibration: &'a [SourceCalibration],
     /// Data or silent.
     pub kind: WindowKind,
 }
@@ -134,7 +137,8 @@ impl<O: Outputs> Flow<O> {
             size_ms: window.size.as_millis() as i64,
             last_eval_end: None,
         };
-        f.engine.set_scales(f.sources.scales());
+        f.risk.set_priors(f.sources.scales());
+        f.apply_factors();
         f.engine.set_max_delays(f.sources.max_delays());
         f.engine.set_profiles(f.sources.profiles());
         f.engine.set_segments(f.risk.map().clone());
@@ -190,7 +194,41 @@ impl<O: Outputs> Flow<O> {
     /// Carries on from a checkpointed state.
     pub fn restore(&mut self, s: FlowState) {
         self.risk.restore(s.risk);
+        self.apply_factors();
         self.last_eval_end = s.last_eval_end;
+    }
+
+    /// Each LBS source's people per device as it stands (configured, or learnt from zone counts).
+    pub fn calibration(&self) -> Vec<SourceCalibration> {
+        self.risk
+            .calibrator()
+            .estimates()
+            .into_iter()
+            .filter_map(|e| {
+                let source = self.sources.name(SourceId(e.source as u16));
+                source.starts_with("lbs").then_some(SourceCalibration {
+                    source,
+                    prior: e.prior,
+                    people_per_device: e.people_per_device,
+                    confidence: e.confidence,
+                    status: e.status,
+                    evidence_devices: e.evidence_devices,
+                })
+            })
+            .collect()
+    }
+
+    /// The calibrator (rejection counts for metrics).
+    pub fn calibrator(&self) -> &crate::risk::Calibrator {
+        self.risk.calibrator()
+    }
+
+    /// Puts the calibrated factors in force in the engine when they moved.
+    fn apply_factors(&mut self) {
+        let f = self.risk.calibrator().factors();
+        if f != self.engine.scales() {
+            self.engine.set_scales(f.to_vec());
+        }
     }
 
     /// Whether moving on to processing time `now` with no new record would move the watermark:
@@ -242,7 +280,8 @@ impl<O: Outputs> Flow<O> {
     #[inline]
     fn refresh_scales(&mut self) {
         if self.engine.scales_known() != self.sources.len() {
-            self.engine.set_scales(self.sources.scales());
+            self.risk.set_priors(self.sources.scales());
+            self.apply_factors();
             self.engine.set_max_delays(self.sources.max_delays());
             self.engine.set_profiles(self.sources.profiles());
         }
@@ -262,6 +301,8 @@ impl<O: Outputs> Flow<O> {
 
     fn evaluate(&mut self, window: Arc<HexWindow>, kind: WindowKind) {
         let (statuses, alerts) = self.risk.evaluate(&window);
+        self.apply_factors();
+        let calibration = self.calibration();
         self.last_eval_end = Some(self.last_eval_end.map_or(window.end.0, |e| e.max(window.end.0)));
         for a in &alerts {
             tracing::warn!(segment = %a.segment_id, from = a.from_tier.as_str(), to = a.to_tier.as_str(), reason = %a.reason, "Tier change.");
@@ -273,6 +314,7 @@ impl<O: Outputs> Flow<O> {
             window: &window,
             statuses: &Arc::new(statuses),
             alerts: &alerts,
+            calibration: &calibration,
             kind,
         });
     }

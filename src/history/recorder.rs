@@ -260,6 +260,14 @@ impl Outputs for Recorder {
                 Err(e) => tracing::error!(error = %e, "Could not build the segment_windows rows."),
             }
         }
+        if !c.calibration.is_empty() {
+            match super::schema::calibration_batch(start, c.window.end.0, c.calibration) {
+                Ok(batch) => {
+                    self.history.append(Table::Calibration, start, batch);
+                }
+                Err(e) => tracing::error!(error = %e, "Could not build the calibration rows."),
+            }
+        }
         if !c.alerts.is_empty() {
             let already = self
                 .in_files

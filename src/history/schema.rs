@@ -8,7 +8,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
-use crate::risk::SegmentStatus;
+use crate::risk::{SegmentStatus, SourceCalibration};
 
 pub use crate::window::HEX_WINDOWS_SCHEMA;
 
@@ -70,6 +70,48 @@ pub fn segment_batch(rows: &[SegmentStatus]) -> Result<RecordBatch, ArrowError> 
             f(|r| r.trend),
             s(|r| r.tier.as_str()),
             Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.degraded)))),
+        ],
+    )
+}
+
+/// `calibration`: one row per LBS source per evaluated window, its people per device after it.
+pub static CALIBRATION_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        ts("window_start", false),
+        ts("window_end", false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("prior", DataType::Float64, false),
+        Field::new("people_per_device", DataType::Float64, false),
+        Field::new("confidence", DataType::Float64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("evidence_devices", DataType::Float64, false),
+    ]))
+});
+
+/// The `calibration` batch of one evaluation.
+pub fn calibration_batch(
+    start: i64,
+    end: i64,
+    rows: &[SourceCalibration],
+) -> Result<RecordBatch, ArrowError> {
+    let f = |g: fn(&SourceCalibration) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(g)))
+    };
+    RecordBatch::try_new(
+        CALIBRATION_SCHEMA.clone(),
+        vec![
+            ts_array(vec![start; rows.len()]),
+            ts_array(vec![end; rows.len()]),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.source.as_str()),
+            )),
+            f(|r| r.prior),
+            f(|r| r.people_per_device),
+            f(|r| r.confidence),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.status.as_str()),
+            )),
+            f(|r| r.evidence_devices),
         ],
     )
 }

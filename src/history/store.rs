@@ -21,7 +21,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use super::schema::{HEX_WINDOWS_SCHEMA, SEGMENT_WINDOWS_SCHEMA};
+use super::schema::{CALIBRATION_SCHEMA, HEX_WINDOWS_SCHEMA, SEGMENT_WINDOWS_SCHEMA};
 use crate::durability::files;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -34,17 +34,20 @@ pub enum Table {
     HexWindows,
     /// One row per segment per evaluated window.
     SegmentWindows,
+    /// One row per LBS source per evaluated window: its people per device.
+    Calibration,
 }
 
 impl Table {
-    /// Both tables.
-    pub const ALL: [Table; 2] = [Table::HexWindows, Table::SegmentWindows];
+    /// Every table.
+    pub const ALL: [Table; 3] = [Table::HexWindows, Table::SegmentWindows, Table::Calibration];
 
     /// SQL name and folder name.
     pub fn name(self) -> &'static str {
         match self {
             Table::HexWindows => "hex_windows",
             Table::SegmentWindows => "segment_windows",
+            Table::Calibration => "calibration",
         }
     }
 
@@ -53,6 +56,7 @@ impl Table {
         match self {
             Table::HexWindows => HEX_WINDOWS_SCHEMA.clone(),
             Table::SegmentWindows => SEGMENT_WINDOWS_SCHEMA.clone(),
+            Table::Calibration => CALIBRATION_SCHEMA.clone(),
         }
     }
 
@@ -111,7 +115,7 @@ struct TableState {
 
 #[derive(Default)]
 struct Inner {
-    tables: [TableState; 2],
+    tables: [TableState; 3],
     /// Files replaced by compaction or retention, deleted once no query can still be reading them.
     doomed: Vec<(PathBuf, Instant)>,
 }

@@ -221,6 +221,10 @@ impl SqlEngine {
                 None,
             )),
         )?;
+        ctx.register_table(
+            "calibration",
+            Arc::new(WindowTable::new(self.history.clone(), Table::Calibration, None)),
+        )?;
         for (name, file, schema) in [
             ("alerts", names::ALERTS, &*ALERTS_SCHEMA),
             ("thresholds_audit", names::THRESHOLDS_AUDIT, &*AUDIT_SCHEMA),

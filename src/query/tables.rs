@@ -69,10 +69,10 @@ impl TableProvider for WindowTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = self.table.schema();
-        let people = schema.index_of("people")?;
         // With suppression the scan also reads `people`, filters, then projects what was asked.
         let inner_projection: Option<Vec<usize>> = match (projection, self.min_people) {
             (Some(p), Some(_)) => {
+                let people = schema.index_of("people")?;
                 let mut v = p.clone();
                 if !v.contains(&people) {
                     v.push(people);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::calibrate::{CalibrationState, Calibrator, Evidence};
 use super::thresholds::{ThresholdStore, Thresholds};
 use super::tiers::{Measures, Shown, Tier, TierMachine, TierRules};
 use crate::config::RiskConfig;
@@ -93,6 +94,8 @@ pub struct RiskState {
     point_last: Vec<i64>,
     lbs_last: i64,
     states: Vec<(SegmentId, SegState)>,
+    #[serde(default)]
+    calibration: CalibrationState,
 }
 
 /// The segments stage.
@@ -109,6 +112,7 @@ pub struct Risk {
     store: ThresholdStore,
     window_minutes: f64,
     lbs_period_ms: i64,
+    calibrator: Calibrator,
 }
 
 impl Risk {
@@ -126,6 +130,7 @@ impl Risk {
             calm_ms: cfg.calm_period.as_millis() as i64,
         };
         let n = points.len();
+        let calibrator = Calibrator::new(cfg.calibration.clone());
         let mut r = Risk {
             map,
             points,
@@ -138,6 +143,7 @@ impl Risk {
             store,
             window_minutes: window_size_ms as f64 / 60_000.0,
             lbs_period_ms: window_size_ms,
+            calibrator,
         };
         r.resolve_points();
         r
@@ -168,6 +174,7 @@ impl Risk {
             point_last: self.point_last.clone(),
             lbs_last: self.lbs_last,
             states,
+            calibration: self.calibrator.state(),
         }
     }
 
@@ -180,8 +187,19 @@ impl Risk {
             }
         }
         self.lbs_last = s.lbs_last;
+        self.calibrator.restore(s.calibration);
         let keep: std::collections::HashSet<&SegmentId> = self.map.segments().iter().map(|s| &s.id).collect();
         self.states = s.states.into_iter().filter(|(k, _)| keep.contains(k)).collect();
+    }
+
+    /// The configured people per device, by source id (calibration starts from them).
+    pub fn set_priors(&mut self, priors: Vec<f64>) {
+        self.calibrator.set_priors(priors);
+    }
+
+    /// The calibrator: the factors in force and how they stand.
+    pub fn calibrator(&self) -> &Calibrator {
+        &self.calibrator
     }
 
     /// The segments in force.
@@ -223,6 +241,7 @@ impl Risk {
                 }
             }
         }
+        self.calibrate(w, &occupancy);
         let stale = self.cfg.stale_factor;
         let lbs_silent = w.end.0.saturating_sub(self.lbs_last) as f64 > stale * self.lbs_period_ms as f64;
         let mut statuses = Vec::with_capacity(n);
@@ -346,6 +365,33 @@ impl Risk {
             });
         }
         (statuses, alerts)
+    }
+}
+
+impl Risk {
+    /// Hands the window's zone counts and the devices placed on their segments to the calibrator.
+    fn calibrate(&mut self, w: &HexWindow, occupancy: &[Option<f64>]) {
+        let by_source = &w.segments.devices_by_source;
+        let evidence: Vec<Evidence> = occupancy
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| {
+                let count = (*o)?;
+                let seg = &self.map.segments()[i];
+                Some(Evidence {
+                    segment: seg.id.0.clone(),
+                    count,
+                    devices: by_source
+                        .iter()
+                        .map(|d| d.get(i).copied().unwrap_or(0.0))
+                        .collect(),
+                    area_m2: seg.area_m2,
+                    capacity: self.thresholds(i).capacity,
+                    age_s: w.segments.device_age_s.get(i).copied().unwrap_or(0.0),
+                })
+            })
+            .collect();
+        self.calibrator.update(w.end.0, &evidence);
     }
 }
 

@@ -293,8 +293,17 @@ impl EngineTask {
                 metrics::counter!("throng_late_records_total", "source" => name).absolute(c.late);
             }
         }
+        let calibration = self.flow.calibration();
+        for c in &calibration {
+            metrics::gauge!("throng_calibration_people_per_device", "source" => c.source.clone())
+                .set(c.people_per_device);
+            metrics::gauge!("throng_calibration_confidence", "source" => c.source.clone()).set(c.confidence);
+        }
+        for (reason, n) in self.flow.calibrator().rejected() {
+            metrics::counter!("throng_calibration_rejected_total", "reason" => reason.as_str()).absolute(*n);
+        }
         let last_end = self.flow.outputs().0.last_window_end();
-        let health = Health::of(
+        let mut health = Health::of(
             self.flow.engine(),
             self.flow.sources(),
             &self.delays,
@@ -304,6 +313,8 @@ impl EngineTask {
             },
             last_end,
         );
+        health.calibration = calibration;
+        health.calibration_note = self.flow.calibrator().note().map(str::to_owned);
         self.health.send_replace(health);
     }
 }

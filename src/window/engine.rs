@@ -85,6 +85,12 @@ pub struct SegmentPeople {
     pub off_network_devices: u64,
     /// The people they stand for.
     pub off_network_people: f64,
+    /// Devices (not people) per segment, by source id: what calibration compares with counts.
+    pub devices_by_source: Vec<Vec<f64>>,
+    /// Per segment: how old, on average, the positions placing its devices are at the window's
+    /// end (seconds). A headcount is compared with the crowd as it was then, not at the end: a
+    /// sparse panel's phones say where people were minutes ago.
+    pub device_age_s: Vec<f64>,
 }
 
 /// Flow counts of one cell within a pane.
@@ -351,6 +357,11 @@ impl Engine {
     /// Updates the people-per-device factors (new sources appear as feeds arrive).
     pub fn set_scales(&mut self, scales: Vec<f64>) {
         self.scales = scales;
+    }
+
+    /// People per device in force, by source id.
+    pub fn scales(&self) -> &[f64] {
+        &self.scales
     }
 
     /// Number of scale factors known (compare with the source table to know when to refresh).
@@ -661,7 +672,7 @@ impl Engine {
         let end = s * self.slide + self.size;
         // Provisional snapshots feed the heatmap only: segments are evaluated on closed windows.
         let mut attr = match &self.segments {
-            Some(m) if is_final => Some(Attribution::new(m.clone(), &self.prior)),
+            Some(m) if is_final => Some(Attribution::new(m.clone(), &self.prior, end)),
             _ => None,
         };
         let places = &mut self.places;
@@ -898,6 +909,8 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
     }
     let f = lag / dt as f64;
     let mut out = *e;
+    // The projected position stands for where the walker is at that later time.
+    out.ts = e.ts + lag as i64;
     out.pos = Some(Position {
         lat_e6: p.lat_e6 + (dlat * f).round() as i32,
         lng_e6: p.lng_e6 + (dlng * f).round() as i32,
@@ -944,6 +957,12 @@ struct Attribution {
     /// a float sum would let a crash change the answer in its last digit).
     people: Vec<i64>,
     carried: Vec<i64>,
+    /// Devices per segment by source (same fixed point; grown as sources appear).
+    devices: Vec<Vec<i64>>,
+    /// Per segment: Σ device share × position age (ms), and Σ device share (fixed point).
+    age: Vec<(i128, i128)>,
+    /// The window's end, which positions' ages are measured against.
+    end: i64,
     off_network: i64,
 }
 
@@ -951,7 +970,7 @@ struct Attribution {
 const FIXED: f64 = 1e9;
 
 impl Attribution {
-    fn new(map: Arc<SegmentMap>, prior: &[f64]) -> Attribution {
+    fn new(map: Arc<SegmentMap>, prior: &[f64], end: i64) -> Attribution {
         let n = map.segments().len();
         let prior = (0..n)
             .map(|i| prior.get(i).copied().unwrap_or(PRIOR_FLOOR))
@@ -962,6 +981,9 @@ impl Attribution {
             out: SegmentPeople::default(),
             people: vec![0; n],
             carried: vec![0; n],
+            devices: Vec::new(),
+            age: vec![(0, 0); n],
+            end,
             off_network: 0,
         }
     }
@@ -973,6 +995,12 @@ impl Attribution {
             people: back(self.people),
             carried: back(self.carried),
             off_network_people: self.off_network as f64 / FIXED,
+            devices_by_source: self.devices.into_iter().map(back).collect(),
+            device_age_s: self
+                .age
+                .iter()
+                .map(|&(a, w)| if w > 0 { a as f64 / w as f64 / 1000.0 } else { 0.0 })
+                .collect(),
             ..self.out
         }
     }
@@ -1011,9 +1039,19 @@ impl Attribution {
         if total <= 0.0 {
             return false;
         }
+        let src = e.source.0 as usize;
+        if self.devices.len() <= src {
+            self.devices.resize_with(src + 1, || vec![0; self.people.len()]);
+        }
         for &(j, m) in c {
-            let w = (scale * self.prior[j as usize] * m as f64 / total * FIXED).round() as i64;
+            let share = self.prior[j as usize] * m as f64 / total;
+            let w = (scale * share * FIXED).round() as i64;
             self.people[j as usize] += w;
+            let d = (share * FIXED).round() as i64;
+            self.devices[src][j as usize] += d;
+            let age = &mut self.age[j as usize];
+            age.0 += d as i128 * (self.end - e.ts).max(0) as i128;
+            age.1 += d as i128;
             if carried {
                 self.carried[j as usize] += w;
             }

@@ -3,6 +3,7 @@
 mod access;
 mod bench;
 mod browser;
+mod calibration;
 mod crash;
 mod demo;
 mod disk;

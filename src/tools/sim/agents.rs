@@ -304,6 +304,9 @@ pub struct Provider {
     pub gcj02: bool,
     /// Share of its pings delivered two minutes late.
     pub late_share: f64,
+    /// How much the people one of its devices stands for rises over the night, as phones fall
+    /// silent (batteries, roaming): 0.3 = people per device 30 % higher at the end than at the start.
+    pub drift: f64,
 }
 
 /// The phone panels of a simulated night.
@@ -329,6 +332,7 @@ impl Panel {
                     outlier_m: 0.0,
                     gcj02: false,
                     late_share: 0.002,
+                    drift: 0.0,
                 },
                 Provider {
                     name: "carrier-b".into(),
@@ -340,6 +344,7 @@ impl Panel {
                     outlier_m: 0.0,
                     gcj02: true,
                     late_share: 0.0,
+                    drift: 0.0,
                 },
             ],
         }
@@ -358,7 +363,15 @@ impl Panel {
         p
     }
 
-    /// The share of people any panel covers.
+    /// The same panel with every provider's people per device rising by `drift` over the night.
+    pub fn with_drift(mut self, drift: f64) -> Panel {
+        for p in &mut self.providers {
+            p.drift = drift;
+        }
+        self
+    }
+
+    /// The share of people any panel covers (at the start of the night).
     pub fn coverage(&self) -> f64 {
         self.providers.iter().map(|p| p.share).sum()
     }

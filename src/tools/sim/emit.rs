@@ -65,6 +65,8 @@ pub struct Emitter<'w> {
     calendar: Vec<Vec<u32>>,
     late: Vec<Vec<String>>,
     taps: Vec<Vec<(f64, String)>>,
+    /// Per agent: the scenario second its phone falls silent (a drifting panel), else infinity.
+    silent_at: Vec<f64>,
     reporters: Vec<Reporter>,
     zone_occupancy: Vec<Vec<i64>>,
     second: usize,
@@ -81,6 +83,7 @@ impl<'w> Emitter<'w> {
         let periods = secs / REPORT_S + 2;
         let mut rng = Rng::new(world.cfg.seed ^ 0xe417);
         let mut calendar = vec![Vec::new(); secs];
+        let silent_at = silent_times(world);
         for (i, a) in world.agents.iter().enumerate() {
             if a.provider == 0 {
                 continue;
@@ -144,14 +147,6 @@ impl<'w> Emitter<'w> {
                         r.flows[p].out += 1;
                     }
                 }
-                // Occupancy at report boundary k counts transitions strictly before k × REPORT_S.
-                let k = (t / REPORT_S as f64).floor() as usize + 1;
-                if let Some(s) = to {
-                    zone_occupancy[s][k.min(periods)] += 1;
-                }
-                if let Some(s) = from {
-                    zone_occupancy[s][k.min(periods)] -= 1;
-                }
                 let Origin::Metro { station, exit } = &route.origin else {
                     continue;
                 };
@@ -193,16 +188,20 @@ impl<'w> Emitter<'w> {
                 }
             }
         }
-        for occ in zone_occupancy.iter_mut() {
-            for k in 1..occ.len() {
-                occ[k] += occ[k - 1];
-            }
-        }
-        // People already in place at the start stand in their segment from second 0.
-        for a in &world.agents {
-            if a.arrive() <= 0.0 {
-                for v in zone_occupancy[a.path[0].seg as usize].iter_mut() {
-                    *v += 1;
+        // A zone camera counts the people standing in its polygon at the report's second: the
+        // truth's own rule (position in the segment), not the segments the walkers' paths name.
+        if !zone_segments.is_empty() {
+            for (k, row) in (0..=periods).map(|k| (k, (k * REPORT_S) as f64)) {
+                for a in &world.agents {
+                    if a.arrive() > row || a.leave() < row {
+                        continue;
+                    }
+                    let (lng, lat) = a.position(row);
+                    if let Some(seg) = map.matcher().segment_at(lat, lng) {
+                        if zone_segments.contains(&seg) {
+                            zone_occupancy[seg][k] += 1;
+                        }
+                    }
                 }
             }
         }
@@ -213,6 +212,7 @@ impl<'w> Emitter<'w> {
             calendar,
             late: vec![Vec::new(); secs + LATE_BY_S + 1],
             taps,
+            silent_at,
             reporters: all,
             zone_occupancy,
             second: 0,
@@ -260,7 +260,7 @@ impl<'w> Emitter<'w> {
         let a = &self.world.agents[i];
         let cfg = &self.world.cfg;
         let t = s as f64 + self.rng.f64();
-        if t > a.leave() || t >= cfg.duration_s {
+        if t > a.leave() || t >= cfg.duration_s || t >= self.silent_at[i] {
             return;
         }
         let (lng, lat) = a.position(t);
@@ -486,6 +486,31 @@ fn push_hex(out: &mut Vec<u8>, v: u64, digits: usize) {
     for k in (0..digits).rev() {
         out.push(HEX[((v >> (4 * k)) & 0xf) as usize]);
     }
+}
+
+/// When each agent's phone falls silent. With drift d, the share of a panel's phones still
+/// speaking at second t is 1 / (1 + d·t / duration), so the people each speaking phone stands for
+/// rise linearly by d over the night, whoever is there: a phone falls silent at the second its
+/// own uniform draw u says, T·(1/u − 1)/d.
+fn silent_times(world: &World) -> Vec<f64> {
+    let cfg = &world.cfg;
+    world
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let drift = cfg
+                .panel
+                .providers
+                .get((a.provider as usize).wrapping_sub(1))
+                .map_or(0.0, |p| p.drift);
+            if drift <= 0.0 {
+                return f64::INFINITY;
+            }
+            let u = Rng::new(cfg.seed ^ 0x5117_e4ce ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).f64();
+            cfg.duration_s * (1.0 / u.max(1e-12) - 1.0) / drift
+        })
+        .collect()
 }
 
 fn interval(panel: &super::agents::Panel, provider: u8, rng: &mut Rng) -> f64 {

@@ -36,6 +36,12 @@ pub struct Trial {
     pub people: usize,
     /// Seconds of night.
     pub duration_s: f64,
+    /// The scale-error model's name, for the report (`0`: the right factors).
+    pub scale_error_name: String,
+    /// Each provider's configured factor as a multiple of the right one (1 / coverage).
+    pub scale_error: Vec<f64>,
+    /// Whether the engine may learn people per device from the zone counts.
+    pub calibration: bool,
 }
 
 /// One segment's score over a night.
@@ -50,6 +56,8 @@ pub struct SegmentScore {
     pub windows: u32,
     /// Mean true people in them.
     pub mean_true: f64,
+    /// Σ estimate / Σ truth − 1 over the same windows: which way the error leans.
+    pub bias: Option<f64>,
 }
 
 /// A night's score.
@@ -61,6 +69,20 @@ pub struct Score {
     pub panel: String,
     /// Error model.
     pub error: String,
+    /// Scale-error model (`0`, `+30`, `-30`, `±30`).
+    pub scale_error: String,
+    /// Whether calibration was on.
+    pub calibration: bool,
+    /// Mean MAPE over the segments with a counter or zone headcount.
+    pub counted_mape: f64,
+    /// Each provider at the end of the night: (source, configured, in force, right).
+    pub factors: Vec<(String, f64, f64, f64)>,
+    /// The people the factors in force make of the whole panel, against the right ones, at the
+    /// end of the night − 1 (Σ share × factor / Σ share × right factor − 1): what the factors
+    /// do to the total, whether or not the sources could be told apart.
+    pub factor_error: f64,
+    /// Seconds into the night after which that error stays within ±5 % (null: never).
+    pub factor_settled_s: Option<f64>,
     /// Per segment.
     pub segments: Vec<SegmentScore>,
     /// Median of the segments' MAPE.
@@ -88,6 +110,12 @@ struct Collect {
     /// (window end, segment) → (people, tier, truth tier).
     rows: HashMap<(i64, usize), (f64, Shown, Shown)>,
     off_network: u64,
+    /// The newest window's people per device.
+    factors: Vec<(String, f64, f64)>,
+    /// Each provider's share of the people (by source name).
+    mix: Vec<(String, f64)>,
+    /// Per window: (end, Σ share × factor in force).
+    factor_track: Vec<(i64, f64)>,
 }
 
 impl Outputs for Collect {
@@ -96,6 +124,17 @@ impl Outputs for Collect {
             return;
         }
         let w: &HexWindow = c.window;
+        self.factors = c
+            .calibration
+            .iter()
+            .map(|k| (k.source.clone(), k.prior, k.people_per_device))
+            .collect();
+        let people: f64 = self
+            .factors
+            .iter()
+            .filter_map(|(s, _, k)| self.mix.iter().find(|(m, _)| m == s).map(|(_, share)| share * k))
+            .sum();
+        self.factor_track.push((w.end.0, people));
         self.off_network += w.segments.off_network_devices;
         let n = c.statuses.len();
         let mut t = w.clone();
@@ -120,11 +159,13 @@ fn rank(s: Shown) -> u8 {
 }
 
 /// The config a trial runs under: `base` with every simulated provider at people-per-device
-/// = 1 / the panel's coverage and its typical ping interval (what an operator knows of a panel).
-pub fn trial_config(base: &Config, panel: &Panel) -> Config {
+/// = 1 / the panel's coverage (times its `scale_error`) and its typical ping interval (what an
+/// operator knows of a panel).
+pub fn trial_config(base: &Config, panel: &Panel, scale_error: &[f64]) -> Config {
     let mut cfg = base.clone();
-    let scale = 1.0 / panel.coverage().max(1e-6);
-    for p in &panel.providers {
+    let right = 1.0 / panel.coverage().max(1e-6);
+    for (i, p) in panel.providers.iter().enumerate() {
+        let scale = right * scale_error.get(i).copied().unwrap_or(1.0);
         let mean = (p.interval_s.0 + p.interval_s.1) / 2.0;
         cfg.lbs.sources.insert(
             p.name.clone(),
@@ -141,7 +182,9 @@ pub fn trial_config(base: &Config, panel: &Panel) -> Config {
 
 /// Simulates one night over the scenario in `dir` and scores the engine against its truth.
 pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> {
-    let cfg = trial_config(base, &trial.panel);
+    let mut cfg = trial_config(base, &trial.panel, &trial.scale_error);
+    cfg.risk.calibration.enabled = trial.calibration;
+    let right = 1.0 / trial.panel.coverage().max(1e-6);
     let start_ms = 1_767_193_200_000; // 2025-12-31T23:00+08:00
     let world = World::new(
         Scenario::load(dir, trial.seed)?,
@@ -185,7 +228,22 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         truth_risk: risk(store()?),
         rows: HashMap::new(),
         off_network: 0,
+        factors: Vec::new(),
+        mix: trial
+            .panel
+            .providers
+            .iter()
+            .map(|p| (format!("lbs/{}", p.name), p.share))
+            .collect(),
+        factor_track: Vec::new(),
     };
+    let counted: std::collections::HashSet<usize> = pipe
+        .registry
+        .points()
+        .iter()
+        .filter(|p| !p.gate)
+        .filter_map(|p| p.segment.as_deref().and_then(|s| map.index(s)))
+        .collect();
     let parser = pipe.parser.clone();
     let Pipeline { engine, sources, .. } = pipe;
     let mut flow = Flow::new(engine, sources, risk(store()?), outputs, &cfg.window);
@@ -213,7 +271,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
     // the last only part of the night: score from 6 minutes in to a window before the end.
     let first_end = start_ms + 360_000 + size;
     let last_end = start_ms + (trial.duration_s * 1000.0) as i64 - slide;
-    let mut per: Vec<(f64, u32, f64)> = vec![(0.0, 0, 0.0); map.segments().len()];
+    let mut per: Vec<(f64, u32, f64, f64)> = vec![(0.0, 0, 0.0, 0.0); map.segments().len()];
     let (mut est_sum, mut true_sum, mut agree, mut n) = (0.0, 0.0, 0u64, 0u64);
     let mut keys: Vec<&(i64, usize)> = out.rows.keys().collect();
     keys.sort_unstable();
@@ -233,6 +291,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
             e.0 += (est - tru as f64).abs() / tru as f64;
             e.1 += 1;
             e.2 += tru as f64;
+            e.3 += est;
         }
     }
     // Crossings: the truth tier rises into high or critical; the estimate must be there within a slide.
@@ -258,19 +317,63 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         .segments()
         .iter()
         .zip(&per)
-        .map(|(s, (sum, w, tru))| SegmentScore {
+        .map(|(s, (sum, w, tru, est))| SegmentScore {
             segment_id: s.id.0.clone(),
             mape: (*w > 0).then(|| sum / *w as f64),
             windows: *w,
             mean_true: if *w > 0 { tru / *w as f64 } else { 0.0 },
+            bias: (*w > 0 && *tru > 0.0).then(|| est / tru - 1.0),
         })
+        .collect();
+    let counted_mapes: Vec<f64> = segments
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| counted.contains(i))
+        .filter_map(|(_, s)| s.mape)
         .collect();
     let mut mapes: Vec<f64> = segments.iter().filter_map(|s| s.mape).collect();
     mapes.sort_by(f64::total_cmp);
+    // Right: Σ share × (1 / coverage) × (1 + drift × t / T) = 1 + drift × t / T.
+    let drift = trial.panel.providers.first().map_or(0.0, |p| p.drift);
+    let factor_errors: Vec<(f64, f64)> = out
+        .factor_track
+        .iter()
+        .map(|(end, k)| {
+            let t = (end - start_ms) as f64 / 1000.0;
+            (t, k / (1.0 + drift * (t / trial.duration_s).min(1.0)) - 1.0)
+        })
+        .collect();
+    let factor_errors: Vec<(f64, f64)> = factor_errors
+        .into_iter()
+        .filter(|(t, _)| start_ms + (*t * 1000.0) as i64 <= last_end)
+        .collect();
+    let factor_settled_s = match factor_errors.iter().rposition(|(_, e)| e.abs() > 0.05) {
+        None => factor_errors.first().map(|(t, _)| *t),
+        Some(i) => factor_errors.get(i + 1).map(|(t, _)| *t),
+    };
     Ok(Score {
         seed: trial.seed,
         panel: trial.panel_name.clone(),
         error: trial.error_name.clone(),
+        scale_error: trial.scale_error_name.clone(),
+        calibration: trial.calibration,
+        counted_mape: counted_mapes.iter().sum::<f64>() / counted_mapes.len().max(1) as f64,
+        factors: out
+            .factors
+            .iter()
+            .map(|(s, p, k)| {
+                // A drifting provider's right factor is the one at the end of the night.
+                let drift = trial
+                    .panel
+                    .providers
+                    .iter()
+                    .find(|q| s.strip_prefix("lbs/") == Some(q.name.as_str()))
+                    .map_or(0.0, |q| q.drift);
+                (s.clone(), *p, *k, right * (1.0 + drift))
+            })
+            .collect(),
+        factor_error: factor_errors.last().map_or(0.0, |(_, e)| *e),
+        factor_settled_s,
         median_mape: median(&mapes),
         max_mape: mapes.last().copied().unwrap_or(0.0),
         segments,
