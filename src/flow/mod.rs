@@ -142,6 +142,7 @@ impl<O: Outputs> Flow<O> {
         f.engine.set_max_delays(f.sources.max_delays());
         f.engine.set_profiles(f.sources.profiles());
         f.engine.set_segments(f.risk.map().clone());
+        f.engine.set_zone_segments(f.risk.point_segments().to_vec());
         f
     }
 
@@ -255,6 +256,7 @@ impl<O: Outputs> Flow<O> {
     pub fn reload_segments(&mut self, map: Arc<SegmentMap>) {
         self.engine.set_segments(map.clone());
         self.risk.reload(map);
+        self.engine.set_zone_segments(self.risk.point_segments().to_vec());
     }
 
     /// The engine (for checkpoints and health).

@@ -60,6 +60,9 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason (so each is exported from zero).
+    pub const ALL: [Rejection; 3] = [Rejection::Implausible, Rejection::Stuck, Rejection::Disagrees];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

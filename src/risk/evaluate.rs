@@ -192,6 +192,11 @@ impl Risk {
         self.states = s.states.into_iter().filter(|(k, _)| keep.contains(k)).collect();
     }
 
+    /// Per registry point, the segment it counts (None: on no segment).
+    pub fn point_segments(&self) -> &[Option<usize>] {
+        &self.point_segment
+    }
+
     /// The configured people per device, by source id (calibration starts from them).
     pub fn set_priors(&mut self, priors: Vec<f64>) {
         self.calibrator.set_priors(priors);

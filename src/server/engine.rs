@@ -299,8 +299,10 @@ impl EngineTask {
                 .set(c.people_per_device);
             metrics::gauge!("throng_calibration_confidence", "source" => c.source.clone()).set(c.confidence);
         }
-        for (reason, n) in self.flow.calibrator().rejected() {
-            metrics::counter!("throng_calibration_rejected_total", "reason" => reason.as_str()).absolute(*n);
+        let rejected = self.flow.calibrator().rejected();
+        for reason in crate::risk::Rejection::ALL {
+            let n = rejected.get(&reason).copied().unwrap_or(0);
+            metrics::counter!("throng_calibration_rejected_total", "reason" => reason.as_str()).absolute(n);
         }
         let last_end = self.flow.outputs().0.last_window_end();
         let mut health = Health::of(

@@ -257,6 +257,9 @@ pub struct Engine {
     /// ambiguous ping between segments.
     #[serde(default)]
     prior: Vec<f64>,
+    /// Per registry point, the segment its zone headcount counts (set by the flow, from config).
+    #[serde(skip)]
+    zone_segments: Vec<Option<usize>>,
     #[serde(default)]
     profiles: Vec<DeviceProfile>,
     /// The segments positions are matched to (set by the flow; not part of a checkpoint).
@@ -303,12 +306,19 @@ impl Engine {
             carry: FxHashMap::default(),
             presence: Presence::default(),
             prior: Vec::new(),
+            zone_segments: Vec::new(),
             profiles: Vec::new(),
             segments: None,
             places: PlaceCache::default(),
             closed_keys: BTreeMap::new(),
             resend_ms: w.resend_horizon.as_millis() as i64,
         }
+    }
+
+    /// Which segment each registry point's headcount counts: a zone's count floors its segment's
+    /// prior, so the pings of a counted crowd are not handed to its neighbours.
+    pub fn set_zone_segments(&mut self, by_point: Vec<Option<usize>>) {
+        self.zone_segments = by_point;
     }
 
     /// Sets the segments positions are matched to; a different map restarts the prior.
@@ -654,11 +664,23 @@ impl Engine {
         if w.segments.people.len() != map.segments().len() {
             return;
         }
+        // A zone headcount is the segment's crowd where it says more than the phones (the same
+        // floor the segments stage applies): a dense square whose pings scatter past its edges
+        // would otherwise lend its crowd to the steps and crossings beside it, window after window.
+        let mut counted: Vec<Option<f64>> = vec![None; w.segments.people.len()];
+        for p in &w.points {
+            if let (Some(o), Some(Some(j))) = (p.occupancy, self.zone_segments.get(p.point.0 as usize)) {
+                if let Some(c) = counted.get_mut(*j) {
+                    *c.get_or_insert(0.0) += o as f64;
+                }
+            }
+        }
         self.prior = map
             .segments()
             .iter()
             .zip(&w.segments.people)
-            .map(|(seg, p)| (p / seg.area_m2).max(PRIOR_FLOOR))
+            .zip(&counted)
+            .map(|((seg, p), c)| (p.max(c.unwrap_or(0.0)) / seg.area_m2).max(PRIOR_FLOOR))
             .collect();
     }
 
@@ -1496,6 +1518,50 @@ mod tests {
             assert_eq!(w.rows.len(), 1, "one cell holds both streets");
             let p = &w.segments.people;
             assert!((p[0] - 30.0).abs() < 0.01 && (p[1] - 10.0).abs() < 0.01, "{p:?}");
+        }
+
+        #[test]
+        fn a_zone_headcount_floors_its_segments_prior_so_ambiguous_pings_stay_with_the_crowd() {
+            let run = |zone: bool| {
+                let (mut e, _) = engine_over(
+                    vec![street("north", 20.0, 8.0), street("south", -20.0, 8.0)],
+                    60,
+                    60,
+                );
+                e.set_zone_segments(vec![Some(0)]);
+                // First window: 10 phones on each street, and the north street's zone counts 100.
+                for d in 0..10 {
+                    e.ingest(&at(T0 + 1_000, d, 20.0, d as f64 * 8.0 - 40.0, 3.0), 0);
+                    e.ingest(&at(T0 + 1_000, 100 + d, -20.0, d as f64 * 8.0 - 40.0, 3.0), 0);
+                }
+                if zone {
+                    let mut r = at(T0 + 2_000, 0, 20.0, 0.0, 3.0);
+                    r.point = Some(PointIdx(0));
+                    r.body = Body::Occupancy {
+                        sensor: SensorIdx(0),
+                        people: 100,
+                    };
+                    e.ingest(&r, 0);
+                }
+                // Next window: one phone exactly between the streets, its error covering both.
+                e.ingest(&at(T0 + 61_000, 500, 0.0, 0.0, 30.0), 0);
+                let w = e.flush();
+                let last = w.last().unwrap();
+                // The first window's phones are carried into this one; the new phone is the rest.
+                let s = &last.segments;
+                let fresh = |i: usize| s.people[i] - s.carried[i];
+                fresh(0) / (fresh(0) + fresh(1)).max(1e-9)
+            };
+            let plain = run(false);
+            let floored = run(true);
+            assert!(
+                (plain - 0.5).abs() < 0.1,
+                "equal phones, about an even split: {plain}"
+            );
+            assert!(
+                floored > 0.7 && floored - plain > 0.15,
+                "the counted crowd keeps more of the ambiguous ping: {floored} against {plain}"
+            );
         }
 
         #[test]

@@ -70,6 +70,10 @@ fn throng_accuracy_scores_the_engine_within_its_bounds() {
         "bund,sparse",
         "--errors",
         "panel,30",
+        // The placement of positions on segments, with the right people per device: at this
+        // scale one zone of ~300 people learns the factor only within ±7 % (docs/ACCURACY.md),
+        // which would blur what these bounds guard. Calibration has its own test (it::calibration).
+        "--no-calibration",
         "--json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
