@@ -96,10 +96,16 @@ function renderSegments(list) {
   updateStatus();
 }
 
+// Times in the event's own zone (the scenario's time_zone), whatever the viewing machine's is.
+function localTime(ms) {
+  const tz = (state.scenario && state.scenario.time_zone) || "UTC";
+  return new Date(ms).toLocaleTimeString("zh-CN", { hour12: false, timeZone: tz });
+}
+
 function addAlert(a) {
   state.alerts++;
   const li = document.createElement("li");
-  const t = new Date(a.ts).toLocaleTimeString("zh-CN", { hour12: false });
+  const t = localTime(a.ts);
   li.innerHTML = `<b>${t}</b> ${a.name}: <span class="tier t-${a.from_tier}">${a.from_tier}</span> → ` +
     `<span class="tier t-${a.to_tier}">${a.to_tier}</span> — ${a.reason}`;
   $("alert-list").prepend(li);
@@ -122,7 +128,7 @@ async function onFrame(f) {
     await ensureOutlines(f.cells.map((c) => c[0]));
     state.cells = f.cells;
     const clock = $("clock");
-    clock.textContent = new Date(f.window_end).toLocaleTimeString("zh-CN", { hour12: false }) + (f.final ? "" : " (provisional)");
+    clock.textContent = localTime(f.window_end) + (f.final ? "" : " (provisional)");
     clock.dataset.windowEnd = f.window_end;
     if (!f.final && f.sources) renderFeeds(f.sources);
   } else if (f.type === "segments") {
@@ -200,6 +206,7 @@ $("org-form").addEventListener("submit", async (e) => {
 async function main() {
   state.scenario = await fetchJson("/api/scenario");
   state.bbox = state.scenario.bbox;
+  $("tz").textContent = state.scenario.time_zone || "UTC";
   const segs = await fetchJson("/api/segments");
   renderSegments(segs.filter((s) => s.tier != null));
   const past = await fetchJson("/api/alerts?since=" + (Date.now() - 3600 * 1000)).catch(() => []);

@@ -52,6 +52,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     let cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
+    let tz = cfg.tz();
     let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -98,29 +99,37 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
             if last_table.elapsed().as_secs_f64() >= args.table_every {
                 last_table = Instant::now();
-                print_table(&server, scenario_t, &world.cfg);
+                print_table(&server, scenario_t, &world.cfg, tz);
             }
         }
         server.shutdown().await
     })
 }
 
-fn print_table(server: &server::Server, scenario_t: f64, cfg: &SimConfig) {
+fn print_table(server: &server::Server, scenario_t: f64, cfg: &SimConfig, tz: chrono_tz::Tz) {
     let mut rows = server.segments();
     rows.sort_by(|a, b| b.people.total_cmp(&a.people));
-    let clock = 23.0 * 3600.0 + (scenario_t - cfg.midnight() + 3600.0);
-    let clock = clock.rem_euclid(86_400.0) as u64;
+    let now = chrono::DateTime::from_timestamp_millis(cfg.ts(scenario_t))
+        .unwrap_or_default()
+        .with_timezone(&tz);
+    // The story's clock (the night runs to midnight two thirds in) beside event time, which the
+    // dashboard shows: at --speed > 1 the two differ.
+    let story = (23.0 * 3600.0 + (scenario_t - cfg.midnight() + 3600.0)).rem_euclid(86_400.0) as u64;
     let mut out = format!(
-        "\n{:02}:{:02}:{:02} (Shanghai, simulated) — busiest segments\n",
-        clock / 3600,
-        clock / 60 % 60,
-        clock % 60
+        "\n{} {} (event time; the simulated night's {:02}:{:02}:{:02}) — busiest segments\n",
+        now.format("%H:%M:%S"),
+        tz.name(),
+        story / 3600,
+        story / 60 % 60,
+        story % 60
     );
     for s in rows.iter().take(8) {
-        let name: String = s.name.chars().take(34).collect();
         out.push_str(&format!(
-            "  {name:<36} {:>7.0}  {:>5.2} p/m²  {}\n",
-            s.people, s.density, s.tier
+            "  {} {:>7.0}  {:>5.2} p/m²  {}\n",
+            pad_to_width(&s.name, 36),
+            s.people,
+            s.density,
+            s.tier
         ));
     }
     if rows.is_empty() {
@@ -128,4 +137,43 @@ fn print_table(server: &server::Server, scenario_t: f64, cfg: &SimConfig) {
     }
     print!("{out}");
     let _ = std::io::stdout().flush();
+}
+
+/// `text` cut and padded to `width` terminal columns: a Chinese character takes two, so counting
+/// characters would push every column after a Chinese name out of line.
+fn pad_to_width(text: &str, width: usize) -> String {
+    use unicode_width::UnicodeWidthChar;
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.extend(std::iter::repeat_n(' ', width - used));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pad_to_width;
+    use unicode_width::UnicodeWidthStr;
+
+    #[test]
+    fn table_names_are_cut_and_padded_by_display_width_so_chinese_names_keep_columns_aligned() {
+        for name in [
+            "陈毅广场台阶 Chen Yi Square steps",
+            "南京东路（西藏中路–河南中路）East Nanjing Road, Xizang–Henan",
+            "Bund promenade",
+            "外滩",
+        ] {
+            let cell = pad_to_width(name, 36);
+            assert_eq!(cell.width(), 36, "{cell:?}");
+        }
+        // A wide character that would straddle the edge is left out, not split.
+        assert_eq!(pad_to_width("ab外", 3), "ab ");
+    }
 }

@@ -16,6 +16,9 @@ pub mod thresholds;
 pub struct Config {
     /// Folder with `segments.geojson`, `sensors.json`, `stations.json`.
     pub scenario: PathBuf,
+    /// The event's time zone (IANA name, e.g. `Asia/Shanghai`): what the dashboard, the terminal
+    /// table and reports show times in. The API and SQL keep epoch ms and UTC.
+    pub time_zone: String,
     /// Event-time windowing.
     pub window: WindowConfig,
     /// H3 indexing.
@@ -50,6 +53,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             scenario: PathBuf::from("fixtures/bund"),
+            time_zone: "UTC".into(),
             window: WindowConfig::default(),
             h3: H3Config::default(),
             privacy: PrivacyConfig::default(),
@@ -567,6 +571,11 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The event's time zone (validated at load; UTC if it somehow is not).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.time_zone.parse().unwrap_or(chrono_tz::UTC)
+    }
+
     /// Checks the relations between keys that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| {
@@ -575,6 +584,15 @@ impl Config {
                 reason,
             })
         };
+        if self.time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return bad(
+                "time_zone",
+                format!(
+                    "{:?} is not an IANA time zone name (write it as in the tz database, e.g. \"Asia/Shanghai\" or \"UTC\")",
+                    self.time_zone
+                ),
+            );
+        }
         let w = &self.window;
         if w.slide.is_zero() || !w.slide.subsec_nanos().is_multiple_of(1_000_000) {
             return bad(
@@ -846,6 +864,16 @@ token = "abcdefghij"
             .unwrap_err()
             .to_string();
         assert!(e.contains("window.sizee") || e.contains("sizee"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_time_zone_is_refused_naming_the_key_and_the_form() {
+        let e = Config::parse("time_zone = \"Shanghai\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("time_zone") && e.contains("Asia/Shanghai"), "{e}");
+        let c = Config::parse("time_zone = \"Asia/Shanghai\"\n").unwrap();
+        assert_eq!(c.tz(), chrono_tz::Asia::Shanghai);
     }
 
     #[test]

@@ -42,7 +42,7 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
     let cfg = dir.path().join("fast.toml");
     std::fs::write(
         &cfg,
-        "[window]\nsize = \"4s\"\nslide = \"2s\"\nallowed_lateness = \"300ms\"\nidle_timeout = \"2s\"\n\
+        "time_zone = \"Asia/Shanghai\"\n[window]\nsize = \"4s\"\nslide = \"2s\"\nallowed_lateness = \"300ms\"\nidle_timeout = \"2s\"\n\
          [lbs.sources.carrier-a]\nscale = 1.36\n[lbs.sources.carrier-b]\nscale = 1.25\n",
     )
     .unwrap();
@@ -79,6 +79,27 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
     assert!(
         attr("data-window-end") > 1_700_000_000_000,
         "the clock shows an event time"
+    );
+    // In the event's own zone (the scenario's time_zone), not the viewing machine's (UTC here).
+    let end = attr("data-window-end") as i64;
+    let shown = dom
+        .split("id=\"clock\"")
+        .nth(1)
+        .and_then(|t| t.split('>').nth(1))
+        .and_then(|t| t.split('<').next())
+        .unwrap_or_default();
+    let local = chrono::DateTime::from_timestamp_millis(end)
+        .unwrap()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%H:%M:%S")
+        .to_string();
+    assert!(
+        shown.starts_with(&local),
+        "clock {shown:?}, window end in Shanghai {local}"
+    );
+    assert!(
+        dom.contains(">Asia/Shanghai<"),
+        "the zone is named beside the clock"
     );
     // Delay is visible: the sources view lists every feed with its delays, the lag badge holds a
     // number, and provisional frames say which feeds are in for the open window.

@@ -199,7 +199,7 @@ pub async fn alerts(State(h): State<AppState>, headers: HeaderMap, q: Params) ->
 
 /// `GET /api/scenario`: segment polygons (GeoJSON), the basemap, and the bounding box.
 #[utoipa::path(get, path = "/api/scenario", tag = "live",
-    description = "What the dashboard draws: segment polygons and the basemap (GeoJSON), the bounding box, the H3 resolution and the privacy threshold k.",
+    description = "What the dashboard draws: segment polygons and the basemap (GeoJSON), the bounding box, the H3 resolution, the privacy threshold k and the event's time zone (IANA name; the dashboard shows times in it).",
     params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
     responses((status = 200, description = "The scenario", body = serde_json::Value), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -221,6 +221,7 @@ pub async fn scenario(
         "bbox": h.picture.segments().bbox(),
         "res": h.config.h3.resolution,
         "k": h.config.privacy.k,
+        "time_zone": h.config.time_zone,
     }))
     .into_response())
 }
