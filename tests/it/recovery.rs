@@ -30,7 +30,8 @@ const DOWNTIME: Duration = Duration::from_millis(4_000);
 
 const CONFIG: &str = "[window]\nsize = \"60s\"\nslide = \"10s\"\nallowed_lateness = \"5s\"\nidle_timeout = \"3s\"\n\
 [privacy]\nk = 0\n[durability]\ncheckpoint_every = \"2500ms\"\n\
-[lbs.sources.carrier-a]\nscale = 1.25\nping_interval = \"55s\"\n[lbs.sources.carrier-b]\nscale = 1.25\nping_interval = \"17s\"\n";
+[lbs.sources.carrier-a]\nscale = 1.25\nping_interval = \"55s\"\n[lbs.sources.carrier-b]\nscale = 1.25\nping_interval = \"17s\"\n\
+[risk.calibration]\nwarmup = \"60s\"\n";
 
 /// One POST that may fail (the server may be killed under it): the status, or None.
 pub async fn try_post(addr: std::net::SocketAddr, body: &str) -> Option<u16> {
@@ -215,6 +216,12 @@ async fn a_server_killed_and_restarted_five_times_ends_with_the_uninterrupted_ru
             "SELECT * FROM segment_windows ORDER BY window_start, segment_id",
         ),
         ("alerts", "SELECT * FROM alerts ORDER BY ts, segment_id, to_tier"),
+        // People per device learnt from Chen Yi Square's zone count (a short warm-up, so most of
+        // the night calibrates): a recovery must learn exactly what the live run learnt.
+        (
+            "calibration",
+            "SELECT * FROM calibration ORDER BY window_start, source",
+        ),
         // The watermark a record met during the pause depends on how long the pause took in
         // wall time in each run, so that one column is left out.
         (
@@ -239,6 +246,12 @@ async fn a_server_killed_and_restarted_five_times_ends_with_the_uninterrupted_ru
             "{table}: row counts differ, {why}"
         );
     }
+    let learnt = query(
+        &calm,
+        "SELECT count(*) AS n FROM calibration WHERE status = 'calibrated'",
+    );
+    let n: u64 = learnt.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(n > 0, "calibration never learnt: its recovery went untested");
     // The feed is delayed and pauses: some records were late in both runs, the same ones.
     let late = query(
         &calm,
