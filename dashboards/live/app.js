@@ -102,15 +102,53 @@ function localTime(ms) {
   return new Date(ms).toLocaleTimeString("zh-CN", { hour12: false, timeZone: tz });
 }
 
+// One list item per alert, keyed by segment and ts (the pair names an alert); an unacknowledged
+// critical alert pulses until someone acknowledges it, on this screen or any other.
+function alertKey(seg, ts) { return seg + "@" + ts; }
+
 function addAlert(a) {
   state.alerts++;
   const li = document.createElement("li");
+  li.dataset.key = alertKey(a.segment_id, a.ts);
+  li.dataset.tier = a.to_tier;
   const t = localTime(a.ts);
-  li.innerHTML = `<b>${t}</b> ${a.name}: <span class="tier t-${a.from_tier}">${a.from_tier}</span> → ` +
-    `<span class="tier t-${a.to_tier}">${a.to_tier}</span> — ${a.reason}`;
+  li.innerHTML = `<b>${t}</b> <a href="#" class="seg-link" data-seg="${a.segment_id}">${a.name}</a>: <span class="tier t-${a.from_tier}">${a.from_tier}</span> → ` +
+    `<span class="tier t-${a.to_tier}">${a.to_tier}</span> — ${a.reason} <span class="ack-slot"></span>`;
   $("alert-list").prepend(li);
   while ($("alert-list").children.length > 200) $("alert-list").lastChild.remove();
+  showAck(li, a.ack || null);
   updateStatus();
+}
+
+function showAck(li, ack) {
+  const slot = li.querySelector(".ack-slot");
+  li.classList.toggle("acked", !!ack);
+  li.classList.toggle("crit-unacked", !ack && li.dataset.tier === "critical");
+  if (ack) {
+    li.dataset.ackBy = ack.by;
+    slot.innerHTML = `<span class="ack-by">✓ ${ack.by} ${localTime(ack.ts)}</span>`;
+  } else {
+    slot.innerHTML = `<button class="ack-btn">确认 Acknowledge</button>`;
+    slot.querySelector("button").onclick = () => acknowledge(li);
+  }
+  const n = document.querySelectorAll("#alert-list li.crit-unacked").length;
+  const el = $("unacked");
+  el.dataset.count = n;
+  el.textContent = n ? `${n} critical unacknowledged 未确认` : "all acknowledged 已确认";
+  el.className = "pill" + (n ? " alarm" : "");
+}
+
+async function acknowledge(li) {
+  const [seg, ts] = li.dataset.key.split("@");
+  try {
+    const r = await fetchJson("/api/alerts/ack", { method: "POST", body: JSON.stringify({ segment_id: seg, ts: Number(ts) }) });
+    showAck(li, r.ack);
+  } catch (err) { li.querySelector(".ack-slot").textContent = "refused 拒绝: " + err.message; }
+}
+
+function onAck(a) {
+  const li = document.querySelector(`#alert-list li[data-key="${CSS.escape(alertKey(a.segment_id, a.alert_ts))}"]`);
+  if (li) showAck(li, a);
 }
 
 function updateStatus() {
@@ -135,6 +173,8 @@ async function onFrame(f) {
     renderSegments(f.segments);
   } else if (f.type === "alert") {
     addAlert(f);
+  } else if (f.type === "ack") {
+    onAck(f);
   }
   draw();
   updateStatus();

@@ -26,7 +26,7 @@ pub enum OutputFormat {
 /// `throng query`.
 #[derive(Debug, Args, Clone)]
 #[command(
-    after_help = "Tables: hex_windows, segment_windows, calibration, alerts, thresholds_audit, late_records.\n\
+    after_help = "Tables: hex_windows, segment_windows, calibration, alerts, thresholds_audit, late_records, alert_acks.\n\
 H3 functions: h3_to_string, h3_from_string, h3_parent, h3_resolution, h3_lat, h3_lng, h3_area_m2,\n\
 h3_boundary_wkt, h3_latlng_to_cell.\n\n\
 Example: throng query \"SELECT segment_id, max(density) FROM segment_windows GROUP BY 1 ORDER BY 2 DESC\""

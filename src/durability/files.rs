@@ -13,6 +13,8 @@ pub mod names {
     pub const ALERTS: &str = "alerts.ndjson";
     /// Records that missed a closed window (the `late_records` table).
     pub const LATE_RECORDS: &str = "late-records.ndjson";
+    /// Alert acknowledgements, one JSON line each (the `alert_acks` table).
+    pub const ALERT_ACKS: &str = "alert-acks.ndjson";
     /// Organisers' threshold overrides.
     pub const THRESHOLDS: &str = "thresholds.json";
     /// Every threshold change (the `thresholds_audit` table).

@@ -143,6 +143,18 @@ pub static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `alert_acks`, read from `<data-dir>/alert-acks.ndjson`: who acknowledged which alert, when.
+pub static ACKS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        ts("ts", false),
+        ts("alert_ts", false),
+        Field::new("segment_id", DataType::Utf8, false),
+        Field::new("by", DataType::Utf8, false),
+        Field::new("role", DataType::Utf8, false),
+        Field::new("note", DataType::Utf8, true),
+    ]))
+});
+
 /// `late_records`, read from `<data-dir>/late-records.ndjson`: records that arrived after their
 /// oldest window closed (counted in their open windows, kept here).
 pub static LATE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

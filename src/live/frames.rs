@@ -158,6 +158,13 @@ pub fn alert(a: &Alert) -> String {
     v.to_string()
 }
 
+/// `{"type":"ack", ...}`: an alert was acknowledged.
+pub fn ack(a: &crate::live::Ack) -> String {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    v["type"] = "ack".into();
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

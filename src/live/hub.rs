@@ -34,6 +34,8 @@ pub enum LiveEvent {
     },
     /// A tier change.
     Alert { alert: Arc<Alert>, at: Instant },
+    /// Someone acknowledged an alert (every screen marks it).
+    Ack { ack: Arc<crate::live::Ack>, at: Instant },
 }
 
 /// Frame latency (publish → written to the socket), microseconds, per frame type.

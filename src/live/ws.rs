@@ -76,6 +76,7 @@ fn encode(hub: &Hub, e: &LiveEvent, sub: &Subscription, k: u32) -> (FrameKind, U
             (FrameKind::Segments, text, *at)
         }
         LiveEvent::Alert { alert, at } => (FrameKind::Alert, frames::alert(alert).into(), *at),
+        LiveEvent::Ack { ack, at } => (FrameKind::Alert, frames::ack(ack).into(), *at),
     }
 }
 
@@ -180,7 +181,7 @@ fn newest(events: &mut tokio::sync::broadcast::Receiver<LiveEvent>) -> Vec<LiveE
         match events.try_recv() {
             Ok(e @ LiveEvent::Heatmap { .. }) => heat = Some(e),
             Ok(e @ LiveEvent::Segments { .. }) => segs = Some(e),
-            Ok(e @ LiveEvent::Alert { .. }) => alerts.push(e),
+            Ok(e @ (LiveEvent::Alert { .. } | LiveEvent::Ack { .. })) => alerts.push(e),
             Err(TryRecvError::Lagged(n)) => {
                 metrics::counter!("throng_live_frames_skipped_total").increment(n)
             }

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use super::tables::{NdjsonTable, WindowTable};
 use crate::config::SqlConfig;
 use crate::durability::files::names;
-use crate::history::schema::{ALERTS_SCHEMA, AUDIT_SCHEMA, LATE_SCHEMA};
+use crate::history::schema::{ACKS_SCHEMA, ALERTS_SCHEMA, AUDIT_SCHEMA, LATE_SCHEMA};
 use crate::history::store::{History, Table};
 
 /// Why a query gave no answer. Each message says what to change.
@@ -229,6 +229,7 @@ impl SqlEngine {
             ("alerts", names::ALERTS, &*ALERTS_SCHEMA),
             ("thresholds_audit", names::THRESHOLDS_AUDIT, &*AUDIT_SCHEMA),
             ("late_records", names::LATE_RECORDS, &*LATE_SCHEMA),
+            ("alert_acks", names::ALERT_ACKS, &*ACKS_SCHEMA),
         ] {
             ctx.register_table(
                 name,

@@ -244,6 +244,14 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     let thresholds = ThresholdStore::open(Some(data_dir))
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("loading thresholds")?;
+    let acks = crate::live::AckStore::open(Some(data_dir)).with_context(|| {
+        format!(
+            "reading {}",
+            data_dir
+                .join(crate::durability::files::names::ALERT_ACKS)
+                .display()
+        )
+    })?;
     let risk = Risk::new(
         map.clone(),
         pipe.registry.points().to_vec(),
@@ -294,6 +302,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         config: cfg.clone(),
         picture,
         thresholds,
+        acks,
         control,
         hub,
         stop: token.clone(),

@@ -80,6 +80,8 @@ pub struct AppState {
     pub picture: Picture,
     /// Organiser thresholds.
     pub thresholds: ThresholdStore,
+    /// Who acknowledged which alert.
+    pub acks: crate::live::AckStore,
     /// Requests to the engine task.
     pub control: EngineControl,
     /// Live frames to viewers.

@@ -250,3 +250,143 @@ async fn sighup_reloads_the_segments_file_and_a_bad_file_keeps_the_old_one() {
         "still serving"
     );
 }
+
+/// Waits for a text frame of `kind` on `ws` for which `pick` holds.
+async fn frame_where<S>(
+    ws: &mut S,
+    kind: &str,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value
+where
+    S: futures_util::Stream<
+            Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} frame in 10 s"));
+        if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = m {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == kind && pick(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_alert_is_acknowledged_once_with_who_and_when_on_every_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let a = server.addr;
+    let path = "/api/segments/chenyi-steps/thresholds";
+    assert_eq!(
+        request(a, "PUT", path, Some(ORGANISER), r#"{"capacity":5}"#)
+            .await
+            .0,
+        200
+    );
+    let (mut screen_a, _) = tokio_tungstenite::connect_async(format!("ws://{a}/ws/live?token={VIEWER}"))
+        .await
+        .unwrap();
+    let (mut screen_b, _) = tokio_tungstenite::connect_async(format!("ws://{a}/ws/live?token={ORGANISER}"))
+        .await
+        .unwrap();
+    let now = throng::model::now_ms();
+    let body: String = (0..20)
+        .map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"s{i}\",\"lat\":31.2413,\"lng\":121.49155,\"accuracy_m\":3}}\n"))
+        .collect();
+    assert_eq!(request(a, "POST", "/api/ingest", Some(FEED), &body).await.0, 202);
+    let alert = frame_where(&mut screen_a, "alert", |v| v["segment_id"] == "chenyi-steps").await;
+    let ts = alert["ts"].as_i64().unwrap();
+    let (_, listed) = request(a, "GET", "/api/alerts?segment=chenyi-steps", Some(VIEWER), "").await;
+    let listed = listed.as_array().unwrap();
+    assert!(!listed.is_empty() && listed.iter().all(|x| x["segment_id"] == "chenyi-steps"));
+    assert!(listed[0]["ack"].is_null(), "not acknowledged yet: {}", listed[0]);
+
+    // Wrong requests say what was wrong and change nothing.
+    let ack =
+        |seg: &str, ts: i64| format!("{{\"segment_id\":\"{seg}\",\"ts\":{ts},\"note\":\"stewards sent\"}}");
+    assert_eq!(
+        request(a, "POST", "/api/alerts/ack", Some(FEED), &ack("chenyi-steps", ts))
+            .await
+            .0,
+        403
+    );
+    let (s, e) = request(
+        a,
+        "POST",
+        "/api/alerts/ack",
+        Some(VIEWER),
+        &ack("chenyi-steps", ts + 1),
+    )
+    .await;
+    assert_eq!(s, 404, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("/api/alerts"), "{e}");
+    let (s, e) = request(
+        a,
+        "POST",
+        "/api/alerts/ack",
+        Some(VIEWER),
+        r#"{"segment":"chenyi-steps"}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+
+    let (s, v) = request(
+        a,
+        "POST",
+        "/api/alerts/ack",
+        Some(VIEWER),
+        &ack("chenyi-steps", ts),
+    )
+    .await;
+    assert_eq!((s, v["new"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["ack"]["by"], "huangpu-command");
+    assert_eq!(v["ack"]["role"], "viewer");
+    // Both screens are told, the other one included.
+    for ws in [&mut screen_a, &mut screen_b] {
+        let f = frame_where(ws, "ack", |v| v["segment_id"] == "chenyi-steps").await;
+        assert_eq!(
+            (f["alert_ts"].as_i64(), f["by"].as_str()),
+            (Some(ts), Some("huangpu-command"))
+        );
+    }
+    // The first acknowledgement stands.
+    let (s, v) = request(
+        a,
+        "POST",
+        "/api/alerts/ack",
+        Some(ORGANISER),
+        &ack("chenyi-steps", ts),
+    )
+    .await;
+    assert_eq!(
+        (s, v["new"].as_bool(), v["ack"]["by"].as_str()),
+        (200, Some(false), Some("huangpu-command"))
+    );
+    let (_, listed) = request(a, "GET", &format!("/api/alerts?since={ts}"), Some(VIEWER), "").await;
+    let it = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["segment_id"] == "chenyi-steps" && x["ts"] == ts)
+        .unwrap();
+    assert_eq!(it["ack"]["by"], "huangpu-command");
+    assert_eq!(it["ack"]["note"], "stewards sent");
+    assert!(it["ack"]["ts"].as_i64().unwrap() >= now);
+    server.shutdown().await.unwrap();
+
+    // Audited in the data dir, and analysts see it as a table.
+    let log = std::fs::read_to_string(dir.path().join("alert-acks.ndjson")).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    let rows = crate::support::query(dir.path(), "SELECT segment_id, by, role, note FROM alert_acks");
+    assert!(
+        rows.contains("chenyi-steps") && rows.contains("huangpu-command") && rows.contains("stewards sent"),
+        "{rows}"
+    );
+}

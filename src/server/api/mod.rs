@@ -8,6 +8,7 @@
 //! `#[utoipa::path]`, so the router and `/api/openapi.json` are built from one list and cannot
 //! drift apart.
 
+pub mod alerts;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
@@ -77,7 +78,8 @@ pub fn routes() -> (OpenApiRouter<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(segments::one))
         .routes(routes!(segments::put_thresholds))
         .routes(routes!(segments::audit))
-        .routes(routes!(segments::alerts))
+        .routes(routes!(alerts::alerts))
+        .routes(routes!(alerts::ack))
         .routes(routes!(segments::scenario))
         .routes(routes!(segments::boundaries))
         .routes(routes!(sql::sql))

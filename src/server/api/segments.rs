@@ -1,5 +1,5 @@
 //! The live picture and what organisers set: segments with their thresholds and statuses, one
-//! segment's recent history, alerts, threshold changes and their audit, segment reload, and what
+//! segment's recent history, threshold changes and their audit, segment reload, and what
 //! the dashboard draws (scenario geometry, cell outlines).
 
 use axum::body::Bytes;
@@ -16,7 +16,7 @@ use crate::faults::Component;
 use crate::model::now_ms;
 use crate::risk::thresholds::AuditEntry;
 use crate::risk::thresholds::{Change, StoreError};
-use crate::risk::{thresholds_for, Alert, SegmentStatus, ThresholdPatch};
+use crate::risk::{thresholds_for, SegmentStatus, ThresholdPatch};
 use crate::server::state::{AppState, ControlError};
 
 /// Cells one boundaries request may ask for: a Bund-scale heatmap is ~3,000 cells, and more would
@@ -171,30 +171,6 @@ pub async fn reload(State(h): State<AppState>, headers: HeaderMap, q: Params) ->
             format!("segments file rejected, old segments kept: {e}"),
         )),
     }
-}
-
-/// `GET /api/alerts?since=`: newest first.
-#[utoipa::path(get, path = "/api/alerts", tag = "live",
-    description = "Tier changes, newest first.",
-    params(("since" = Option<String>, Query, description = "Only alerts at or after this time: epoch ms or RFC 3339"), ("token" = Option<String>, Query, description = "Bearer token, for clients that cannot send `Authorization` (browsers opening a WebSocket)")),
-    responses((status = 200, description = "Alerts", body = Vec<Alert>),
-        (status = 400, description = "`since` unreadable", body = ErrorBody), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn alerts(State(h): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
-    check(&h.config.auth, &headers, &q, roles::VIEW)?;
-    let since = match q.get("since") {
-        None => i64::MIN,
-        Some(s) => s
-            .parse::<i64>()
-            .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("since={s:?}: expected epoch milliseconds or RFC 3339"),
-                )
-            })?,
-    };
-    Ok(Json(h.picture.alerts_since(since)).into_response())
 }
 
 /// `GET /api/scenario`: segment polygons (GeoJSON), the basemap, and the bounding box.
