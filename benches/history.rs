@@ -162,6 +162,7 @@ fn segment_row(s: usize, start: i64, evening: f64) -> throng::risk::SegmentStatu
         degraded: false,
         silent_s: Some(1.0),
         thresholds: throng::risk::Thresholds::default(),
+        sources: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `throng accuracy` runs dozens of simulated nights: their tier changes are its data, not news.
     let default = match cli.command {
-        Command::Accuracy(_) => "info,throng::flow=error",
+        Command::Accuracy(_) | Command::Rehearse(_) => "info,throng::flow=error",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => throng::cli::simulate::run(&args).map(|_| ()),
         Command::Bench(args) => throng::cli::bench::run(&args).map(|_| ()),
         Command::Accuracy(args) => throng::cli::accuracy::run(&args).map(|_| ()),
+        Command::Rehearse(args) => throng::cli::rehearse::run(&args).map(|_| ()),
         Command::Query(args) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

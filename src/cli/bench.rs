@@ -198,6 +198,7 @@ fn night(args: &BenchArgs, start_ms: i64, seed: u64) -> anyhow::Result<World> {
         speed: 1.0,
         seed,
         panel: crate::tools::sim::Panel::bund(),
+        changes: Default::default(),
     };
     World::load(&args.scenario, cfg).map_err(anyhow::Error::msg)
 }

@@ -69,6 +69,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 speed: args.speed,
                 seed: args.seed,
                 panel: crate::tools::sim::Panel::bund(),
+                changes: Default::default(),
             },
         );
         let started = Instant::now();

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod import;
 pub mod query;
+pub mod rehearse;
 pub mod replay;
 pub mod send;
 pub mod serve;
@@ -75,6 +76,9 @@ pub enum Command {
     Query(query::QueryArgs),
     /// Score the engine against the simulator's truth: per-segment error, total error, tiers.
     Accuracy(accuracy::AccuracyArgs),
+    /// Rehearse a night before it happens: the plan and a what-if (closed exits, a bigger crowd,
+    /// new capacities) through the simulator and the engine; writes report.html and summary.json.
+    Rehearse(rehearse::RehearseArgs),
     /// The load harness: simulated traffic into a server with live viewers; throughput and latency.
     Bench(bench::BenchArgs),
 }

@@ -78,6 +78,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
         speed: 1.0,
         seed: args.seed,
         panel: crate::tools::sim::Panel::bund(),
+        changes: Default::default(),
     };
     let world = World::load(&args.scenario, sim).map_err(anyhow::Error::msg)?;
     if !(args.rate.is_finite() && args.rate >= 0.0) {

@@ -837,6 +837,8 @@ token = "abcdefghij"
             .split("```toml\n")
             .skip(1)
             .filter_map(|b| b.split("```").next())
+            // What-if files for `throng rehearse` are checked by their own parser's tests.
+            .filter(|b| !b.starts_with("# what-if"))
             .collect();
         assert!(blocks.len() >= 2);
         for b in blocks {

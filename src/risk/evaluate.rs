@@ -55,6 +55,26 @@ pub struct SegmentStatus {
     pub silent_s: Option<f64>,
     /// Thresholds in force.
     pub thresholds: Thresholds,
+    /// Where the numbers come from: phones, the zone headcount, counters, gates.
+    pub sources: Contributions,
+}
+
+/// What each kind of feed says of one segment in one window (the drill-down shows it beside the
+/// fused `people`, which is the phones' estimate or the zone headcount, whichever is larger).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct Contributions {
+    /// People the phones stand for (devices placed on the segment × people per device).
+    pub lbs_people: f64,
+    /// The zone headcount (cameras counting the people standing in it; null: none reported).
+    pub counted_people: Option<f64>,
+    /// People counters: into the segment during the window.
+    pub counter_in: u64,
+    /// People counters: out of it.
+    pub counter_out: u64,
+    /// Metro gates: out of the station into the segment.
+    pub gate_in: u64,
+    /// Metro gates: from the segment into the station.
+    pub gate_out: u64,
 }
 
 /// A tier change.
@@ -232,6 +252,7 @@ impl Risk {
         }
         let mut inflow = vec![0u64; n];
         let mut outflow = vec![0u64; n];
+        let mut parts = vec![Contributions::default(); n];
         let mut occupancy: Vec<Option<f64>> = vec![None; n];
         for p in &w.points {
             let i = p.point.0 as usize;
@@ -241,6 +262,14 @@ impl Risk {
             if let Some(Some(seg)) = self.point_segment.get(i) {
                 inflow[*seg] += p.inflow;
                 outflow[*seg] += p.outflow;
+                let part = &mut parts[*seg];
+                if self.points.get(i).is_some_and(|fp| fp.gate) {
+                    part.gate_in += p.inflow;
+                    part.gate_out += p.outflow;
+                } else {
+                    part.counter_in += p.inflow;
+                    part.counter_out += p.outflow;
+                }
                 if let Some(o) = p.occupancy {
                     *occupancy[*seg].get_or_insert(0.0) += o as f64;
                 }
@@ -367,6 +396,11 @@ impl Risk {
                 degraded: all_silent,
                 silent_s: freshest.map(|f| (w.end.0 - f).max(0) as f64 / 1000.0),
                 thresholds: th,
+                sources: Contributions {
+                    lbs_people: lbs[i],
+                    counted_people: occupancy[i],
+                    ..parts[i]
+                },
             });
         }
         (statuses, alerts)

@@ -7,6 +7,6 @@ pub mod thresholds;
 pub mod tiers;
 
 pub use calibrate::{Calibrator, Estimate, Rejection, SourceCalibration, Status as CalibrationStatus};
-pub use evaluate::{thresholds_for, Alert, Risk, RiskState, SegmentStatus};
+pub use evaluate::{thresholds_for, Alert, Contributions, Risk, RiskState, SegmentStatus};
 pub use thresholds::{ThresholdPatch, ThresholdStore, Thresholds};
 pub use tiers::{Shown, Tier};

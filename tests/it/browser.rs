@@ -4,7 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
+/// Runs headless Chromium with `args` (killed after 90 s); its output.
+pub fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
     let mut cmd = Command::new("chromium");
     cmd.args([
         "--headless",

@@ -21,6 +21,7 @@ mod ops;
 mod positions;
 mod privacy;
 mod recovery;
+mod rehearse;
 mod replay;
 mod scenario;
 mod segments;

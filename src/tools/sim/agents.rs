@@ -91,6 +91,8 @@ pub struct Route {
     pub origin: Origin,
     /// Cumulative weight (for sampling).
     cum_weight: f64,
+    /// Its own weight (a share of the arrivals).
+    pub weight: f64,
     /// Segment indices, origin first.
     pub segments: Vec<usize>,
 }
@@ -161,11 +163,13 @@ impl Scenario {
                 id: r.id,
                 origin: r.origin,
                 cum_weight: cum,
+                weight: r.weight,
                 segments: segs,
             });
         }
         for r in &mut routes {
             r.cum_weight /= cum;
+            r.weight /= cum;
         }
         let mut rng = Rng::new(seed ^ 0x5107);
         let spots = map
@@ -280,6 +284,101 @@ pub struct SimConfig {
     pub seed: u64,
     /// Who carries which phone panel, and how its pings err.
     pub panel: Panel,
+    /// What a rehearsal changes in the crowd (default: nothing).
+    pub changes: Changes,
+}
+
+/// The default exponent of the arrival curve: arrivals at `midnight × u^0.7` (u uniform), most
+/// in the hour before midnight.
+pub const ARRIVAL_SHAPE: f64 = 0.7;
+
+/// What a rehearsal's what-if changes in the crowd (`throng rehearse --what-if`).
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Exponent of the arrival curve (None: `ARRIVAL_SHAPE`): 1 spreads arrivals evenly over the
+    /// evening, smaller values push them later into a steeper rush before midnight.
+    pub arrival_shape: Option<f64>,
+    /// Exits and segments closed from a scenario second on.
+    pub closures: Vec<Closure>,
+}
+
+/// Something closed from `from_s` (scenario seconds) on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closure {
+    /// From when.
+    pub from_s: f64,
+    /// What.
+    pub what: Closed,
+}
+
+/// What a closure closes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    /// A metro exit (station id, exit id): nobody taps out or in there.
+    Exit {
+        /// Station id.
+        station: String,
+        /// Exit id.
+        exit: String,
+    },
+    /// A segment (its index): no route through it is walked.
+    Segment(usize),
+}
+
+impl Changes {
+    /// Whether route `r` may be walked at scenario second `t`.
+    fn open(&self, scenario: &Scenario, r: usize, t: f64) -> bool {
+        let route = &scenario.routes[r];
+        self.closures
+            .iter()
+            .filter(|c| t >= c.from_s)
+            .all(|c| match &c.what {
+                Closed::Exit { station, exit } => !matches!(&route.origin,
+                Origin::Metro { station: s, exit: e } if s == station && e == exit),
+                Closed::Segment(i) => !route.segments.contains(i),
+            })
+    }
+
+    /// An open route in place of `r` at `t`, chosen by weight among those that share what `keep`
+    /// says of `r` (its origin's station or street, or its destination), else among every open
+    /// route when `fallback`; None when there is none.
+    fn reroute(
+        &self,
+        scenario: &Scenario,
+        r: usize,
+        t: f64,
+        keep: impl Fn(&Route, &Route) -> bool,
+        fallback: bool,
+        rng: &mut Rng,
+    ) -> Option<usize> {
+        let open: Vec<usize> = (0..scenario.routes.len())
+            .filter(|&i| self.open(scenario, i, t))
+            .collect();
+        let near: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&i| keep(&scenario.routes[r], &scenario.routes[i]))
+            .collect();
+        let pool = if near.is_empty() && fallback { open } else { near };
+        let total: f64 = pool.iter().map(|&i| scenario.routes[i].weight).sum();
+        let mut u = rng.f64() * total;
+        for &i in &pool {
+            u -= scenario.routes[i].weight;
+            if u <= 0.0 {
+                return Some(i);
+            }
+        }
+        pool.last().copied()
+    }
+}
+
+/// Whether two routes start at the same station (any exit) or the same street end.
+fn same_origin(a: &Route, b: &Route) -> bool {
+    match (&a.origin, &b.origin) {
+        (Origin::Metro { station: x, .. }, Origin::Metro { station: y, .. }) => x == y,
+        (Origin::Street { street: x }, Origin::Street { street: y }) => x == y,
+        _ => false,
+    }
 }
 
 /// One simulated LBS provider.
@@ -421,6 +520,8 @@ pub struct Agent {
     pub provider: u8,
     /// Leaves by metro (taps in) when true, else on foot.
     pub by_metro: bool,
+    /// Route index of the way back (the way out unless a closure sent it another way).
+    pub back: u16,
     /// Path, in time order; the agent exists from the first to the last.
     pub path: Vec<Waypoint>,
 }
@@ -533,6 +634,55 @@ fn step(
     next
 }
 
+/// One walker's path: out along route `r` from `arrive` (unless already at its destination),
+/// milling about there until `leave_at`, then back along the route `back` picks at that moment.
+/// Returns the path, the way back, and when the walk back began.
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    scenario: &Scenario,
+    r: usize,
+    already: bool,
+    arrive: f64,
+    leave_at: f64,
+    speed: f64,
+    back: impl FnOnce(f64) -> usize,
+    rng: &mut Rng,
+) -> (Vec<Waypoint>, usize, f64) {
+    let route = &scenario.routes[r];
+    let mut path = Vec::with_capacity(route.segments.len() * 2 + 8);
+    let mut t = arrive;
+    let mut here = scenario.spot(route.segments[0], rng);
+    let start_seg = if already {
+        *route.segments.last().unwrap_or(&0)
+    } else {
+        route.segments[0]
+    };
+    if already {
+        here = scenario.spot(start_seg, rng);
+    }
+    path.push(Waypoint {
+        t: t as f32,
+        lng: here.0,
+        lat: here.1,
+        seg: start_seg as u16,
+    });
+    let forward: &[usize] = if already { &[] } else { &route.segments[1..] };
+    for &seg in forward {
+        here = step(&mut path, &mut t, here, seg, speed, scenario, rng);
+    }
+    let dest = *route.segments.last().unwrap_or(&0);
+    while t + 60.0 < leave_at {
+        t += rng.range(60.0, 240.0).min(leave_at - t);
+        here = step(&mut path, &mut t, here, dest, f64::INFINITY, scenario, rng);
+    }
+    let began = t;
+    let back = back(t);
+    for &seg in scenario.routes[back].segments.iter().rev().skip(1) {
+        here = step(&mut path, &mut t, here, seg, speed, scenario, rng);
+    }
+    (path, back, began)
+}
+
 /// All agents of one run.
 pub struct World {
     /// The scenario.
@@ -554,9 +704,9 @@ impl World {
         let mut rng = Rng::new(cfg.seed);
         let midnight = cfg.midnight();
         let mut agents = Vec::with_capacity(cfg.people);
-        for _ in 0..cfg.people {
-            let r = scenario.pick_route(&mut rng);
-            let route = &scenario.routes[r];
+        let shape = cfg.changes.arrival_shape.unwrap_or(ARRIVAL_SHAPE);
+        for n in 0..cfg.people {
+            let mut r = scenario.pick_route(&mut rng);
             let provider = {
                 let u = rng.f64();
                 let mut acc = 0.0;
@@ -576,49 +726,52 @@ impl World {
             let arrive = if already {
                 0.0
             } else {
-                (midnight * rng.f64().powf(0.7)).min(cfg.duration_s - 1.0)
+                (midnight * rng.f64().powf(shape)).min(cfg.duration_s - 1.0)
             };
             let leave_at = (midnight + rng.exp(cfg.duration_s / 8.0)).max(arrive + 120.0);
-            let mut path = Vec::with_capacity(route.segments.len() * 2 + 8);
-            let mut t = arrive;
-            let mut here = scenario.spot(route.segments[0], &mut rng);
-            let start_seg = if already {
-                *route.segments.last().unwrap_or(&0)
-            } else {
-                route.segments[0]
-            };
-            if already {
-                here = scenario.spot(start_seg, &mut rng);
-            }
-            path.push(Waypoint {
-                t: t as f32,
-                lng: here.0,
-                lat: here.1,
-                seg: start_seg as u16,
-            });
-            // Walk the route out (unless already there), mill about at the destination until it is
-            // time to go, then walk back.
-            let forward: &[usize] = if already { &[] } else { &route.segments[1..] };
-            for &seg in forward {
-                here = step(&mut path, &mut t, here, seg, speed, &scenario, &mut rng);
-            }
-            let dest = *route.segments.last().unwrap_or(&0);
-            while t + 60.0 < leave_at {
-                t += rng.range(60.0, 240.0).min(leave_at - t);
-                here = step(&mut path, &mut t, here, dest, f64::INFINITY, &scenario, &mut rng);
-            }
-            for &seg in route.segments.iter().rev().skip(1) {
-                here = step(&mut path, &mut t, here, seg, speed, &scenario, &mut rng);
+            let (mut path, mut back, t_back) =
+                walk(&scenario, r, already, arrive, leave_at, speed, |_| r, &mut rng);
+            // A what-if re-walks only the people its closures touch, from streams of their own:
+            // everybody else walks exactly the baseline's night.
+            if !cfg.changes.closures.is_empty() {
+                let ch = &cfg.changes;
+                let stream = cfg.seed ^ 0xC105_ED00 ^ (n as u64).wrapping_mul(0x9E37_79B9);
+                let (mut pick, mut legs) = (Rng::new(stream), Rng::new(stream ^ 0x5EED));
+                let mut out = r;
+                if !already && !ch.open(&scenario, r, arrive) {
+                    out = ch
+                        .reroute(&scenario, r, arrive, same_origin, true, &mut pick)
+                        .unwrap_or(r);
+                }
+                if out != r || !ch.open(&scenario, r, t_back) {
+                    // The way back: the way out, unless it is closed by then; else another open
+                    // route to the same place, from the same station or street if one is open.
+                    let choose = |t: f64| {
+                        if ch.open(&scenario, out, t) {
+                            return out;
+                        }
+                        let same_dest = |a: &Route, b: &Route| a.segments.last() == b.segments.last();
+                        let both = |a: &Route, b: &Route| same_dest(a, b) && same_origin(a, b);
+                        ch.reroute(&scenario, out, t, both, false, &mut pick)
+                            .or_else(|| ch.reroute(&scenario, out, t, same_dest, false, &mut pick))
+                            .unwrap_or(out)
+                    };
+                    (path, back, _) = walk(
+                        &scenario, out, already, arrive, leave_at, speed, choose, &mut legs,
+                    );
+                    r = out;
+                }
             }
             // Leave the night's window open-ended: those still walking at the end stay until then.
             for w in &mut path {
                 w.t = w.t.min(cfg.duration_s as f32);
             }
-            let by_metro = matches!(route.origin, Origin::Metro { .. });
+            let by_metro = matches!(scenario.routes[back].origin, Origin::Metro { .. });
             agents.push(Agent {
                 route: r as u16,
                 provider,
                 by_metro,
+                back: back as u16,
                 path,
             });
         }
@@ -683,6 +836,7 @@ mod tests {
                 speed: 1.0,
                 seed,
                 panel: Panel::bund(),
+                changes: Default::default(),
             },
         )
     }

@@ -133,8 +133,10 @@ impl<'w> Emitter<'w> {
         let mut tap_seq = 0u64;
         let mut gates: Vec<((String, String), Reporter)> = Vec::new();
         for a in &world.agents {
-            let route = &world.scenario.routes[a.route as usize];
             for (t, from, to) in a.transitions() {
+                // Tapping out at the start of the way out; tapping in at the end of the way back.
+                let r = if to.is_none() { a.back } else { a.route };
+                let route = &world.scenario.routes[r as usize];
                 if t >= world.cfg.duration_s || (t <= 0.0 && from.is_none()) {
                     continue;
                 }
@@ -572,6 +574,7 @@ mod tests {
                 speed: 1.0,
                 seed,
                 panel: crate::tools::sim::Panel::bund(),
+                changes: Default::default(),
             },
         )
     }

@@ -13,5 +13,5 @@ pub mod agents;
 pub mod emit;
 pub mod score;
 
-pub use agents::{Panel, Provider, Scenario, SimConfig, World};
+pub use agents::{Changes, Closed, Closure, Panel, Provider, Scenario, SimConfig, World};
 pub use emit::{Emitter, TruthRow};

@@ -180,6 +180,35 @@ pub fn trial_config(base: &Config, panel: &Panel, scale_error: &[f64]) -> Config
     cfg
 }
 
+/// Feeds a simulated night through `flow`, ten scenario seconds at a time, as a server's ingest
+/// would (the newest event time seen is processing time). Every simulated record must parse.
+pub fn drive<O: Outputs>(
+    em: &mut Emitter<'_>,
+    parser: &crate::ingest::Parser,
+    flow: &mut Flow<O>,
+) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut now = i64::MIN;
+    let mut t = 0.0;
+    let mut rejected = 0u64;
+    while !em.done() {
+        t += 10.0;
+        buf.clear();
+        em.emit_until(t, &mut buf);
+        crate::ingest::decode::each_line(parser, &buf, None, usize::MAX, |_, r| match r {
+            Ok(rec) => {
+                now = now.max(rec.ts.millis());
+                flow.ingest(&rec, now);
+            }
+            Err(_) => rejected += 1,
+        });
+    }
+    if rejected > 0 {
+        return Err(format!("{rejected} simulated records were rejected"));
+    }
+    Ok(())
+}
+
 /// Simulates one night over the scenario in `dir` and scores the engine against its truth.
 pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> {
     let mut cfg = trial_config(base, &trial.panel, &trial.scale_error);
@@ -195,6 +224,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
             speed: 1.0,
             seed: trial.seed,
             panel: trial.panel.clone(),
+            changes: Default::default(),
         },
     );
     let size = cfg.window.size.as_millis() as i64;
@@ -247,25 +277,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
     let parser = pipe.parser.clone();
     let Pipeline { engine, sources, .. } = pipe;
     let mut flow = Flow::new(engine, sources, risk(store()?), outputs, &cfg.window);
-    let mut buf = Vec::with_capacity(1 << 20);
-    let mut now = i64::MIN;
-    let mut t = 0.0;
-    let mut rejected = 0u64;
-    while !em.done() {
-        t += 10.0;
-        buf.clear();
-        em.emit_until(t, &mut buf);
-        crate::ingest::decode::each_line(&parser, &buf, None, usize::MAX, |_, r| match r {
-            Ok(rec) => {
-                now = now.max(rec.ts.millis());
-                flow.ingest(&rec, now);
-            }
-            Err(_) => rejected += 1,
-        });
-    }
-    if rejected > 0 {
-        return Err(format!("{rejected} simulated records were rejected"));
-    }
+    drive(&mut em, &parser, &mut flow)?;
     let out = flow.finish();
     // The first windows hold only devices seen so far (the sparsest panel pings every 5 min),
     // the last only part of the night: score from 6 minutes in to a window before the end.
