@@ -145,4 +145,94 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
         &profile,
     );
     assert!(std::fs::read(&laptop).expect("laptop screenshot").len() > 20_000);
+
+    // Rewind, paused half an hour back (or at the start of history): the table is that window's,
+    // as the history API serves it, and the clock says it is not live.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: String| rt.block_on(crate::http::request(addr, "GET", &path, None, "")).1;
+    let rewind = format!("http://{addr}/?rewind=1800");
+    let dom = chromium(&["--virtual-time-budget=8000", "--dump-dom", &rewind], &profile);
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let at = |dom: &str, key: &str| -> String {
+        let k = format!("{key}=\"");
+        let i = dom
+            .find(&k)
+            .unwrap_or_else(|| panic!("no {key} in the page: {dom}"));
+        dom[i + k.len()..].split('"').next().unwrap().to_owned()
+    };
+    assert!(dom.contains("回放 REWIND"), "the clock says rewind: {dom}");
+    let end: i64 = at(&dom, "data-window-end").parse().unwrap();
+    let hist = get(format!("/api/history/segments?from={end}&to={end}"));
+    let segs = hist["windows"][0]["segments"]
+        .as_array()
+        .expect("that window in history")
+        .clone();
+    let mut shown = 0;
+    for seg in &segs {
+        let id = seg["id"].as_str().unwrap();
+        let row = format!("<tr data-seg=\"{id}\" data-people=\"");
+        let people: i64 = dom
+            .split(&row)
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+            .unwrap_or_else(|| panic!("{id} not in the rewound table"))
+            .parse()
+            .unwrap();
+        assert_eq!(
+            people,
+            seg["people"].as_f64().unwrap().round() as i64,
+            "{id} at {end}"
+        );
+        shown += 1;
+    }
+    assert!(shown >= 12);
+    let png = shots.join("dashboard-rewind.png");
+    chromium(
+        &[
+            "--window-size=1920,1080",
+            "--virtual-time-budget=8000",
+            &format!("--screenshot={}", png.display()),
+            &rewind,
+        ],
+        &profile,
+    );
+    assert!(std::fs::read(&png).expect("rewind screenshot").len() > 20_000);
+
+    // Drill-down on the steps: the numbers are the segment's from the API, the chart is drawn
+    // with its thresholds, and its sources and alerts are listed.
+    let drill = format!("http://{addr}/?drill=chenyi-steps");
+    let dom = chromium(&["--virtual-time-budget=8000", "--dump-dom", &drill], &profile);
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let panel = dom
+        .split("id=\"drill\"")
+        .nth(1)
+        .expect("the drill-down panel")
+        .to_owned();
+    assert!(!panel.starts_with(" hidden"), "the panel is open: {panel}");
+    let end: i64 = at(&panel, "data-window-end").parse().unwrap();
+    let people: i64 = at(&panel, "data-people").parse().unwrap();
+    let hist = get(format!(
+        "/api/history/segments?segment=chenyi-steps&from={end}&to={end}"
+    ));
+    let api = hist["windows"][0]["segments"][0]["people"]
+        .as_f64()
+        .expect("that window in history");
+    assert_eq!(people, api.round() as i64);
+    assert!(
+        panel.contains("class=\"drill-chart\"") && panel.contains(">high 2<"),
+        "density chart with thresholds: {panel}"
+    );
+    assert!(panel.contains("id=\"drill-sources\"") && panel.contains("phones (LBS)"));
+    assert!(panel.contains("id=\"drill-alerts\""));
+    let png = shots.join("dashboard-drill-down.png");
+    chromium(
+        &[
+            "--window-size=1920,1080",
+            "--virtual-time-budget=8000",
+            &format!("--screenshot={}", png.display()),
+            &drill,
+        ],
+        &profile,
+    );
+    assert!(std::fs::read(&png).expect("drill-down screenshot").len() > 20_000);
 }

@@ -390,3 +390,155 @@ async fn an_alert_is_acknowledged_once_with_who_and_when_on_every_screen() {
         "{rows}"
     );
 }
+
+#[tokio::test]
+async fn rewind_serves_history_by_time_range_to_viewers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server::start(with_tokens(), "127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let a = server.addr;
+    // Five one-second windows of 30 phones on the steps, the crowd growing.
+    let now = throng::model::now_ms();
+    let mut body = String::new();
+    for s in 0..5 {
+        let ts = now - 5_000 + s * 1_000;
+        for i in 0..(30 + 5 * s) {
+            body.push_str(&format!(
+                "{{\"kind\":\"lbs\",\"ts\":{ts},\"device\":\"r{i}\",\"lat\":31.2413,\"lng\":121.49155,\"accuracy_m\":3}}\n"
+            ));
+        }
+    }
+    assert_eq!(request(a, "POST", "/api/ingest", Some(FEED), &body).await.0, 202);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let range = loop {
+        let (s, r) = request(a, "GET", "/api/history/range", Some(VIEWER), "").await;
+        assert_eq!(s, 200, "{r}");
+        if r["last"].as_i64().is_some_and(|l| l >= now) {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history never reached the posts: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(range["slide_ms"], 1000);
+    let (first, last) = (range["first"].as_i64().unwrap(), range["last"].as_i64().unwrap());
+    let (s, h) = request(
+        a,
+        "GET",
+        &format!("/api/history/segments?from={first}&to={last}"),
+        Some(VIEWER),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{h}");
+    let windows = h["windows"].as_array().unwrap();
+    assert!(windows.len() >= 4, "{h}");
+    let ends: Vec<i64> = windows
+        .iter()
+        .map(|w| w["window_end"].as_i64().unwrap())
+        .collect();
+    assert!(ends.windows(2).all(|p| p[0] < p[1]), "oldest first: {ends:?}");
+    assert!(windows
+        .iter()
+        .all(|w| w["segments"].as_array().unwrap().len() >= 12));
+    // The same numbers the live picture had for those windows.
+    let (_, live) = request(a, "GET", "/api/segments/chenyi-steps", Some(VIEWER), "").await;
+    let mut compared = 0;
+    for st in live["history"].as_array().unwrap() {
+        let Some(w) = windows.iter().find(|w| w["window_end"] == st["window_end"]) else {
+            continue;
+        };
+        let row = w["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == "chenyi-steps")
+            .unwrap();
+        assert!(
+            (row["people"].as_f64().unwrap() - st["people"].as_f64().unwrap()).abs() < 1e-6,
+            "{row} vs {st}"
+        );
+        assert_eq!(row["tier"], st["tier"]);
+        compared += 1;
+    }
+    assert!(compared >= 4, "{compared} windows compared");
+    // One segment only; one window's heatmap, without cells under k.
+    let (_, only) = request(
+        a,
+        "GET",
+        &format!("/api/history/segments?segment=chenyi-steps&from={first}&to={last}"),
+        Some(VIEWER),
+        "",
+    )
+    .await;
+    assert!(only["windows"].as_array().unwrap().iter().all(|w| {
+        let s = w["segments"].as_array().unwrap();
+        s.len() == 1 && s[0]["id"] == "chenyi-steps"
+    }));
+    let busiest = windows
+        .iter()
+        .max_by_key(|w| {
+            w["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["people"].as_f64().unwrap() as i64)
+                .sum::<i64>()
+        })
+        .unwrap();
+    let at = busiest["window_end"].as_i64().unwrap();
+    let (s, heat) = request(
+        a,
+        "GET",
+        &format!("/api/history/heatmap?at={at}"),
+        Some(VIEWER),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{heat}");
+    let cells = heat["cells"].as_array().unwrap();
+    assert!(!cells.is_empty(), "{heat}");
+    assert!(
+        cells.iter().all(|c| c[1].as_f64().unwrap() >= 10.0),
+        "privacy.k holds in rewind: {heat}"
+    );
+    assert_eq!(heat["window_end"], at);
+    // Mistakes are named; roles hold.
+    let (s, e) = request(
+        a,
+        "GET",
+        &format!("/api/history/segments?from={first}"),
+        Some(VIEWER),
+        "",
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("`to`"), "{e}");
+    let (s, _) = request(
+        a,
+        "GET",
+        &format!("/api/history/segments?from=0&to={last}"),
+        Some(VIEWER),
+        "",
+    )
+    .await;
+    assert_eq!(s, 400, "more than six hours at once");
+    let (s, _) = request(
+        a,
+        "GET",
+        &format!("/api/history/segments?segment=nowhere&from={first}&to={last}"),
+        Some(VIEWER),
+        "",
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        request(a, "GET", "/api/history/range", Some(FEED), "").await.0,
+        403
+    );
+    assert_eq!(request(a, "GET", "/api/history/range", None, "").await.0, 401);
+    server.shutdown().await.unwrap();
+}

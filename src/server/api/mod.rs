@@ -17,6 +17,7 @@ pub mod ingest_ws;
 pub mod limits;
 pub mod ops;
 pub mod origin;
+pub mod rewind;
 pub mod segments;
 pub mod sql;
 pub mod throttle;
@@ -81,6 +82,9 @@ pub fn routes() -> (OpenApiRouter<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(alerts::alerts))
         .routes(routes!(alerts::ack))
         .routes(routes!(segments::scenario))
+        .routes(routes!(rewind::range))
+        .routes(routes!(rewind::segments))
+        .routes(routes!(rewind::heatmap))
         .routes(routes!(segments::boundaries))
         .routes(routes!(sql::sql))
         .routes(routes!(dashboard::ws_live))
