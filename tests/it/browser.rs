@@ -235,4 +235,28 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
         &profile,
     );
     assert!(std::fs::read(&png).expect("drill-down screenshot").len() > 20_000);
+
+    // An alert acknowledged through the API shows who acknowledged it on a screen opened after.
+    let alerts = get("/api/alerts".into());
+    {
+        let a = alerts
+            .as_array()
+            .and_then(|v| v.first())
+            .expect("the demo at 30x raises alerts within seconds");
+        let body = format!("{{\"segment_id\":{},\"ts\":{}}}", a["segment_id"], a["ts"]);
+        let (s, v) = rt.block_on(crate::http::request(addr, "POST", "/api/alerts/ack", None, &body));
+        assert_eq!(s, 200, "{v}");
+        let dom = chromium(&["--virtual-time-budget=8000", "--dump-dom", &url], &profile);
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        let key = format!("data-key=\"{}@{}\"", a["segment_id"].as_str().unwrap(), a["ts"]);
+        let li = dom
+            .split(&key)
+            .nth(1)
+            .unwrap_or_else(|| panic!("the alert {key} on the page: {dom}"));
+        let li = li.split("</li>").next().unwrap();
+        assert!(
+            li.contains("data-ack-by=\"open-mode\"") && li.contains("✓ open-mode"),
+            "{li}"
+        );
+    }
 }
