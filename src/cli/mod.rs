@@ -150,9 +150,15 @@ pub struct ReplayArgs {
     /// history, for `throng query --data-dir DIR` or a server started on it.
     #[arg(long, conflicts_with = "target")]
     pub data_dir: Option<PathBuf>,
-    /// Send the records to a server instead (`http://HOST:PORT`), in event-time order.
+    /// Send the records to a server instead (`http://HOST:PORT`), in event-time order, or
+    /// produce them to Kafka (`kafka://HOST:PORT/TOPIC`), one message per record keyed by region
+    /// (see --key-res), as fast as the broker takes them.
     #[arg(long)]
     pub target: Option<String>,
+    /// With a kafka:// target: the H3 resolution of the region key (the record's cell's parent;
+    /// 6 ≈ 36 km², a district). Partitions are chosen by murmur2 of the key, as Java clients do.
+    #[arg(long, default_value_t = 6)]
+    pub key_res: u8,
     /// Feed token for --target.
     #[arg(long, env = "THRONG_TOKEN")]
     pub token: Option<String>,

@@ -39,6 +39,8 @@ pub struct Config {
     pub durability: DurabilityConfig,
     /// MQTT subscriptions feeding the pipeline.
     pub mqtt: Vec<MqttConfig>,
+    /// Kafka consumer-group subscriptions feeding the pipeline.
+    pub kafka: Vec<KafkaConfig>,
     /// Per-client limits.
     pub limits: LimitsConfig,
     /// Parquet history of closed windows.
@@ -64,6 +66,7 @@ impl Default for Config {
             risk: RiskConfig::default(),
             durability: DurabilityConfig::default(),
             mqtt: Vec::new(),
+            kafka: Vec::new(),
             limits: LimitsConfig::default(),
             history: HistoryConfig::default(),
             sql: SqlConfig::default(),
@@ -450,6 +453,67 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// One Kafka consumer-group subscription (`[[kafka]]`): NDJSON records in the messages' values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Brokers, `host:port,host:port`.
+    pub bootstrap: String,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// Consumer group (instances with the same group share the topics' partitions).
+    pub group: String,
+    /// How long the group waits for a silent member before handing its partitions to others.
+    #[serde(default = "default_kafka_session", with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: Option<String>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` with a `sasl_*` protocol.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// SASL password.
+    #[serde(default)]
+    pub sasl_password: Option<String>,
+    /// CA certificate file (PEM) that signed the brokers' certificates.
+    #[serde(default)]
+    pub ssl_ca: Option<PathBuf>,
+    /// Further librdkafka consumer properties, passed as they are (e.g. `"fetch.max.bytes"`).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+fn default_kafka_session() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The librdkafka properties a `[[kafka]]` entry's security keys stand for.
+impl KafkaConfig {
+    /// `(librdkafka key, value)` for the security options set.
+    pub fn security_properties(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.security_protocol {
+            out.push(("security.protocol", p.clone()));
+        }
+        if let Some(m) = &self.sasl_mechanism {
+            out.push(("sasl.mechanism", m.clone()));
+        }
+        if let Some(u) = &self.sasl_username {
+            out.push(("sasl.username", u.clone()));
+        }
+        if let Some(p) = &self.sasl_password {
+            out.push(("sasl.password", p.clone()));
+        }
+        if let Some(c) = &self.ssl_ca {
+            out.push(("ssl.ca.location", c.display().to_string()));
+        }
+        out
+    }
+}
+
 /// One MQTT broker subscription (`[[mqtt]]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -696,6 +760,28 @@ impl Config {
                     &format!("mqtt[{i}].topics"),
                     "name at least one topic filter".into(),
                 );
+            }
+        }
+        for (i, k) in self.kafka.iter().enumerate() {
+            if k.bootstrap.trim().is_empty() || k.bootstrap.split(',').any(|b| !b.contains(':')) {
+                return bad(
+                    &format!("kafka[{i}].bootstrap"),
+                    format!("{:?}: expected host:port[,host:port...]", k.bootstrap),
+                );
+            }
+            if k.topics.is_empty() {
+                return bad(&format!("kafka[{i}].topics"), "name at least one topic".into());
+            }
+            if k.group.trim().is_empty() {
+                return bad(&format!("kafka[{i}].group"), "name the consumer group".into());
+            }
+            if let Some(p) = &k.security_protocol {
+                if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&p.to_lowercase().as_str()) {
+                    return bad(
+                        &format!("kafka[{i}].security_protocol"),
+                        format!("{p:?}: expected plaintext, ssl, sasl_plaintext or sasl_ssl"),
+                    );
+                }
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

@@ -322,6 +322,16 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
             token.clone(),
         ));
     }
+    for k in &cfg.kafka {
+        let offsets = crate::transport::kafka::OffsetStore::open(Some(data_dir), &k.group)
+            .with_context(|| format!("reading the Kafka offsets of group {:?}", k.group))?;
+        tracker.spawn(crate::transport::kafka::run(
+            k.clone(),
+            sink.clone(),
+            offsets,
+            token.clone(),
+        ));
+    }
     let router = api::router(state.clone());
     let tls = tls::acceptor(&cfg.tls)?;
     let serving = http::HttpServing::new(&cfg.limits, cfg.sql.timeout);

