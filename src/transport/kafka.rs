@@ -8,6 +8,13 @@
 //! committed too, for monitoring only). A crash between the log and the offsets file re-reads at
 //! most that batch, and the engine's idempotency key counts each re-read record once.
 //!
+//! Partitions and event time: each partition is in event-time order (its producer wrote it so),
+//! but the broker hands partitions over in any interleaving — one may be read minutes ahead of
+//! another. The consumer therefore aligns them, as a stream processor aligns per-partition
+//! watermarks: a record is passed on only once every partition that still has data to give has
+//! been read up to its time (`Aligner`); a partition that is caught up (end of partition) does not
+//! hold the others back. Offsets advance only past records passed on.
+//!
 //! Producing: each record is keyed by the H3 cell, at a coarse resolution, of where it was
 //! measured (a ping's position, a counter's or station's registered position), so a partition holds
 //! whole regions; partitions are chosen with murmur2 like Java clients, so a carrier's own
@@ -29,9 +36,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::durability::{files, FeedSink, WhenFull};
-use crate::model::now_ms;
+use crate::model::{now_ms, Record};
 use crate::scenario::registry::Registry;
 
+/// Records held back waiting for a slower partition, at most; past it the oldest go on anyway (and
+/// may be late), so one stalled partition cannot make the others use unbounded memory.
+const MAX_HELD: usize = 500_000;
+/// A partition that has given nothing (no message, no end) for this long holds nobody back.
+const LANE_IDLE: Duration = Duration::from_secs(2);
 /// Messages taken into one log commit at most.
 const BATCH_MESSAGES: usize = 2_000;
 /// How long a batch waits for more messages once it has one.
@@ -116,12 +128,164 @@ impl OffsetStore {
     }
 }
 
-/// Seeks assigned partitions to throng's own offsets.
-struct Rebalancer {
-    offsets: OffsetStore,
+/// Per-partition alignment of event time (see the module doc).
+#[derive(Debug, Default)]
+pub struct Aligner {
+    lanes: BTreeMap<(String, i32), Lane>,
+    held: usize,
 }
 
-impl ClientContext for Rebalancer {}
+#[derive(Debug, Default)]
+struct Lane {
+    /// Records not yet passed on, with the offset of the message each came from.
+    queue: std::collections::VecDeque<(i64, Record)>,
+    /// The newest event time read from this partition.
+    high: i64,
+    /// The offset after the newest message read.
+    read_to: i64,
+    /// At the end of the partition: nothing more to read now, so it holds nobody back.
+    caught_up: bool,
+    /// When it last gave a message or its end (a partition silent for `LANE_IDLE` holds nobody
+    /// back either: a broker that never says "end of partition" cannot stall the others).
+    heard: Option<std::time::Instant>,
+}
+
+impl Aligner {
+    /// A partition assigned to this consumer, to be read from `from`: until it gives a message or
+    /// its end, it holds the others back (it may hold older records than theirs).
+    pub fn assign(&mut self, topic: &str, partition: i32, from: i64) {
+        let lane = self.lane(topic, partition);
+        lane.read_to = lane.read_to.max(from);
+        lane.heard = Some(std::time::Instant::now());
+    }
+
+    fn lane(&mut self, topic: &str, partition: i32) -> &mut Lane {
+        self.lanes
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| Lane {
+                high: i64::MIN,
+                ..Lane::default()
+            })
+    }
+
+    /// Takes one message's records.
+    pub fn push(&mut self, topic: &str, partition: i32, offset: i64, records: Vec<Record>) {
+        let n = records.len();
+        let lane = self.lane(topic, partition);
+        lane.caught_up = false;
+        lane.heard = Some(std::time::Instant::now());
+        lane.read_to = lane.read_to.max(offset + 1);
+        for r in records {
+            lane.high = lane.high.max(r.ts.millis());
+            lane.queue.push_back((offset, r));
+        }
+        self.held += n;
+    }
+
+    /// Partition `partition` (of any topic: librdkafka's end event names no topic) has been read
+    /// to its end, for now.
+    pub fn caught_up(&mut self, partition: i32) {
+        for ((_, p), l) in self.lanes.iter_mut() {
+            if *p == partition {
+                l.caught_up = true;
+                l.heard = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    /// Forgets a partition taken away in a rebalance (its held records were never passed on, so
+    /// its new owner reads them again from the recorded offset).
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        if let Some(l) = self.lanes.remove(&(topic.to_owned(), partition)) {
+            self.held -= l.queue.len();
+        }
+    }
+
+    /// Records every partition that still has data has been read past, in event-time order, and
+    /// per partition the offset after which nothing is held any more.
+    pub fn release(&mut self) -> (Vec<Record>, BTreeMap<(String, i32), i64>) {
+        let bound = self
+            .lanes
+            .values()
+            .filter(|l| !l.caught_up && l.heard.is_none_or(|h| h.elapsed() < LANE_IDLE))
+            .map(|l| l.high)
+            .min()
+            .unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        self.merge(bound, &mut out);
+        // Too much held behind a stalled partition: let the oldest go.
+        while self.held - out.len() > MAX_HELD {
+            let Some(oldest) = self
+                .lanes
+                .values()
+                .filter_map(|l| l.queue.front().map(|(_, r)| r.ts.millis()))
+                .min()
+            else {
+                break;
+            };
+            self.merge(oldest, &mut out);
+        }
+        self.held -= out.len();
+        let done = self
+            .lanes
+            .iter()
+            .map(|(k, l)| (k.clone(), l.queue.front().map_or(l.read_to, |(o, _)| *o)))
+            .collect();
+        (out, done)
+    }
+
+    /// Passes on, oldest head first (a k-way merge: each partition keeps its own order, late
+    /// records in it stay late), every record at the head of a partition up to `bound`.
+    fn merge(&mut self, bound: i64, out: &mut Vec<Record>) {
+        loop {
+            let next = self
+                .lanes
+                .values_mut()
+                .filter(|l| l.queue.front().is_some_and(|(_, r)| r.ts.millis() <= bound))
+                .min_by_key(|l| l.queue.front().map_or(i64::MAX, |(_, r)| r.ts.millis()));
+            match next.and_then(|l| l.queue.pop_front()) {
+                Some((_, r)) => out.push(r),
+                None => break,
+            }
+        }
+    }
+
+    /// Records held back now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+/// A change of assignment, for the consumer loop's aligner.
+#[derive(Debug)]
+enum Assignment {
+    /// Read from this offset.
+    Assigned(String, i32, i64),
+    /// Taken away.
+    Revoked(String, i32),
+}
+
+/// Seeks assigned partitions to throng's own offsets and tells the loop what changed.
+struct Rebalancer {
+    offsets: OffsetStore,
+    changes: Arc<Mutex<Vec<Assignment>>>,
+}
+
+impl Rebalancer {
+    fn tell(&self, a: Assignment) {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).push(a);
+    }
+}
+
+impl ClientContext for Rebalancer {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is news for the aligner (it arrives through `recv` too), not an
+        // error for the log.
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, "Kafka client: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for Rebalancer {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -134,7 +298,9 @@ impl ConsumerContext for Rebalancer {
                     .collect();
                 for (t, p) in &parts {
                     // Records before the stored offset are in the log; none stored: from the start.
-                    let at = self.offsets.next(t, *p).map_or(Offset::Beginning, Offset::Offset);
+                    let next = self.offsets.next(t, *p);
+                    self.tell(Assignment::Assigned(t.clone(), *p, next.unwrap_or(0)));
+                    let at = next.map_or(Offset::Beginning, Offset::Offset);
                     if let Err(e) = tpl.set_partition_offset(t, *p, at) {
                         tracing::error!(topic = %t, partition = p, error = %e, "Could not set the start offset.");
                     }
@@ -146,6 +312,9 @@ impl ConsumerContext for Rebalancer {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "Kafka partitions revoked.");
+                for e in tpl.elements() {
+                    self.tell(Assignment::Revoked(e.topic().to_owned(), e.partition()));
+                }
                 let _ = consumer.unassign();
             }
             other => {
@@ -170,7 +339,9 @@ fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
             "heartbeat.interval.ms",
             (cfg.session_timeout.as_millis() / 3).max(100).to_string(),
         )
-        .set("partition.assignment.strategy", "range");
+        .set("partition.assignment.strategy", "range")
+        // End-of-partition events tell the aligner a partition is caught up.
+        .set("enable.partition.eof", "true");
     for (k, v) in cfg.security_properties() {
         c.set(k, v);
     }
@@ -182,9 +353,12 @@ fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
 
 /// Runs one `[[kafka]]` subscription until `stop`.
 pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: CancellationToken) {
-    let consumer: StreamConsumer<Rebalancer> = match consumer_config(&cfg).create_with_context(Rebalancer {
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let ctx = Rebalancer {
         offsets: offsets.clone(),
-    }) {
+        changes: changes.clone(),
+    };
+    let consumer: StreamConsumer<Rebalancer> = match consumer_config(&cfg).create_with_context(ctx) {
         Ok(c) => c,
         Err(e) => return tracing::error!(error = %e, bootstrap = %cfg.bootstrap, "Kafka source not started."),
     };
@@ -193,60 +367,95 @@ pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: C
         return tracing::error!(error = %e, topics = ?cfg.topics, "Kafka subscribe failed.");
     }
     tracing::info!(bootstrap = %cfg.bootstrap, topics = ?cfg.topics, group = %cfg.group, "Kafka source started.");
+    let mut aligner = Aligner::default();
     let mut body = Vec::new();
     loop {
+        // Wait for a message (or a partition's end); with records held back, not for long, so a
+        // partition going quiet releases them.
+        let wait = if aligner.held() > 0 {
+            LANE_IDLE / 4
+        } else {
+            Duration::from_secs(3600)
+        };
         let first = tokio::select! {
             _ = stop.cancelled() => break,
-            m = consumer.recv() => m,
+            m = tokio::time::timeout(wait, consumer.recv()) => m,
         };
-        // One log commit per batch: the messages waiting now, up to BATCH_MESSAGES.
         let mut batch = Vec::new();
-        match first {
-            Ok(m) => batch.push(m.detach()),
-            Err(e) => {
-                tracing::warn!(error = %e, "Kafka receive failed; retrying in 1 s.");
-                tokio::time::sleep(RETRY_AFTER).await;
-                continue;
+        let took = |m: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+                    aligner: &mut Aligner,
+                    batch: &mut Vec<rdkafka::message::OwnedMessage>|
+         -> bool {
+            match m {
+                Ok(m) => {
+                    batch.push(m.detach());
+                    true
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    aligner.caught_up(p);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka receive failed.");
+                    false
+                }
             }
+        };
+        let healthy = match first {
+            Ok(m) => took(m, &mut aligner, &mut batch),
+            Err(_) => true,
+        };
+        if !healthy {
+            tokio::time::sleep(RETRY_AFTER).await;
         }
+        // One log commit per batch: the messages waiting now, up to BATCH_MESSAGES.
         while batch.len() < BATCH_MESSAGES {
             match tokio::time::timeout(BATCH_WAIT, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m.detach()),
-                _ => break,
-            }
-        }
-        body.clear();
-        let mut done: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut first_offset: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for m in &batch {
-            if let Some(p) = m.payload() {
-                body.extend_from_slice(p);
-                if !p.ends_with(b"\n") {
-                    body.push(b'\n');
+                Ok(m) => {
+                    if !took(m, &mut aligner, &mut batch) {
+                        break;
+                    }
                 }
+                Err(_) => break,
             }
-            let k = (m.topic().to_owned(), m.partition());
-            first_offset.entry(k.clone()).or_insert(m.offset());
-            let e = done.entry(k).or_insert(0);
-            *e = (*e).max(m.offset() + 1);
         }
-        let decoded = sink.decode(&body, now_ms());
-        if !decoded.rejected.is_empty() {
-            metrics::counter!("throng_kafka_rejected_total").increment(decoded.rejected.len() as u64);
-            let r = &decoded.rejected[0];
-            tracing::warn!(
-                rejected = decoded.rejected.len(),
-                partitions = ?done.keys().collect::<Vec<_>>(),
-                "Rejected Kafka records (first: batch line {}: {}).", r.line, r.error
-            );
+        for c in changes.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            match c {
+                Assignment::Assigned(t, p, from) => aligner.assign(&t, p, from),
+                Assignment::Revoked(t, p) => aligner.revoke(&t, p),
+            }
         }
-        if let Err(e) = sink.commit(decoded.records, WhenFull::Wait).await {
-            // Not logged: read the batch again from its first offsets.
+        let mut rejected = 0usize;
+        for m in &batch {
+            let Some(p) = m.payload() else { continue };
+            body.clear();
+            body.extend_from_slice(p);
+            let decoded = sink.decode(&body, now_ms());
+            if let Some(r) = decoded.rejected.first() {
+                rejected += decoded.rejected.len();
+                tracing::warn!(topic = %m.topic(), partition = m.partition(), offset = m.offset(), "Rejected Kafka record (line {} of the message): {}", r.line, r.error);
+            }
+            aligner.push(m.topic(), m.partition(), m.offset(), decoded.records);
+        }
+        if rejected > 0 {
+            metrics::counter!("throng_kafka_rejected_total").increment(rejected as u64);
+        }
+        let (records, done) = aligner.release();
+        if records.is_empty() && batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = sink.commit(records, WhenFull::Wait).await {
+            // Not logged: read everything not yet logged again from the recorded offsets.
             tracing::error!(error = %e, "Kafka batch not logged; reading it again in 1 s.");
-            for ((t, p), o) in &first_offset {
-                if let Err(e) = consumer.seek(t, *p, Offset::Offset(*o), Duration::from_secs(5)) {
+            for (t, p) in done.keys() {
+                let at = offsets.next(t, *p).map_or(Offset::Beginning, Offset::Offset);
+                if let Err(e) = consumer.seek(t, *p, at, Duration::from_secs(5)) {
                     tracing::error!(topic = %t, partition = p, error = %e, "Kafka seek back failed.");
                 }
+            }
+            aligner = Aligner::default();
+            for ((t, p), _) in done {
+                aligner.assign(&t, p, offsets.next(&t, p).unwrap_or(0));
             }
             tokio::time::sleep(RETRY_AFTER).await;
             continue;
@@ -413,6 +622,65 @@ mod tests {
             .of(br#"{"kind":"counter","ts":1,"sensor":"nowhere","in":1}"#)
             .is_none());
         assert!(RegionKey::new(16, Registry::default()).is_err());
+    }
+
+    fn ping(ts: i64) -> Record {
+        use crate::model::{Body, CellId, DeviceId, EventTime, SourceId};
+        Record {
+            ts: EventTime(ts),
+            source: SourceId(2),
+            cell: CellId(0x08b3_0995_8ac3_6fff),
+            point: None,
+            body: Body::Ping {
+                device: DeviceId(ts as u64),
+                pos: None,
+            },
+        }
+    }
+
+    fn times(r: &[Record]) -> Vec<i64> {
+        r.iter().map(|r| r.ts.millis()).collect()
+    }
+
+    #[test]
+    fn a_partition_read_ahead_waits_for_the_others_and_offsets_stop_at_what_is_held() {
+        let mut a = Aligner::default();
+        a.assign("feed", 0, 0);
+        a.assign("feed", 1, 40);
+        // Partition 0 is read far ahead; partition 1 has said nothing yet: nothing goes.
+        a.push("feed", 0, 0, vec![ping(1_000), ping(2_000)]);
+        a.push("feed", 0, 1, vec![ping(60_000)]);
+        let (out, done) = a.release();
+        assert!(out.is_empty());
+        assert_eq!(
+            done[&("feed".to_string(), 0)],
+            0,
+            "nothing of partition 0 is logged yet"
+        );
+        assert_eq!(done[&("feed".to_string(), 1)], 40);
+        // Partition 1 reaches 30 s: everything up to 30 s goes, merged in time order.
+        a.push("feed", 1, 40, vec![ping(1_500), ping(30_000)]);
+        let (out, done) = a.release();
+        assert_eq!(times(&out), vec![1_000, 1_500, 2_000, 30_000]);
+        assert_eq!(
+            done[&("feed".to_string(), 0)],
+            1,
+            "the 60 s record's message is still held"
+        );
+        assert_eq!(done[&("feed".to_string(), 1)], 41);
+        assert_eq!(a.held(), 1);
+        // Partition 1 is caught up: it holds nobody back.
+        a.caught_up(1);
+        let (out, done) = a.release();
+        assert_eq!(times(&out), vec![60_000]);
+        assert_eq!(done[&("feed".to_string(), 0)], 2);
+        // A revoked partition's held records are dropped (its new owner reads them again).
+        a.push("feed", 0, 2, vec![ping(70_000)]);
+        a.push("feed", 1, 41, vec![ping(65_000)]);
+        a.revoke("feed", 1);
+        assert_eq!(a.held(), 1);
+        let (out, _) = a.release();
+        assert_eq!(times(&out), vec![70_000]);
     }
 
     #[test]
