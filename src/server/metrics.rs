@@ -120,6 +120,8 @@ pub const CATALOGUE: &[Metric] = &[
     counter("throng_sql_queries_total", &[], "SQL queries answered (HTTP and PostgreSQL wire)."),
     counter("throng_mqtt_messages_total", &[], "MQTT messages received from the broker."),
     counter("throng_kafka_messages_total", &[], "Kafka messages whose records are in the write-ahead log (their offsets then recorded in the data dir)."),
+    gauge("throng_kafka_held_records", Unit::Count, &["group"], "Records read from Kafka and held back until every partition still reading has caught up with their event time."),
+    gauge("throng_kafka_assigned_partitions", Unit::Count, &["group"], "Kafka partitions this instance reads now."),
     counter("throng_kafka_rejected_total", &[], "Records in Kafka messages refused by the parser (the log names the first of each batch)."),
     counter("throng_live_frames_total", &["type"], "Frames written to live viewers, by frame type (one per viewer)."),
     counter("throng_live_frames_skipped_total", &[], "Heatmap and segments frames a slow viewer skipped to catch up with the newest."),

@@ -244,6 +244,8 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     let thresholds = ThresholdStore::open(Some(data_dir))
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("loading thresholds")?;
+    let kafka_status: Vec<crate::transport::kafka::KafkaStatus> =
+        cfg.kafka.iter().map(|_| Default::default()).collect();
     let acks = crate::live::AckStore::open(Some(data_dir)).with_context(|| {
         format!(
             "reading {}",
@@ -303,6 +305,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         picture,
         thresholds,
         acks,
+        kafka: kafka_status.clone(),
         control,
         hub,
         stop: token.clone(),
@@ -322,13 +325,14 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
             token.clone(),
         ));
     }
-    for k in &cfg.kafka {
+    for (k, status) in cfg.kafka.iter().zip(&kafka_status) {
         let offsets = crate::transport::kafka::OffsetStore::open(Some(data_dir), &k.group)
             .with_context(|| format!("reading the Kafka offsets of group {:?}", k.group))?;
         tracker.spawn(crate::transport::kafka::run(
             k.clone(),
             sink.clone(),
             offsets,
+            status.clone(),
             token.clone(),
         ));
     }

@@ -82,6 +82,8 @@ pub struct AppState {
     pub thresholds: ThresholdStore,
     /// Who acknowledged which alert.
     pub acks: crate::live::AckStore,
+    /// What each `[[kafka]]` source is doing.
+    pub kafka: Vec<crate::transport::kafka::KafkaStatus>,
     /// Requests to the engine task.
     pub control: EngineControl,
     /// Live frames to viewers.

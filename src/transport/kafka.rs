@@ -128,6 +128,21 @@ impl OffsetStore {
     }
 }
 
+/// What one `[[kafka]]` source is doing, for `/api/health`. A cheap handle; its lock is private.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaStatus(Arc<Mutex<serde_json::Value>>);
+
+impl KafkaStatus {
+    /// The status now, as JSON.
+    pub fn get(&self) -> serde_json::Value {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, v: serde_json::Value) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
 /// Per-partition alignment of event time (see the module doc).
 #[derive(Debug, Default)]
 pub struct Aligner {
@@ -254,6 +269,14 @@ impl Aligner {
     pub fn held(&self) -> usize {
         self.held
     }
+
+    /// The partitions being read (`topic/partition`), and which of them are at their end.
+    pub fn partitions(&self) -> Vec<(String, bool)> {
+        self.lanes
+            .iter()
+            .map(|((t, p), l)| (key(t, *p), l.caught_up))
+            .collect()
+    }
 }
 
 /// A change of assignment, for the consumer loop's aligner.
@@ -352,7 +375,27 @@ fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 /// Runs one `[[kafka]]` subscription until `stop`.
-pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: CancellationToken) {
+pub async fn run(
+    cfg: KafkaConfig,
+    sink: FeedSink,
+    offsets: OffsetStore,
+    status: KafkaStatus,
+    stop: CancellationToken,
+) {
+    let report = |aligner: &Aligner, logged: u64, error: Option<String>| {
+        let parts = aligner.partitions();
+        metrics::gauge!("throng_kafka_held_records", "group" => cfg.group.clone()).set(aligner.held() as f64);
+        metrics::gauge!("throng_kafka_assigned_partitions", "group" => cfg.group.clone())
+            .set(parts.len() as f64);
+        status.set(serde_json::json!({
+            "bootstrap": cfg.bootstrap, "topics": cfg.topics, "group": cfg.group,
+            "partitions": parts.iter().map(|(p, end)| serde_json::json!({"partition": p, "caught_up": end})).collect::<Vec<_>>(),
+            "next_offsets": offsets.all(),
+            "held_records": aligner.held(),
+            "messages_logged": logged,
+            "error": error,
+        }));
+    };
     let changes = Arc::new(Mutex::new(Vec::new()));
     let ctx = Rebalancer {
         offsets: offsets.clone(),
@@ -363,11 +406,15 @@ pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: C
         Err(e) => return tracing::error!(error = %e, bootstrap = %cfg.bootstrap, "Kafka source not started."),
     };
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    let mut aligner = Aligner::default();
     if let Err(e) = consumer.subscribe(&topics) {
+        report(&aligner, 0, Some(format!("subscribe failed: {e}")));
         return tracing::error!(error = %e, topics = ?cfg.topics, "Kafka subscribe failed.");
     }
     tracing::info!(bootstrap = %cfg.bootstrap, topics = ?cfg.topics, group = %cfg.group, "Kafka source started.");
-    let mut aligner = Aligner::default();
+    let mut logged = 0u64;
+    let mut last_error: Option<String> = None;
+    report(&aligner, logged, None);
     let mut body = Vec::new();
     loop {
         // Wait for a message (or a partition's end); with records held back, not for long, so a
@@ -382,6 +429,7 @@ pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: C
             m = tokio::time::timeout(wait, consumer.recv()) => m,
         };
         let mut batch = Vec::new();
+        let last_err = Mutex::new(None::<String>);
         let took = |m: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
                     aligner: &mut Aligner,
                     batch: &mut Vec<rdkafka::message::OwnedMessage>|
@@ -397,6 +445,7 @@ pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: C
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka receive failed.");
+                    *last_err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                     false
                 }
             }
@@ -440,13 +489,19 @@ pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: C
         if rejected > 0 {
             metrics::counter!("throng_kafka_rejected_total").increment(rejected as u64);
         }
+        if let Some(e) = last_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            last_error = Some(e);
+        }
         let (records, done) = aligner.release();
         if records.is_empty() && batch.is_empty() {
+            report(&aligner, logged, last_error.clone());
             continue;
         }
         if let Err(e) = sink.commit(records, WhenFull::Wait).await {
             // Not logged: read everything not yet logged again from the recorded offsets.
             tracing::error!(error = %e, "Kafka batch not logged; reading it again in 1 s.");
+            last_error = Some(format!("batch not logged: {e}"));
+            report(&aligner, logged, last_error.clone());
             for (t, p) in done.keys() {
                 let at = offsets.next(t, *p).map_or(Offset::Beginning, Offset::Offset);
                 if let Err(e) = consumer.seek(t, *p, at, Duration::from_secs(5)) {
@@ -461,6 +516,8 @@ pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: C
             continue;
         }
         metrics::counter!("throng_kafka_messages_total").increment(batch.len() as u64);
+        logged += batch.len() as u64;
+        last_error = None;
         if let Err(e) = offsets.advance(&done) {
             // The records are logged; a restart re-reads them and the idempotency key drops them.
             tracing::error!(error = %e, "Could not record Kafka offsets; a restart will re-read this batch.");
@@ -471,6 +528,7 @@ pub async fn run(cfg: KafkaConfig, sink: FeedSink, offsets: OffsetStore, stop: C
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
         }
         let _ = consumer.commit(&tpl, CommitMode::Async);
+        report(&aligner, logged, last_error.clone());
     }
     consumer.unsubscribe();
 }

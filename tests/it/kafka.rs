@@ -272,7 +272,7 @@ fn records_are_keyed_by_region_so_one_partition_holds_a_district() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let data = dir.path().join(group);
         let cfg = config(dir.path(), &b, &t, group);
-        let server = serving(serve_command(&data, &["--config", cfg.to_str().unwrap()])).0;
+        let (server, addr) = serving(serve_command(&data, &["--config", cfg.to_str().unwrap()]));
         let deadline = Instant::now() + Duration::from_secs(60);
         while consumed(&data, group) < total {
             assert!(
@@ -282,6 +282,19 @@ fn records_are_keyed_by_region_so_one_partition_holds_a_district() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Operators see the source in /api/health: its partitions, offsets and what it holds.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (_, h) = rt.block_on(crate::http::request(addr, "GET", "/api/health", None, ""));
+        let k = &h["kafka"][0];
+        assert_eq!(k["group"], group, "{h}");
+        assert_eq!(k["partitions"].as_array().map(Vec::len), Some(4), "{k}");
+        let next: i64 = k["next_offsets"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_i64().unwrap())
+            .sum();
+        assert_eq!(next, total, "{k}");
         stop(server);
         let m: std::collections::BTreeMap<String, i64> = serde_json::from_str(
             &std::fs::read_to_string(data.join(format!("kafka-offsets/{group}.json"))).unwrap(),

@@ -19,7 +19,8 @@ pub async fn health(State(h): State<AppState>) -> Json<serde_json::Value> {
     // alert on storage trouble reads `status` (or `throng_storage_degraded`).
     let status = if faults.is_empty() { "ok" } else { "degraded" };
     Json(
-        json!({"status": status, "faults": faults, "engine": health, "live": {"frame_latency": h.hub.latency_summary()}}),
+        json!({"status": status, "faults": faults, "engine": health, "live": {"frame_latency": h.hub.latency_summary()},
+            "kafka": h.kafka.iter().map(|k| k.get()).collect::<Vec<_>>()}),
     )
 }
 
