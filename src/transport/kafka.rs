@@ -382,11 +382,16 @@ pub async fn run(
     status: KafkaStatus,
     stop: CancellationToken,
 ) {
+    // The gauges sum over every `[[kafka]]` source: each adds its own change.
+    let shown = Mutex::new((0usize, 0usize));
     let report = |aligner: &Aligner, logged: u64, error: Option<String>| {
         let parts = aligner.partitions();
-        metrics::gauge!("throng_kafka_held_records", "group" => cfg.group.clone()).set(aligner.held() as f64);
-        metrics::gauge!("throng_kafka_assigned_partitions", "group" => cfg.group.clone())
-            .set(parts.len() as f64);
+        let (held, assigned) = std::mem::replace(
+            &mut *shown.lock().unwrap_or_else(|p| p.into_inner()),
+            (aligner.held(), parts.len()),
+        );
+        metrics::gauge!("throng_kafka_held_records").increment(aligner.held() as f64 - held as f64);
+        metrics::gauge!("throng_kafka_assigned_partitions").increment(parts.len() as f64 - assigned as f64);
         status.set(serde_json::json!({
             "bootstrap": cfg.bootstrap, "topics": cfg.topics, "group": cfg.group,
             "partitions": parts.iter().map(|(p, end)| serde_json::json!({"partition": p, "caught_up": end})).collect::<Vec<_>>(),
