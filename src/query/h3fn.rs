@@ -13,6 +13,16 @@ fn cell(v: i64) -> Option<CellIndex> {
     u64::try_from(v).ok().and_then(|u| CellIndex::try_from(u).ok())
 }
 
+/// A resolution from SQL (0–15), or None.
+fn resolution(r: i64) -> Option<Resolution> {
+    Resolution::try_from(u8::try_from(r).ok()?).ok()
+}
+
+/// The parent at `r` of the cell `v` (None: not a cell, or `r` finer than the cell).
+fn parent(v: i64, r: Resolution) -> Option<i64> {
+    cell(v)?.parent(r).map(|p| u64::from(p) as i64)
+}
+
 fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, bool)> {
     let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
     Ok((ColumnarValue::values_to_arrays(args)?, scalar))
@@ -126,16 +136,27 @@ pub fn functions() -> Vec<ScalarUDF> {
             DataType::Int64,
             Volatility::Immutable,
             Arc::new(|args: &[ColumnarValue]| {
+                // The usual call names one resolution for a whole column (`h3_parent(cell, 7)`):
+                // read it once and run a tight kernel over the column instead of zipping with a
+                // column of copies of it, parsing it again for every row.
+                if let (ColumnarValue::Array(cells), ColumnarValue::Scalar(r)) = (&args[0], &args[1]) {
+                    let cells = ints(cells)?;
+                    let r = match r {
+                        datafusion::common::ScalarValue::Int64(Some(r)) => resolution(*r),
+                        _ => None,
+                    };
+                    let parents: Int64Array = match r {
+                        Some(r) => cells.unary_opt::<_, arrow::datatypes::Int64Type>(|v| parent(v, r)),
+                        None => Int64Array::new_null(cells.len()),
+                    };
+                    return Ok(ColumnarValue::Array(Arc::new(parents)));
+                }
                 let (a, scalar) = arrays(args)?;
                 let (cells, res) = (ints(&a[0])?, ints(&a[1])?);
                 let r: Int64Array = cells
                     .iter()
                     .zip(res.iter())
-                    .map(|(c, r)| {
-                        let c = cell(c?)?;
-                        let r = Resolution::try_from(u8::try_from(r?).ok()?).ok()?;
-                        c.parent(r).map(|p| u64::from(p) as i64)
-                    })
+                    .map(|(c, r)| parent(c?, resolution(r?)?))
                     .collect();
                 out(Arc::new(r), scalar)
             }),
@@ -162,4 +183,80 @@ pub fn functions() -> Vec<ScalarUDF> {
             }),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    /// `h3_parent` by column and by scalar resolution, against h3o directly, over cells of every
+    /// resolution and values that are not cells.
+    #[tokio::test]
+    async fn h3_parent_matches_h3o_for_columns_scalars_and_non_cells() {
+        let mut values = vec![-1i64, 0, 123, i64::MAX];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..2_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let lat = (x % 17_000) as f64 / 100.0 - 85.0;
+            let lng = ((x >> 20) % 36_000) as f64 / 100.0 - 180.0;
+            let res = Resolution::try_from((i % 16) as u8).unwrap();
+            values.push(u64::from(LatLng::new(lat, lng).unwrap().to_cell(res)) as i64);
+        }
+        let ctx = SessionContext::new();
+        for f in functions() {
+            ctx.register_udf(f);
+        }
+        let cells = arrow::record_batch::RecordBatch::try_from_iter([
+            ("cell", Arc::new(Int64Array::from(values.clone())) as ArrayRef),
+            (
+                "r",
+                Arc::new(Int64Array::from(vec![7i64; values.len()])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        ctx.register_batch("t", cells).unwrap();
+        for sql in [
+            "SELECT h3_parent(cell, 7) AS p FROM t",
+            "SELECT h3_parent(cell, r) AS p FROM t",
+        ] {
+            let got: Vec<Option<i64>> = ctx
+                .sql(sql)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap()
+                .iter()
+                .flat_map(|b| {
+                    let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                    a.iter().collect::<Vec<_>>()
+                })
+                .collect();
+            let want: Vec<Option<i64>> = values.iter().map(|v| parent(*v, Resolution::Seven)).collect();
+            assert_eq!(got, want, "{sql}");
+            assert!(
+                got.iter().filter(|p| p.is_some()).count() > 900,
+                "{sql}: coarse cells have parents"
+            );
+        }
+        for bad in [
+            "SELECT h3_parent(cell, 16) AS p FROM t",
+            "SELECT h3_parent(cell, NULL) AS p FROM t",
+        ] {
+            let b = ctx.sql(bad).await.unwrap().collect().await.unwrap();
+            assert!(
+                b.iter().all(|b| b.column(0).null_count() == b.num_rows()),
+                "{bad}"
+            );
+        }
+        // And h3o's own parent is what the bits say: a cell's parent contains it.
+        let c = LatLng::new(31.2405, 121.4832)
+            .unwrap()
+            .to_cell(Resolution::Eleven);
+        let p = parent(u64::from(c) as i64, Resolution::Seven).unwrap();
+        assert_eq!(Some(p as u64), c.parent(Resolution::Seven).map(u64::from));
+    }
 }
