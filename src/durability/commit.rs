@@ -203,6 +203,17 @@ impl FeedSink {
         decode(&self.parser, body, Some(now_ms), self.max_line)
     }
 
+    /// Reads a body line by line with this sink's parser and limits, handing each line's number
+    /// and outcome to `each` (for transports that must know which line made which record).
+    pub fn each_line(
+        &self,
+        body: &[u8],
+        now_ms: i64,
+        each: impl FnMut(usize, Result<crate::model::Record, crate::ingest::LineError>),
+    ) {
+        crate::ingest::decode::each_line(&self.parser, body, Some(now_ms), self.max_line, each)
+    }
+
     /// Commits decoded records (counted in `throng_ingest_records_total` once accepted).
     pub async fn commit(&self, records: Vec<Record>, when_full: WhenFull) -> Result<usize, CommitError> {
         let n = records.len();

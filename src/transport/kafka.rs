@@ -45,9 +45,7 @@ const MAX_HELD: usize = 500_000;
 /// A partition that has given nothing (no message, no end) for this long holds nobody back.
 const LANE_IDLE: Duration = Duration::from_secs(2);
 /// Messages taken into one log commit at most.
-const BATCH_MESSAGES: usize = 2_000;
-/// How long a batch waits for more messages once it has one.
-const BATCH_WAIT: Duration = Duration::from_millis(20);
+const BATCH_MESSAGES: usize = 10_000;
 /// Pause after a failed commit or a broker error before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -374,6 +372,51 @@ fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Joins messages' payloads into one NDJSON body (a newline after each that lacks one); the line
+/// number (1-based, as the decoder counts) each message starts at.
+fn batch_body<'a>(payloads: impl Iterator<Item = Option<&'a [u8]>>, body: &mut Vec<u8>) -> Vec<usize> {
+    body.clear();
+    let mut first_line = Vec::new();
+    let mut line = 1usize;
+    for p in payloads {
+        first_line.push(line);
+        if let Some(p) = p.filter(|p| !p.is_empty()) {
+            body.extend_from_slice(p);
+            line += p.iter().filter(|b| **b == b'\n').count();
+            if !p.ends_with(b"\n") {
+                body.push(b'\n');
+                line += 1;
+            }
+        }
+    }
+    first_line
+}
+
+/// Takes one receive's outcome into the batch (a message) or the aligner (a partition's end);
+/// false on an error, which is kept for `/api/health`.
+fn took<'a>(
+    m: Result<rdkafka::message::BorrowedMessage<'a>, KafkaError>,
+    aligner: &mut Aligner,
+    batch: &mut Vec<rdkafka::message::BorrowedMessage<'a>>,
+    last_err: &mut Option<String>,
+) -> bool {
+    match m {
+        Ok(m) => {
+            batch.push(m);
+            true
+        }
+        Err(KafkaError::PartitionEOF(p)) => {
+            aligner.caught_up(p);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Kafka receive failed.");
+            *last_err = Some(e.to_string());
+            false
+        }
+    }
+}
+
 /// Runs one `[[kafka]]` subscription until `stop`.
 pub async fn run(
     cfg: KafkaConfig,
@@ -433,44 +476,26 @@ pub async fn run(
             _ = stop.cancelled() => break,
             m = tokio::time::timeout(wait, consumer.recv()) => m,
         };
-        let mut batch = Vec::new();
-        let last_err = Mutex::new(None::<String>);
-        let took = |m: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
-                    aligner: &mut Aligner,
-                    batch: &mut Vec<rdkafka::message::OwnedMessage>|
-         -> bool {
-            match m {
-                Ok(m) => {
-                    batch.push(m.detach());
-                    true
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    aligner.caught_up(p);
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kafka receive failed.");
-                    *last_err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                    false
-                }
-            }
-        };
+        let mut batch: Vec<rdkafka::message::BorrowedMessage<'_>> = Vec::new();
+        let mut last_err: Option<String> = None;
         let healthy = match first {
-            Ok(m) => took(m, &mut aligner, &mut batch),
+            Ok(m) => took(m, &mut aligner, &mut batch, &mut last_err),
             Err(_) => true,
         };
         if !healthy {
             tokio::time::sleep(RETRY_AFTER).await;
         }
-        // One log commit per batch: the messages waiting now, up to BATCH_MESSAGES.
+        // One log commit per batch: the messages already waiting in the client, up to
+        // BATCH_MESSAGES (no timer per message: what is there now is the batch).
         while batch.len() < BATCH_MESSAGES {
-            match tokio::time::timeout(BATCH_WAIT, consumer.recv()).await {
-                Ok(m) => {
-                    if !took(m, &mut aligner, &mut batch) {
+            use futures_util::FutureExt;
+            match consumer.recv().now_or_never() {
+                Some(m) => {
+                    if !took(m, &mut aligner, &mut batch, &mut last_err) {
                         break;
                     }
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         for c in changes.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
@@ -479,26 +504,38 @@ pub async fn run(
                 Assignment::Revoked(t, p) => aligner.revoke(&t, p),
             }
         }
-        let mut rejected = 0usize;
-        for m in &batch {
-            let Some(p) = m.payload() else { continue };
-            body.clear();
-            body.extend_from_slice(p);
-            let decoded = sink.decode(&body, now_ms());
-            if let Some(r) = decoded.rejected.first() {
-                rejected += decoded.rejected.len();
-                tracing::warn!(topic = %m.topic(), partition = m.partition(), offset = m.offset(), "Rejected Kafka record (line {} of the message): {}", r.line, r.error);
+        // The whole batch parsed as one body; each message's first line number says which
+        // message (so which offset) every record came from.
+        let first_line = batch_body(batch.iter().map(|m| m.payload()), &mut body);
+        let mut per_message: Vec<Vec<Record>> = vec![Vec::new(); batch.len()];
+        let (mut rejected, mut j) = (0usize, 0usize);
+        sink.each_line(&body, now_ms(), |n, r| {
+            while j + 1 < first_line.len() && first_line[j + 1] <= n {
+                j += 1;
             }
-            aligner.push(m.topic(), m.partition(), m.offset(), decoded.records);
+            match r {
+                Ok(rec) => per_message[j].push(rec),
+                Err(e) => {
+                    if rejected == 0 {
+                        let m = &batch[j];
+                        tracing::warn!(topic = %m.topic(), partition = m.partition(), offset = m.offset(), "Rejected Kafka record (line {} of the message): {e}", n + 1 - first_line[j]);
+                    }
+                    rejected += 1;
+                }
+            }
+        });
+        let messages = batch.len();
+        for (m, recs) in batch.drain(..).zip(per_message) {
+            aligner.push(m.topic(), m.partition(), m.offset(), recs);
         }
         if rejected > 0 {
             metrics::counter!("throng_kafka_rejected_total").increment(rejected as u64);
         }
-        if let Some(e) = last_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(e) = last_err {
             last_error = Some(e);
         }
         let (records, done) = aligner.release();
-        if records.is_empty() && batch.is_empty() {
+        if records.is_empty() && messages == 0 {
             report(&aligner, logged, last_error.clone());
             continue;
         }
@@ -520,8 +557,8 @@ pub async fn run(
             tokio::time::sleep(RETRY_AFTER).await;
             continue;
         }
-        metrics::counter!("throng_kafka_messages_total").increment(batch.len() as u64);
-        logged += batch.len() as u64;
+        metrics::counter!("throng_kafka_messages_total").increment(messages as u64);
+        logged += messages as u64;
         last_error = None;
         if let Err(e) = offsets.advance(&done) {
             // The records are logged; a restart re-reads them and the idempotency key drops them.
@@ -744,6 +781,39 @@ mod tests {
         assert_eq!(a.held(), 1);
         let (out, _) = a.release();
         assert_eq!(times(&out), vec![70_000]);
+    }
+
+    #[test]
+    fn a_batch_of_messages_is_one_body_and_every_line_knows_its_message() {
+        let payloads: Vec<Option<&[u8]>> = vec![
+            Some(b"{\"a\":1}\n{\"a\":2}"),
+            None,
+            Some(b"{\"b\":1}\n"),
+            Some(b""),
+            Some(b"{\"c\":1}\n\n{\"c\":2}\n"),
+        ];
+        let mut body = Vec::new();
+        let first = batch_body(payloads.into_iter(), &mut body);
+        assert_eq!(first, vec![1, 3, 3, 4, 4]);
+        // Line n belongs to the last message starting at or before it (empty ones start nothing).
+        let lines: Vec<(usize, String)> = body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(i, l)| (i + 1, String::from_utf8_lossy(l).into_owned()))
+            .collect();
+        let owner = |n: usize| first.iter().rposition(|f| *f <= n).unwrap();
+        let got: Vec<(String, usize)> = lines.iter().map(|(n, l)| (l.clone(), owner(*n))).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("{\"a\":1}".to_string(), 0),
+                ("{\"a\":2}".to_string(), 0),
+                ("{\"b\":1}".to_string(), 2),
+                ("{\"c\":1}".to_string(), 4),
+                ("{\"c\":2}".to_string(), 4),
+            ]
+        );
     }
 
     #[test]
