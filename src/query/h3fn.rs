@@ -18,9 +18,18 @@ fn resolution(r: i64) -> Option<Resolution> {
     Resolution::try_from(u8::try_from(r).ok()?).ok()
 }
 
-/// The parent at `r` of the cell `v` (None: not a cell, or `r` finer than the cell).
+/// The parent at `r` of the cell `v` (None: not a cell, or `r` finer than the cell). On a valid
+/// cell a parent is two bit operations (the resolution field set to `r`, the digits below it set
+/// to 7); h3o's `parent` took a fifth of a day's roll-up, the validation another eighth.
 fn parent(v: i64, r: Resolution) -> Option<i64> {
-    cell(v)?.parent(r).map(|p| u64::from(p) as i64)
+    let c = cell(v)?;
+    let (own, r) = (u8::from(c.resolution()), u8::from(r));
+    if r > own {
+        return None;
+    }
+    const RES_FIELD: u64 = 0xF << 52;
+    let below = (1u64 << (3 * (15 - u32::from(r)))) - 1;
+    Some((((v as u64) & !RES_FIELD) | (u64::from(r) << 52) | below) as i64)
 }
 
 fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, bool)> {
@@ -235,7 +244,14 @@ mod tests {
                     a.iter().collect::<Vec<_>>()
                 })
                 .collect();
-            let want: Vec<Option<i64>> = values.iter().map(|v| parent(*v, Resolution::Seven)).collect();
+            let want: Vec<Option<i64>> = values
+                .iter()
+                .map(|v| {
+                    cell(*v)
+                        .and_then(|c| c.parent(Resolution::Seven))
+                        .map(|p| u64::from(p) as i64)
+                })
+                .collect();
             assert_eq!(got, want, "{sql}");
             assert!(
                 got.iter().filter(|p| p.is_some()).count() > 900,
