@@ -174,19 +174,18 @@ fn consume(cfg: &Path, data: &Path, group: &str, total: i64, kill_at: &[i64]) ->
     kills
 }
 
-#[test]
-fn a_kafka_feed_killed_twice_mid_read_ends_with_the_uninterrupted_runs_tables() {
-    let (b, _broker) = bootstrap();
-    let dir = tempfile::tempdir().unwrap();
-    let feed = dir.path().join("feed.ndjson");
+/// A simulated night of `devices` people over `seconds` in `dir`: the file and its record count.
+fn night(dir: &Path, devices: u32, seconds: u32, seed: u32) -> (std::path::PathBuf, i64) {
+    let feed = dir.join("feed.ndjson");
+    let (d, s, k) = (devices.to_string(), seconds.to_string(), seed.to_string());
     let sim = throng(&[
         "simulate",
         "--devices",
-        "3000",
+        &d,
         "--duration",
-        "1500",
+        &s,
         "--seed",
-        "5",
+        &k,
         "--start",
         "2025-12-31T23:30:00+08:00",
         "--out",
@@ -194,6 +193,36 @@ fn a_kafka_feed_killed_twice_mid_read_ends_with_the_uninterrupted_runs_tables() 
     ]);
     assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
     let total = std::fs::read_to_string(&feed).unwrap().lines().count() as i64;
+    (feed, total)
+}
+
+/// The feed replayed offline under `cfg` into `offline`, compared with `served` window by window
+/// (`columns`, summed per window) up to the last window `served` closed.
+fn same_as_offline(feed: &Path, cfg: &Path, offline: &Path, served: &Path, columns: &str, what: &str) {
+    let r = throng(&[
+        "replay",
+        feed.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        offline.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let last = query(served, "SELECT max(window_end) AS e FROM hex_windows");
+    let e = last.lines().nth(1).unwrap().trim().to_owned();
+    let per_window = format!(
+        "SELECT window_end, {columns} FROM hex_windows WHERE window_end <= '{e}' GROUP BY window_end ORDER BY window_end"
+    );
+    let (k, o) = (query(served, &per_window), query(offline, &per_window));
+    assert!(k.lines().count() > 30, "{what}: {} windows", k.lines().count());
+    same(&k, &o, what);
+}
+
+#[test]
+fn a_kafka_feed_killed_twice_mid_read_ends_with_the_uninterrupted_runs_tables() {
+    let (b, _broker) = bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (feed, total) = night(dir.path(), 3000, 1500, 5);
     // One partition: the log's order is the file's event-time order (README: partitions and
     // event time), so both servers see the same order and must make the same decisions.
     let t = topic(&b, "bund", 1);
@@ -219,24 +248,12 @@ fn a_kafka_feed_killed_twice_mid_read_ends_with_the_uninterrupted_runs_tables() 
         same(&a, &c, sql);
     }
     // Each record counted once: the same devices as the file replayed offline, window by window.
-    let offline = dir.path().join("offline");
-    let r = throng(&[
-        "replay",
-        feed.to_str().unwrap(),
-        "--config",
-        cfg_a.to_str().unwrap(),
-        "--data-dir",
-        offline.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let last = query(&whole, "SELECT max(window_end) AS e FROM hex_windows");
-    let e = last.lines().nth(1).unwrap().trim().to_owned();
-    let devices = format!(
-        "SELECT window_end, sum(lbs_devices) AS d, sum(gate_exits) AS g FROM hex_windows WHERE window_end <= '{e}' GROUP BY window_end ORDER BY window_end"
-    );
-    same(
-        &query(&crashed, &devices),
-        &query(&offline, &devices),
+    same_as_offline(
+        &feed,
+        &cfg_a,
+        &dir.path().join("offline"),
+        &crashed,
+        "sum(lbs_devices) AS d, sum(gate_exits) AS g",
         "devices per window, crashed vs offline",
     );
 }
@@ -245,20 +262,7 @@ fn a_kafka_feed_killed_twice_mid_read_ends_with_the_uninterrupted_runs_tables() 
 fn records_are_keyed_by_region_so_one_partition_holds_a_district() {
     let (b, _broker) = bootstrap();
     let dir = tempfile::tempdir().unwrap();
-    let feed = dir.path().join("feed.ndjson");
-    let sim = throng(&[
-        "simulate",
-        "--devices",
-        "1500",
-        "--duration",
-        "600",
-        "--start",
-        "2025-12-31T23:30:00+08:00",
-        "--out",
-        feed.to_str().unwrap(),
-    ]);
-    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
-    let total = std::fs::read_to_string(&feed).unwrap().lines().count() as i64;
+    let (feed, total) = night(dir.path(), 1500, 600, 1);
     let partitions_used = |key_res: &str, group: &str| {
         let t = topic(&b, group, 4);
         let out = throng(&[
@@ -308,26 +312,15 @@ fn records_are_keyed_by_region_so_one_partition_holds_a_district() {
     // Read from several partitions in whatever order the broker hands them over, the records
     // still meet the windows as the file replayed offline does: partitions are aligned on event
     // time, so none is late for another's sake.
-    let offline = dir.path().join("offline");
-    let cfg = dir.path().join("blocks.toml");
-    let r = throng(&[
-        "replay",
-        feed.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        offline.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let blocks = dir.path().join("blocks");
-    let last = query(&blocks, "SELECT max(window_end) AS e FROM hex_windows");
-    let e = last.lines().nth(1).unwrap().trim().to_owned();
-    let per_window = format!(
-        "SELECT window_end, sum(lbs_devices) AS d, sum(counter_in) AS c, sum(gate_exits) AS g FROM hex_windows WHERE window_end <= '{e}' GROUP BY window_end ORDER BY window_end"
+    let (offline, blocks) = (dir.path().join("offline"), dir.path().join("blocks"));
+    same_as_offline(
+        &feed,
+        &dir.path().join("blocks.toml"),
+        &offline,
+        &blocks,
+        "sum(lbs_devices) AS d, sum(counter_in) AS c, sum(gate_exits) AS g",
+        "per window, 4 partitions vs offline",
     );
-    let (k, o) = (query(&blocks, &per_window), query(&offline, &per_window));
-    assert!(k.lines().count() > 30, "{k}");
-    same(&k, &o, "per window, 4 partitions vs offline");
     let late = query(&blocks, "SELECT count(*) AS n FROM late_records");
     same(
         &late,
