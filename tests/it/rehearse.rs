@@ -112,6 +112,16 @@ fn closing_metro_exit_7_at_2330_shows_which_segments_change_and_when() {
         n,
         "a chart per segment"
     );
+    // Each chart reads in people as well as density: its ticks say both (density × area).
+    let steps = dom
+        .split("<svg class=\"chart\" data-segment=\"chenyi-steps\"")
+        .nth(1)
+        .and_then(|t| t.split("</svg>").next())
+        .expect("the steps' chart");
+    assert!(
+        steps.contains("p/m² · people") && steps.contains(">0.0 · 0<"),
+        "{steps}"
+    );
     let row = dom
         .split("<table class=\"segments\" data-run=\"what-if\">")
         .nth(1)

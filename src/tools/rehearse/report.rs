@@ -156,7 +156,7 @@ fn colour(tier: &str) -> &'static str {
 /// One segment's density over the night against its thresholds: the baseline (grey when a
 /// what-if is drawn over it) and the what-if (orange), local-time ticks every 15 minutes.
 fn chart(r: &Rehearsal<'_>, i: usize) -> String {
-    let (w, h, left, right, top, bottom) = (620.0, 190.0, 44.0, 70.0, 10.0, 24.0);
+    let (w, h, left, right, top, bottom) = (660.0, 210.0, 84.0, 70.0, 20.0, 24.0);
     let base = &r.base.tracks[i];
     let other = r.other.map(|(run, _, _)| (&run.tracks[i], &run.ends));
     let th = base.thresholds.density;
@@ -175,7 +175,7 @@ fn chart(r: &Rehearsal<'_>, i: usize) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg class="chart" data-segment="{}" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="density over the night">"#,
+        r#"<svg class="chart" data-segment="{}" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="density and people over the night">"#,
         esc(&base.id)
     );
     let _ = write!(
@@ -209,14 +209,21 @@ fn chart(r: &Rehearsal<'_>, i: usize) -> String {
             if above { " ↑" } else { "" }
         );
     }
-    // Axes: density ticks, local-time ticks every 15 min.
+    // Axes: density and the people it means on this segment, local-time ticks every 15 min.
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{}" fill="#8c99a6" font-size="9" text-anchor="end">p/m² · people</text>"##,
+        left - 4.0,
+        top - 10.0
+    );
     for k in 0..=4 {
         let d = ymax * k as f64 / 4.0;
         let _ = write!(
             s,
-            r##"<text x="{}" y="{:.1}" fill="#8c99a6" font-size="10" text-anchor="end">{d:.1}</text>"##,
+            r##"<text x="{}" y="{:.1}" fill="#8c99a6" font-size="10" text-anchor="end">{d:.1} · {:.0}</text>"##,
             left - 4.0,
-            y(d) + 3.0
+            y(d) + 3.0,
+            d * base.area_m2
         );
     }
     let quarter = 900_000i64;
