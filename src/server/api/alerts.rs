@@ -21,22 +21,6 @@ use crate::model::now_ms;
 use crate::risk::Alert;
 use crate::server::state::AppState;
 
-/// Reads `since=` (epoch ms or RFC 3339).
-fn since(q: &Params) -> Result<i64, ApiError> {
-    match q.get("since") {
-        None => Ok(i64::MIN),
-        Some(s) => s
-            .parse::<i64>()
-            .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("since={s:?}: expected epoch milliseconds or RFC 3339"),
-                )
-            }),
-    }
-}
-
 /// An alert as the API shows it: the contract's fields plus `ack` (null until acknowledged).
 fn shown(h: &AppState, a: &Alert) -> serde_json::Value {
     let mut v = serde_json::to_value(a).unwrap_or_default();
@@ -55,7 +39,7 @@ fn shown(h: &AppState, a: &Alert) -> serde_json::Value {
     security(("bearer" = [])))]
 pub async fn alerts(State(h): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
     check(&h.config.auth, &headers, &q, roles::VIEW)?;
-    let since = since(&q)?;
+    let since = super::time_param(&q, "since")?.unwrap_or(i64::MIN);
     let segment = q.get("segment");
     let out: Vec<serde_json::Value> = h
         .picture

@@ -39,6 +39,21 @@ use super::state::AppState;
 /// Query parameters (`?token=`, `?since=`).
 pub type Params = Query<HashMap<String, String>>;
 
+/// The time in query parameter `name` (epoch ms or RFC 3339), None when absent; a 400 naming the
+/// parameter when unreadable. Every route taking a time reads it here.
+pub fn time_param(q: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(s) = q.get(name) else { return Ok(None) };
+    s.parse::<i64>()
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
+        .map(Some)
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("{name}={s:?}: expected epoch milliseconds or RFC 3339"),
+            )
+        })
+}
+
 /// The document's fixed parts; the paths come from the router.
 #[derive(OpenApi)]
 #[openapi(

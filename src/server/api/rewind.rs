@@ -19,20 +19,12 @@ const MAX_SPAN_MS: i64 = 6 * 3600 * 1000;
 
 /// An epoch-ms query parameter (or RFC 3339), required.
 fn millis(q: &Params, name: &str) -> Result<i64, ApiError> {
-    let s = q.get(name).ok_or_else(|| {
+    super::time_param(q, name)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("missing `{name}`: give it as epoch milliseconds or RFC 3339"),
         )
-    })?;
-    s.parse::<i64>()
-        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()))
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("{name}={s:?}: expected epoch milliseconds or RFC 3339"),
-            )
-        })
+    })
 }
 
 /// Runs one of this module's own queries; rows as JSON objects (timestamps in epoch ms).

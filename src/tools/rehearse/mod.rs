@@ -227,8 +227,8 @@ pub struct SegmentSummary {
     pub peak_at: Option<i64>,
     /// The same in local time ("HH:MM").
     pub peak_at_local: Option<String>,
-    /// The highest tier reached.
-    pub highest_tier: &'static str,
+    /// The highest tier reached (`low` when it was only ever low or degraded).
+    pub highest_tier: Shown,
     /// When each tier was first reached (window end, epoch ms; null: never).
     pub first: BTreeMap<&'static str, Option<i64>>,
     /// The same in local time.
@@ -294,11 +294,7 @@ pub fn summarise(run: &NightRun, night: &Night, slide_ms: i64) -> Vec<SegmentSum
                 peak_density: peak.map_or(0.0, |i| (t.density[i] * 100.0).round() / 100.0),
                 peak_at: peak.map(|i| run.ends[i]),
                 peak_at_local: peak.map(|i| night.clock(run.ends[i])),
-                highest_tier: if rank(highest) == 0 {
-                    "low"
-                } else {
-                    highest.as_str()
-                },
+                highest_tier: if rank(highest) == 0 { Shown::Low } else { highest },
                 first,
                 first_local,
                 first_reason,

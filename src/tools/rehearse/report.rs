@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{NightRun, SegmentSummary, WhatIf, TIERS};
+use super::{rank, NightRun, SegmentSummary, WhatIf, TIERS};
 use crate::risk::Shown;
 use crate::tools::rehearse::Night;
 
@@ -52,21 +52,12 @@ pub struct Difference {
     pub what_if_peak_density: f64,
 }
 
-fn tier_rank(name: &str) -> u8 {
-    match name {
-        "medium" => 1,
-        "high" => 2,
-        "critical" => 3,
-        _ => 0,
-    }
-}
-
 /// Segments the what-if changes, worst first: those reaching a higher tier, then those reaching
 /// high or critical earlier, then a peak density 10 % apart.
 pub fn differences(base: &[SegmentSummary], other: &[SegmentSummary]) -> Vec<Difference> {
     let mut out: Vec<(u8, Difference)> = Vec::new();
     for (b, o) in base.iter().zip(other) {
-        let (rb, ro) = (tier_rank(b.highest_tier), tier_rank(o.highest_tier));
+        let (rb, ro) = (rank(b.highest_tier), rank(o.highest_tier));
         let earlier = |t: &str| match (b.first[t], o.first[t]) {
             (Some(x), Some(y)) => y < x,
             (None, Some(_)) => true,
@@ -79,8 +70,8 @@ pub fn differences(base: &[SegmentSummary], other: &[SegmentSummary]) -> Vec<Dif
                 Difference {
                     id: b.id.clone(),
                     name: b.name.clone(),
-                    baseline_tier: b.highest_tier,
-                    what_if_tier: o.highest_tier,
+                    baseline_tier: b.highest_tier.as_str(),
+                    what_if_tier: o.highest_tier.as_str(),
                     baseline_first_high: b.first_local["high"].clone(),
                     what_if_first_high: o.first_local["high"].clone(),
                     baseline_peak_density: b.peak_density,
@@ -392,8 +383,8 @@ td:first-child,th:first-child{{text-align:left}} .tier{{padding:0 .45em;border-r
         );
         let mut order: Vec<&SegmentSummary> = sums.iter().collect();
         order.sort_by(|a, b| {
-            tier_rank(b.highest_tier)
-                .cmp(&tier_rank(a.highest_tier))
+            rank(b.highest_tier)
+                .cmp(&rank(a.highest_tier))
                 .then(b.peak_density.total_cmp(&a.peak_density))
         });
         for x in order {
@@ -402,7 +393,7 @@ td:first-child,th:first-child{{text-align:left}} .tier{{padding:0 .45em;border-r
                 r#"<tr data-segment="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{}</td></tr>"#,
                 esc(&x.id),
                 esc(&x.name),
-                tier_badge(x.highest_tier),
+                tier_badge(x.highest_tier.as_str()),
                 first_cell(x, TIERS[0]),
                 first_cell(x, TIERS[1]),
                 first_cell(x, TIERS[2]),
@@ -423,8 +414,8 @@ td:first-child,th:first-child{{text-align:left}} .tier{{padding:0 .45em;border-r
     s.push_str(" · dashed: the segment's density thresholds</p><div class=\"grid\">");
     let mut order: Vec<usize> = (0..r.base.tracks.len()).collect();
     let worst = |i: usize| {
-        let o = r.other.map_or(0, |(_, so, _)| tier_rank(so[i].highest_tier));
-        o.max(tier_rank(r.base_summary[i].highest_tier))
+        let o = r.other.map_or(0, |(_, so, _)| rank(so[i].highest_tier));
+        o.max(rank(r.base_summary[i].highest_tier))
     };
     order.sort_by_key(|&i| std::cmp::Reverse(worst(i)));
     for i in order {
