@@ -30,7 +30,8 @@ pub struct AccuracyArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     pub seeds: Vec<u64>,
     /// Panel mixes: `bund` (50 % carrier-a every 20–90 s, 30 % app every 5–30 s) and `sparse`
-    /// (35 % every 1–5 min, 15 % every 10–60 s).
+    /// (35 % every 1–5 min, 15 % every 10–60 s); `oracle` (everyone, every 2–4 s, 1 m error: the
+    /// method's own error, with no sampling or scatter).
     #[arg(long, value_delimiter = ',', default_value = "bund,sparse")]
     pub panels: Vec<String>,
     /// GPS error models: `panel` (each provider's own σ), a number (every ping σ metres), or a
@@ -59,7 +60,8 @@ fn panel(name: &str) -> anyhow::Result<Panel> {
     match name {
         "bund" => Ok(Panel::bund()),
         "sparse" => Ok(Panel::sparse()),
-        _ => anyhow::bail!("--panels: unknown panel {name:?} (bund or sparse)"),
+        "oracle" => Ok(Panel::oracle()),
+        _ => anyhow::bail!("--panels: unknown panel {name:?} (bund, sparse or oracle)"),
     }
 }
 

@@ -462,6 +462,18 @@ impl Panel {
         p
     }
 
+    /// Every person carries one phone that pings every 2–4 s with 1 m error: what the engine reads
+    /// when the data is as good as it gets, so what error is left is the method's alone.
+    pub fn oracle() -> Panel {
+        let mut p = Panel::bund();
+        p.providers.truncate(1);
+        p.providers[0].share = 1.0;
+        p.providers[0].interval_s = (2.0, 4.0);
+        p.providers[0].sigma_m = 1.0;
+        p.providers[0].late_share = 0.0;
+        p
+    }
+
     /// The same panel with every provider's people per device rising by `drift` over the night.
     pub fn with_drift(mut self, drift: f64) -> Panel {
         for p in &mut self.providers {
