@@ -46,6 +46,11 @@ fn main() -> ExitCode {
         Command::Bench(args) => throng::cli::bench::run(&args).map(|_| ()),
         Command::Accuracy(args) => throng::cli::accuracy::run(&args).map(|_| ()),
         Command::Rehearse(args) => throng::cli::rehearse::run(&args).map(|_| ()),
+        Command::Wal(args) => match throng::cli::wal::run(&args) {
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
         Command::Query(args) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

@@ -11,6 +11,7 @@ pub mod send;
 pub mod serve;
 pub mod signals;
 pub mod simulate;
+pub mod wal;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub enum Command {
     Rehearse(rehearse::RehearseArgs),
     /// The load harness: simulated traffic into a server with live viewers; throughput and latency.
     Bench(bench::BenchArgs),
+    /// Read the write-ahead log of a data dir (`throng wal dump`: as NDJSON).
+    Wal(wal::WalArgs),
 }
 
 /// Options shared by commands that read a configuration.

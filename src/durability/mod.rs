@@ -5,7 +5,8 @@
 
 pub mod commit;
 pub mod files;
+pub mod frame;
 pub mod wal;
 
 pub use commit::{CommitError, Committer, FeedSink, Ingest, Taken, WhenFull};
-pub use wal::{Checkpointed, Clock, Logged, Recovery, Wal};
+pub use wal::{dump, Checkpointed, Clock, DumpSummary, Logged, Recovery, Wal};

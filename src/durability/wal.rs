@@ -1,16 +1,18 @@
 //! The write-ahead log: accepted records (already pseudonymised — no raw device id is ever written)
 //! are appended, and fsynced by default, before the feed gets its acknowledgement.
 //!
-//! Layout in the data dir: `wal/NNNNNNNNNNNN.log` segments of JSON lines, and `checkpoint.json` (the
-//! whole window engine plus the first segment it does not contain). A checkpoint is taken at a
+//! Layout in the data dir: `wal/NNNNNNNNNNNN.wal` segments of binary frames (`frame`: a ping is 39
+//! bytes, a fifth of its JSON line; `throng wal dump` prints them as NDJSON), and `checkpoint.json`
+//! (the whole window engine plus the first segment it does not contain). Segments written before
+//! the binary format (`NNNNNNNNNNNN.log`, JSON lines) are still read on recovery. A checkpoint is taken at a
 //! segment boundary after the engine has consumed every record of the earlier segments; those
 //! segments are then deleted, so the log stays bounded. Recovery = the checkpoint's engine plus a
-//! replay of the segments from its boundary on; a torn last line (a crash mid-write, never
+//! replay of the segments from its boundary on; a torn last frame (a crash mid-write, never
 //! acknowledged) is skipped.
 //!
-//! Every batch is preceded by a mark line `{"at":T}`: the processing time it was accepted at. The
-//! engine's moves that depend on processing time alone (a source going idle, the watermark moving
-//! on while every feed is silent) are logged as `{"tick":T}` lines in the same order the engine
+//! Every batch carries the processing time it was accepted at. The engine's moves that depend on
+//! processing time alone (a source going idle, the watermark moving on while every feed is
+//! silent) are logged as tick entries in the same order the engine
 //! saw them. Replaying the log therefore hands the engine the same times in the same order as the
 //! live run, and it decides the same way: a crash does not change the answer.
 
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use super::frame::Entry;
 use crate::ingest::Sources;
 use crate::model::Record;
 use crate::window::Engine;
@@ -158,17 +161,76 @@ impl Clock {
     }
 }
 
+/// A segment in the binary format (what this version writes).
 fn seg_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:012}.wal"))
+}
+
+/// A segment of JSON lines, written before the binary format.
+fn legacy_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:012}.log"))
 }
 
+/// Segment numbers in the log folder, either format, ascending.
 fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut v: Vec<u64> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            name.strip_suffix(".wal")
+                .or_else(|| name.strip_suffix(".log"))?
+                .parse()
+                .ok()
+        })
         .collect();
     v.sort_unstable();
+    v.dedup();
     Ok(v)
+}
+
+/// Reads segment `n` (binary, or JSON lines if that is what is on disk) into `rec`; returns where
+/// reading stopped early, if it did (byte offset and why), for `throng wal dump`.
+fn read_segment(dir: &Path, n: u64, rec: &mut Recovery) -> io::Result<Option<(usize, String)>> {
+    let legacy = legacy_path(dir, n);
+    if legacy.exists() {
+        let f = BufReader::new(File::open(&legacy)?);
+        let torn = rec.torn;
+        for line in f.split(b'\n') {
+            let line = line?;
+            if !line.is_empty() {
+                read_line(&line, rec);
+            }
+        }
+        return Ok((rec.torn > torn).then(|| (0, "an unreadable JSON line".to_string())));
+    }
+    let bytes = match fs::read(seg_path(dir, n)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for f in super::frame::Frames::new(&bytes) {
+        match f {
+            Ok(Entry::Batch { at, sources, records }) => {
+                if let Some((from, names)) = sources {
+                    rec.sources.truncate(from);
+                    if rec.sources.len() == from {
+                        rec.sources.extend(names);
+                    }
+                }
+                rec.entries.push(Logged::Batch {
+                    at: Some(at),
+                    records,
+                });
+            }
+            Ok(Entry::Tick(t)) => rec.entries.push(Logged::Tick(t)),
+            Err((at, e)) => {
+                rec.torn += 1;
+                return Ok(Some((at, e.to_string())));
+            }
+        }
+    }
+    Ok(None)
 }
 
 impl Wal {
@@ -190,15 +252,9 @@ impl Wal {
         }
         let segs = segments(&dir)?;
         for &n in segs.iter().filter(|n| **n >= first) {
-            let f = BufReader::new(File::open(seg_path(&dir, n))?);
-            for line in f.split(b'\n') {
-                let line = line?;
-                if line.is_empty() {
-                    continue;
-                }
-                read_line(&line, &mut rec);
-            }
+            read_segment(&dir, n, &mut rec)?;
         }
+        // Always a fresh segment: one that ended in a torn frame is never appended to.
         let segment = segs.last().map_or(first, |l| l + 1).max(first);
         let file = OpenOptions::new()
             .create(true)
@@ -267,17 +323,12 @@ impl Wal {
         let before = self.sources.as_ref().map(|(_, logged)| *logged);
         let sources = self.sources_delta();
         self.buf.clear();
-        let mark = Mark {
-            at: Some(at),
-            tick: None,
-            sources,
-        };
-        serde_json::to_writer(&mut self.buf, &mark).map_err(io::Error::other)?;
-        self.buf.push(b'\n');
-        for r in records {
-            serde_json::to_writer(&mut self.buf, r).map_err(io::Error::other)?;
-            self.buf.push(b'\n');
-        }
+        super::frame::encode_batch(
+            &mut self.buf,
+            at,
+            sources.as_ref().map(|d| (d.from, d.names.as_slice())),
+            records,
+        );
         if let Err(e) = self.write_buf() {
             // The names were not logged after all: the next mark carries them again.
             if let (Some((_, logged)), Some(b)) = (self.sources.as_mut(), before) {
@@ -292,20 +343,14 @@ impl Wal {
     pub fn tick(&mut self) -> io::Result<i64> {
         let at = self.stamp();
         self.buf.clear();
-        let mark = Mark {
-            at: None,
-            tick: Some(at),
-            sources: None,
-        };
-        serde_json::to_writer(&mut self.buf, &mark).map_err(io::Error::other)?;
-        self.buf.push(b'\n');
+        super::frame::encode_tick(&mut self.buf, at);
         self.write_buf()?;
         Ok(at)
     }
 
     /// Writes `buf` whole (and syncs it) or leaves the segment as it was. A full disk or a file
-    /// size limit lets a write go part way: left in place, that fragment would join the next
-    /// batch's mark into one unreadable line and hand its records to the batch before.
+    /// size limit lets a write go part way: left in place, that fragment would end the segment's
+    /// readable part there, and every batch after it would be lost to a recovery.
     fn write_buf(&mut self) -> io::Result<()> {
         if self.torn {
             self.file.set_len(self.len)?;
@@ -349,6 +394,83 @@ impl Wal {
     }
 }
 
+/// What `dump` found.
+#[derive(Debug, Default)]
+pub struct DumpSummary {
+    /// Segments read.
+    pub segments: usize,
+    /// Batches and ticks.
+    pub batches: usize,
+    /// Ticks.
+    pub ticks: usize,
+    /// Records.
+    pub records: usize,
+    /// Segments whose reading stopped early: (file, byte offset, why).
+    pub torn: Vec<(PathBuf, usize, String)>,
+}
+
+/// Writes every entry of the log in `data_dir` to `out` as NDJSON, for a person or a script: per
+/// segment a `{"segment":N}` line, then per batch a `{"at":T}` line followed by its records (the
+/// JSON form of `model::Record`), per tick a `{"tick":T}` line; last, `{"sources":[…]}`, the source
+/// names the records' numeric `source` ids stand for.
+pub fn dump(data_dir: &Path, out: &mut impl Write) -> io::Result<DumpSummary> {
+    let dir = data_dir.join(super::files::names::WAL);
+    let mut sum = DumpSummary::default();
+    let mut sources = Vec::new();
+    let cp = data_dir.join(super::files::names::CHECKPOINT);
+    if cp.exists() {
+        #[derive(Deserialize)]
+        struct Names {
+            #[serde(default)]
+            sources: Vec<String>,
+        }
+        if let Ok(n) = serde_json::from_slice::<Names>(&fs::read(&cp)?) {
+            sources = n.sources;
+        }
+    }
+    for n in segments(&dir)? {
+        let mut rec = Recovery {
+            sources: std::mem::take(&mut sources),
+            ..Default::default()
+        };
+        let stopped = read_segment(&dir, n, &mut rec)?;
+        sum.segments += 1;
+        writeln!(out, "{{\"segment\":{n}}}")?;
+        for e in &rec.entries {
+            match e {
+                Logged::Batch { at, records } => {
+                    sum.batches += 1;
+                    sum.records += records.len();
+                    match at {
+                        Some(t) => writeln!(out, "{{\"at\":{t}}}")?,
+                        None => writeln!(out, "{{}}")?,
+                    }
+                    for r in records {
+                        serde_json::to_writer(&mut *out, r).map_err(io::Error::other)?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+                Logged::Tick(t) => {
+                    sum.ticks += 1;
+                    writeln!(out, "{{\"tick\":{t}}}")?;
+                }
+            }
+        }
+        if let Some((at, why)) = stopped {
+            let path = if legacy_path(&dir, n).exists() {
+                legacy_path(&dir, n)
+            } else {
+                seg_path(&dir, n)
+            };
+            sum.torn.push((path, at, why));
+        }
+        sources = rec.sources;
+    }
+    serde_json::to_writer(&mut *out, &serde_json::json!({ "sources": sources })).map_err(io::Error::other)?;
+    out.write_all(b"\n")?;
+    Ok(sum)
+}
+
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Copy)]
 pub struct Checkpointed<'a> {
@@ -360,7 +482,7 @@ pub struct Checkpointed<'a> {
     pub sources: &'a [String],
 }
 
-/// One log line into `rec`: a mark opens a batch, a record joins the open one.
+/// One line of a JSON-lines segment into `rec`: a mark opens a batch, a record joins the open one.
 fn read_line(line: &[u8], rec: &mut Recovery) {
     // Records start `{"ts":`; only marks start otherwise, so the hot case is one comparison.
     if !line.starts_with(b"{\"ts\"") {
@@ -416,7 +538,12 @@ pub fn checkpoint(data_dir: &Path, segment: u64, state: Checkpointed<'_>) -> io:
     .map_err(super::files::ReplaceError::into_io)?;
     let dir = data_dir.join(super::files::names::WAL);
     for n in segments(&dir)?.into_iter().filter(|n| *n < segment) {
-        fs::remove_file(seg_path(&dir, n))?;
+        for p in [seg_path(&dir, n), legacy_path(&dir, n)] {
+            match fs::remove_file(p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
     }
     Ok(())
 }
@@ -535,12 +662,12 @@ mod tests {
         let (mut w, _) = Wal::open(dir.path(), false).unwrap();
         w.append(&[ping(1)]).unwrap();
         drop(w);
-        // Make the log look an hour old: rewrite its mark.
+        // Make the log look an hour old: rewrite its batch with an older time.
         let seg = seg_path(&dir.path().join("wal"), 0);
         let an_hour_ago = crate::model::now_ms() - 3_600_000;
-        let text = std::fs::read_to_string(&seg).unwrap();
-        let rest = text.split_once('\n').unwrap().1;
-        std::fs::write(&seg, format!("{{\"at\":{an_hour_ago}}}\n{rest}")).unwrap();
+        let mut old = Vec::new();
+        super::super::frame::encode_batch(&mut old, an_hour_ago, None, &[ping(1)]);
+        std::fs::write(&seg, old).unwrap();
         let (w, _) = Wal::open(dir.path(), false).unwrap();
         let now = w.clock().now();
         assert!(
@@ -558,7 +685,7 @@ mod tests {
             .iter()
             .map(|r| serde_json::to_string(r).unwrap() + "\n")
             .collect();
-        std::fs::write(seg_path(&dir.path().join("wal"), 0), lines).unwrap();
+        std::fs::write(legacy_path(&dir.path().join("wal"), 0), lines).unwrap();
         let (_, r) = Wal::open(dir.path(), false).unwrap();
         assert_eq!(
             r.entries,
@@ -567,6 +694,64 @@ mod tests {
                 records: vec![ping(1), ping(2)]
             }]
         );
+    }
+
+    #[test]
+    fn a_log_of_json_lines_from_before_the_binary_format_replays_then_binary_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        let lines = format!(
+            "{{\"at\":5}}\n{}\n{}\n{{\"tick\":6}}\n",
+            serde_json::to_string(&ping(1)).unwrap(),
+            serde_json::to_string(&ping(2)).unwrap()
+        );
+        std::fs::write(legacy_path(&wal, 0), lines).unwrap();
+        let (mut w, r) = Wal::open(dir.path(), false).unwrap();
+        assert_eq!(r.records().count(), 2);
+        w.append(&[ping(3)]).unwrap();
+        drop(w);
+        assert!(
+            seg_path(&wal, 1).exists(),
+            "new entries go to a binary segment after the old one"
+        );
+        let (_, r) = Wal::open(dir.path(), false).unwrap();
+        assert_eq!(
+            r.records().cloned().collect::<Vec<_>>(),
+            vec![ping(1), ping(2), ping(3)]
+        );
+        assert_eq!(r.entries[1], Logged::Tick(6));
+        // A person reads both as NDJSON.
+        let mut out = Vec::new();
+        let sum = dump(dir.path(), &mut out).unwrap();
+        // Three segments: the old one, the binary one, and the empty one the second open started.
+        assert_eq!((sum.segments, sum.batches, sum.ticks, sum.records), (3, 2, 1, 3));
+        assert!(sum.torn.is_empty());
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["segment"], 0);
+        assert_eq!(lines[1]["at"], 5);
+        let back: Record = serde_json::from_value(lines[2].clone()).unwrap();
+        assert_eq!(back, ping(1));
+        assert_eq!(lines[4]["tick"], 6);
+        assert_eq!(lines[5]["segment"], 1);
+        assert!(lines.last().unwrap()["sources"].is_array());
+    }
+
+    #[test]
+    fn dump_names_the_segment_and_byte_where_a_torn_tail_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path(), true).unwrap();
+        w.append(&[ping(1)]).unwrap();
+        drop(w);
+        let seg = seg_path(&dir.path().join("wal"), 0);
+        let whole = std::fs::metadata(&seg).unwrap().len() as usize;
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        let sum = dump(dir.path(), &mut Vec::new()).unwrap();
+        assert_eq!(sum.records, 1);
+        assert_eq!(sum.torn.len(), 1);
+        assert_eq!((sum.torn[0].0.clone(), sum.torn[0].1), (seg, whole));
     }
 
     #[test]
