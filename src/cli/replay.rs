@@ -282,7 +282,7 @@ fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
     let cfg = args.config.load()?;
     let pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
     let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
-    let mut sender = super::send::Sender::new(target, args.token.clone())?;
+    let mut sender = super::send::Pipelined::new(super::send::Sender::new(target, args.token.clone())?);
     let started = std::time::Instant::now();
     let mut first_ts = None;
     let mut batch = Vec::with_capacity(1 << 20);
@@ -295,8 +295,7 @@ fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
             let t0 = *first_ts.get_or_insert(rec.ts.millis());
             let due = std::time::Duration::from_millis(((rec.ts.millis() - t0).max(0) as f64 / x) as u64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
-                sender.send(&batch)?;
-                batch.clear();
+                sender.send(std::mem::take(&mut batch))?;
                 in_batch = 0;
                 last_flush = std::time::Instant::now();
                 std::thread::sleep(wait);
@@ -306,14 +305,16 @@ fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
         batch.push(b'\n');
         in_batch += 1;
         summary.accepted += 1;
-        if in_batch >= 1000 || last_flush.elapsed() > std::time::Duration::from_millis(200) {
-            sender.send(&batch)?;
-            batch.clear();
+        // Flat out, a batch of 5,000 lines (~0.6 MB) spreads the server's fsync over more records;
+        // paced, a batch goes out at least every 200 ms.
+        if in_batch >= 5000 || last_flush.elapsed() > std::time::Duration::from_millis(200) {
+            sender.send(std::mem::replace(&mut batch, Vec::with_capacity(1 << 20)))?;
             in_batch = 0;
             last_flush = std::time::Instant::now();
         }
     }
-    sender.send(&batch)?;
+    sender.send(batch)?;
+    let sender = sender.finish()?;
     report_bad(&mut replay, &mut summary);
     tracing::info!(
         sent = summary.accepted,

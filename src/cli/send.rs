@@ -79,3 +79,57 @@ impl Sender {
         }
     }
 }
+
+/// A `Sender` on its own thread: the caller builds the next batch while the last one is in
+/// flight. Batches go out one at a time, in the order given, so event-time order is kept.
+pub struct Pipelined {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<anyhow::Result<Sender>>>,
+}
+
+impl Pipelined {
+    /// Starts the sending thread.
+    pub fn new(sender: Sender) -> Pipelined {
+        // One batch queued behind the one in flight: enough to hide the reading, and memory
+        // stays at three batches.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let worker = std::thread::spawn(move || {
+            let mut sender = sender;
+            for body in rx {
+                sender.send(&body)?;
+            }
+            Ok(sender)
+        });
+        Pipelined {
+            tx: Some(tx),
+            worker: Some(worker),
+        }
+    }
+
+    /// Queues a batch; fails with the sending thread's error if it has stopped.
+    pub fn send(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
+        if body.is_empty() {
+            return Ok(());
+        }
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(body).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped: its error says why.
+        match self.finish() {
+            Err(e) => Err(e),
+            Ok(_) => anyhow::bail!("the sending thread stopped"),
+        }
+    }
+
+    /// Waits for every queued batch to be acknowledged; returns the sender with its counts.
+    pub fn finish(&mut self) -> anyhow::Result<Sender> {
+        self.tx = None;
+        match self.worker.take() {
+            Some(w) => w
+                .join()
+                .map_err(|_| anyhow::anyhow!("the sending thread panicked"))?,
+            None => anyhow::bail!("the sender was already finished"),
+        }
+    }
+}
