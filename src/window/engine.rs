@@ -38,14 +38,31 @@ struct Seen {
 }
 
 /// A device's latest sighting in the panes already closed, kept so that it stays present in its
-/// segment between sparse pings (see `Presence`).
+/// segment between sparse pings (see `Presence`). One is held per device seen in the last
+/// `lbs.max_presence`, the largest table of the window state: 32 bytes, no cell (only a position
+/// is matched to segments).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Carry {
-    seen: Seen,
+    ts: i64,
+    /// Where it was seen (a record logged before positions were kept: its cell's centre).
+    pos: Position,
+    source: SourceId,
     /// Smoothed gap between its sightings (ms; 0: one sighting so far).
-    interval_ms: i64,
+    interval_ms: u32,
     /// The last gap (ms).
-    last_gap_ms: i64,
+    last_gap_ms: u32,
+}
+
+impl Carry {
+    /// The sighting as the matcher takes it.
+    fn seen(&self) -> Seen {
+        Seen {
+            ts: self.ts,
+            cell: CellId::default(),
+            source: self.source,
+            pos: Some(self.pos),
+        }
+    }
 }
 
 /// How long a device that has not pinged stays where it was last seen.
@@ -248,8 +265,10 @@ pub struct Engine {
     scales: Vec<f64>,
     late: Vec<LateRecord>,
     stats: EngineStats,
-    /// Each device's latest sighting in closed panes (presence between pings).
-    #[serde(default)]
+    /// Each device's latest sighting in closed panes (presence between pings). Named apart from
+    /// the wider table earlier versions checkpointed as `carry`, which a restart skips (presence
+    /// then refills within a ping interval).
+    #[serde(default, rename = "carried")]
     carry: FxHashMap<DeviceId, Carry>,
     #[serde(default)]
     presence: Presence,
@@ -687,7 +706,7 @@ impl Engine {
     /// Drops devices not seen for longer than any presence allows, as of window end `end`.
     fn forget_absent(&mut self, end: i64) {
         let max = self.presence.max_ms;
-        self.carry.retain(|_, c| end - c.seen.ts <= max);
+        self.carry.retain(|_, c| end - c.ts <= max);
     }
 
     fn build(&mut self, s: i64, is_final: bool) -> HexWindow {
@@ -762,14 +781,14 @@ impl Engine {
                 }
                 let interval = match c.interval_ms.max(c.last_gap_ms) {
                     0 => profiles
-                        .get(c.seen.source.0 as usize)
+                        .get(c.source.0 as usize)
                         .map_or(60_000, |p| p.ping_interval_ms),
-                    i => i,
+                    i => i as i64,
                 };
                 let limit = ((interval as f64 * p.overdue_factor) as i64).min(p.max_ms);
-                if end - c.seen.ts <= limit {
-                    let scale = self.scales.get(c.seen.source.0 as usize).copied().unwrap_or(1.0);
-                    a.add(places, profiles, &c.seen, scale, true);
+                if end - c.ts <= limit {
+                    let scale = self.scales.get(c.source.0 as usize).copied().unwrap_or(1.0);
+                    a.add(places, profiles, &c.seen(), scale, true);
                 }
             }
         }
@@ -913,10 +932,8 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
     let (Some(p), Some(b)) = (e.pos, before) else {
         return *e;
     };
-    let Some(q) = b.seen.pos else {
-        return *e;
-    };
-    let dt = e.ts - b.seen.ts;
+    let q = b.pos;
+    let dt = e.ts - b.ts;
     if !(5_000..=180_000).contains(&dt) {
         return *e;
     }
@@ -943,23 +960,37 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
 
 /// Folds a sighting into a device's presence record (newer sightings only).
 fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
+    let pos = match seen.pos {
+        Some(p) => p,
+        None => match seen.cell.index() {
+            Some(c) => {
+                let ll = h3o::LatLng::from(c);
+                Position::new(ll.lat(), ll.lng(), None)
+            }
+            None => return,
+        },
+    };
     match carry.get_mut(&dev) {
-        Some(c) if seen.ts > c.seen.ts => {
-            let gap = seen.ts - c.seen.ts;
+        Some(c) if seen.ts > c.ts => {
+            let gap = (seen.ts - c.ts).min(u32::MAX as i64) as u32;
             c.interval_ms = if c.interval_ms == 0 {
                 gap
             } else {
-                (c.interval_ms + gap) / 2
+                ((c.interval_ms as u64 + gap as u64) / 2) as u32
             };
             c.last_gap_ms = gap;
-            c.seen = seen;
+            c.ts = seen.ts;
+            c.pos = pos;
+            c.source = seen.source;
         }
         Some(_) => {}
         None => {
             carry.insert(
                 dev,
                 Carry {
-                    seen,
+                    ts: seen.ts,
+                    pos,
+                    source: seen.source,
                     interval_ms: 0,
                     last_gap_ms: 0,
                 },
@@ -1592,6 +1623,17 @@ mod tests {
             assert_eq!(off, 7, "and per cell, for hex_windows");
             let devices: u64 = w.rows.iter().map(|r| r.lbs_devices).sum();
             assert_eq!(devices, 8, "the heatmap still counts them");
+        }
+
+        #[test]
+        fn a_presence_record_is_32_bytes_and_an_older_checkpoints_table_is_skipped() {
+            assert_eq!(std::mem::size_of::<Carry>(), 32);
+            let e = engine(60, 10);
+            let mut v = serde_json::to_value(&e).unwrap();
+            // The wider table earlier versions wrote: skipped, not a refusal to start.
+            v["carry"] = serde_json::json!({"7": {"seen": {"ts": 1, "cell": 0, "source": 0}, "interval_ms": 0, "last_gap_ms": 0}});
+            let back: Engine = serde_json::from_value(v).unwrap();
+            assert!(back.carry.is_empty());
         }
 
         #[test]
