@@ -34,11 +34,36 @@ impl Sender {
         })
     }
 
-    /// Sends one batch, waiting and retrying while the server is over capacity.
+    /// Sends one batch, waiting and retrying while the server is over capacity, and splitting it
+    /// in two (in order) while the server says it is too large for one request.
     pub fn send(&mut self, body: &[u8]) -> anyhow::Result<()> {
         if body.is_empty() {
             return Ok(());
         }
+        match self.send_whole(body)? {
+            None => Ok(()),
+            Some(refusal) => {
+                // Split at the line boundary nearest the middle.
+                let mid = body.len() / 2;
+                let cut = body[mid..]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map(|i| mid + i + 1)
+                    .filter(|c| *c < body.len())
+                    .or_else(|| body[..mid].iter().rposition(|b| *b == b'\n').map(|i| i + 1))
+                    .filter(|c| *c > 0);
+                let Some(cut) = cut else {
+                    anyhow::bail!("the server refused a single line as too large: {refusal}");
+                };
+                self.retries += 1;
+                self.send(&body[..cut])?;
+                self.send(&body[cut..])
+            }
+        }
+    }
+
+    /// One batch as it is; Some(the server's reason) when it is too large for one request.
+    fn send_whole(&mut self, body: &[u8]) -> anyhow::Result<Option<String>> {
         let started = Instant::now();
         loop {
             let mut req = self
@@ -57,7 +82,10 @@ impl Sender {
                         self.rejected += 1;
                         tracing::warn!(line = %r["line"], "Rejected by the server: {}", r["error"].as_str().unwrap_or(""));
                     }
-                    return Ok(());
+                    return Ok(None);
+                }
+                Err(ureq::Error::Status(413, resp)) => {
+                    return Ok(Some(resp.into_string().unwrap_or_default()))
                 }
                 Err(ureq::Error::Status(code @ (429 | 503), resp)) => {
                     let wait = resp

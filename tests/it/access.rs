@@ -224,9 +224,19 @@ async fn limits_answer_429_with_a_reason() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let now = throng::model::now_ms();
-    let body = |k: usize| -> String {
-        (0..150).map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"r{k}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n")).collect()
+    let lines = |k: usize, n: usize| -> String {
+        (0..n).map(|i| format!("{{\"kind\":\"lbs\",\"ts\":{now},\"device\":\"r{k}-{i}\",\"lat\":31.2405,\"lng\":121.4832}}\n")).collect()
     };
+    let body = |k: usize| lines(k, 150);
+    // More than two seconds' worth in one request could never be taken: 413 says to split it,
+    // and the bucket is left as it was.
+    let (s, v) = request(a, "POST", "/api/ingest", None, &lines(0, 201)).await;
+    assert_eq!(s, 413, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("201 records") && e.contains("at most 200") && e.contains("split it"),
+        "{v}"
+    );
     assert_eq!(
         request(a, "POST", "/api/ingest", None, &body(1)).await.0,
         202,

@@ -233,8 +233,9 @@ async fn replay_target_sends_a_recorded_feed_to_a_server() {
     let cfg = dir.path().join("t.toml");
     std::fs::write(
         &cfg,
-        // 500 records/s (a 1,000-record burst): the replay's 1,000-record batches meet 429s with
-        // `Retry-After` and must wait them out, resending each refused batch whole.
+        // 500 records/s (at most 1,000 records per request): the replay's batch of all 3,000 is
+        // refused as too large (413) and split in order until it fits, then the parts meet 429s
+        // with `Retry-After` and must wait them out, resending each refused part whole.
         "scenario = \"fixtures/bund\"\n[window]\nsize = \"1h\"\nslide = \"1h\"\nallowed_lateness = \"6h\"\nidle_timeout = \"1s\"\n[privacy]\nk = 0\n[limits]\ningest_records_per_s = 500\n",
     )
     .unwrap();

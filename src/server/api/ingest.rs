@@ -78,7 +78,7 @@ fn commit_error(e: CommitError) -> ApiError {
     request_body(content = String, content_type = "application/x-ndjson", description = "One record per line"),
     responses((status = 202, description = "Accepted records acknowledged; refused lines named", body = IngestAck), (status = 401, description = "No or unknown token", body = ErrorBody), (status = 403, description = "The token's role may not do this", body = ErrorBody),
         (status = 400, description = "Body unreadable (bad gzip)", body = ErrorBody),
-        (status = 413, description = "Body over ingest.max_body_bytes", body = ErrorBody),
+        (status = 413, description = "Body over ingest.max_body_bytes, or more records than the feed's rate lets one request hold (split it)", body = ErrorBody),
         (status = 429, description = "Feed over its rate limit (Retry-After)", body = ErrorBody),
         (status = 503, description = "Queue full or log failing: nothing was taken (Retry-After)", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -92,6 +92,17 @@ pub async fn ingest(
     let body = ingest_body(h.config.ingest.max_body_bytes, &headers, body)?;
     let decoded = h.sink.decode(&body, now_ms());
     let per_s = h.config.limits.ingest_records_per_s;
+    let n = decoded.records.len();
+    if per_s > 0.0 && n as f64 > super::limits::burst(per_s) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "this request holds {n} records; at feed `{}`'s rate of {per_s} records/s (limits.ingest_records_per_s) one request may hold at most {:.0}: split it, nothing from this request was taken",
+                who.name,
+                super::limits::burst(per_s).floor()
+            ),
+        ));
+    }
     if let Err(wait) = h.limits.records(&who.name, decoded.records.len(), per_s) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -59,7 +59,7 @@ impl Limits {
         if rate <= 0.0 {
             return Ok(());
         }
-        let burst = rate * 2.0;
+        let burst = burst(rate);
         let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let (tokens, last) = m.entry(who.to_string()).or_insert((burst, now));
@@ -72,6 +72,12 @@ impl Limits {
             Err(((n as f64 - *tokens) / rate).ceil().max(1.0) as u64)
         }
     }
+}
+
+/// The most records one request may hold at `rate` records/s: two seconds' worth. A larger one
+/// could never be taken, however long its sender waited.
+pub fn burst(rate: f64) -> f64 {
+    rate * 2.0
 }
 
 #[cfg(test)]
