@@ -53,7 +53,7 @@ pub fn run(args: &WalArgs) -> anyhow::Result<i32> {
             );
             for (path, at, why) in &sum.torn {
                 eprintln!(
-                    "{}: reading stopped at byte {at}: {why} (a write cut short by a crash; it was never acknowledged, and recovery skips it)",
+                    "{}: at byte {at}: {why} (a write cut short by a crash; it was never acknowledged, and recovery skips it)",
                     path.display()
                 );
             }

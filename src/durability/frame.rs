@@ -74,7 +74,12 @@ pub fn encode_batch(out: &mut Vec<u8>, at: i64, sources: Option<(usize, &[String
             out.extend_from_slice(&(from as u32).to_le_bytes());
             out.extend_from_slice(&(names.len() as u32).to_le_bytes());
             for n in names {
-                let b = &n.as_bytes()[..n.len().min(u16::MAX as usize)];
+                // Names are short; a longer one is cut at a character boundary, so it stays UTF-8.
+                let mut end = n.len().min(u16::MAX as usize);
+                while !n.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let b = &n.as_bytes()[..end];
                 out.extend_from_slice(&(b.len() as u16).to_le_bytes());
                 out.extend_from_slice(b);
             }

@@ -71,7 +71,8 @@ pub struct Recovery {
     pub flow: Option<serde_json::Value>,
     /// Entries logged after the checkpoint, in log order.
     pub entries: Vec<Logged>,
-    /// Lines that could not be read (a torn tail).
+    /// Entries that could not be read: a torn frame ending a segment, or an unreadable line of
+    /// an older JSON-lines segment.
     pub torn: usize,
     /// The source names the log's records are numbered by, in id order.
     pub sources: Vec<String>,
@@ -195,14 +196,19 @@ fn read_segment(dir: &Path, n: u64, rec: &mut Recovery) -> io::Result<Option<(us
     let legacy = legacy_path(dir, n);
     if legacy.exists() {
         let f = BufReader::new(File::open(&legacy)?);
-        let torn = rec.torn;
+        let (torn, mut at, mut first_bad) = (rec.torn, 0usize, None);
         for line in f.split(b'\n') {
             let line = line?;
             if !line.is_empty() {
                 read_line(&line, rec);
+                if rec.torn > torn && first_bad.is_none() {
+                    first_bad = Some(at);
+                }
             }
+            at += line.len() + 1;
         }
-        return Ok((rec.torn > torn).then(|| (0, "an unreadable JSON line".to_string())));
+        let skipped = rec.torn - torn;
+        return Ok(first_bad.map(|b| (b, format!("{skipped} unreadable JSON line(s), skipped"))));
     }
     let bytes = match fs::read(seg_path(dir, n)) {
         Ok(b) => b,
@@ -405,7 +411,7 @@ pub struct DumpSummary {
     pub ticks: usize,
     /// Records.
     pub records: usize,
-    /// Segments whose reading stopped early: (file, byte offset, why).
+    /// Segments with an entry that could not be read: (file, byte offset of the first, why).
     pub torn: Vec<(PathBuf, usize, String)>,
 }
 

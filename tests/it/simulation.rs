@@ -54,10 +54,11 @@ const STREETS: [&str; 2] = ["enr-xizang-henan", "enr-henan-bund"];
 /// The 2014 crush site.
 const STEPS: &str = "chenyi-steps";
 
-/// `throng accuracy` at CI scale: two panel mixes, the panels' own error and 30 m scatter, one
-/// seed, with the bounds above asserted.
-#[test]
-fn throng_accuracy_scores_the_engine_within_its_bounds() {
+/// `throng accuracy --json` at CI scale (6,000 people, 20 minutes, seed 4) for these panels and
+/// error models. Calibration is off: at this scale one zone of ~300 people learns the people per
+/// device only within ±7 % (docs/ACCURACY.md), which would blur the placement of positions on
+/// segments these tests guard; calibration has its own test (it::calibration).
+fn accuracy_at_ci_scale(panels: &str, errors: &str) -> String {
     let o = crate::support::throng(&[
         "accuracy",
         "--people",
@@ -67,17 +68,21 @@ fn throng_accuracy_scores_the_engine_within_its_bounds() {
         "--seeds",
         "4",
         "--panels",
-        "bund,sparse",
+        panels,
         "--errors",
-        "panel,30",
-        // The placement of positions on segments, with the right people per device: at this
-        // scale one zone of ~300 people learns the factor only within ±7 % (docs/ACCURACY.md),
-        // which would blur what these bounds guard. Calibration has its own test (it::calibration).
+        errors,
         "--no-calibration",
         "--json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8(o.stdout).unwrap();
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// `throng accuracy` at CI scale: two panel mixes, the panels' own error and 30 m scatter, one
+/// seed, with the bounds above asserted.
+#[test]
+fn throng_accuracy_scores_the_engine_within_its_bounds() {
+    let text = accuracy_at_ci_scale("bund,sparse", "panel,30");
     let scores: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(scores.len(), 4, "{text}");
     for s in &scores {
@@ -132,23 +137,7 @@ fn throng_accuracy_scores_the_engine_within_its_bounds() {
 /// ~10 %; docs/ACCURACY.md "The method's own error").
 #[test]
 fn with_perfect_data_the_method_counts_every_segment_within_a_few_percent() {
-    let o = crate::support::throng(&[
-        "accuracy",
-        "--people",
-        "6000",
-        "--duration",
-        "1200",
-        "--seeds",
-        "4",
-        "--panels",
-        "oracle",
-        "--errors",
-        "panel",
-        "--no-calibration",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8(o.stdout).unwrap();
+    let text = accuracy_at_ci_scale("oracle", "panel");
     let s: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let f = |k: &str| s[k].as_f64().unwrap();
     assert!(f("median_mape") < 0.025, "{s}");
