@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["flow"],
     &["history", "live"],
     &["query", "transport"],
+    &["cluster"],
     &["server"],
     &["tools"],
     &["cli"],

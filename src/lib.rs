@@ -7,6 +7,7 @@
 //! `tools` are the simulator and importers, feeds like any other. ARCHITECTURE.md has the map.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod durability;
 pub mod error;

@@ -40,6 +40,11 @@ impl Pipeline {
         Pipeline::build(cfg, registry, &[])
     }
 
+    /// As `with_registry`, with the source ids a checkpoint already uses.
+    pub fn resuming_with(cfg: &Config, registry: Arc<Registry>, known_sources: &[String]) -> Pipeline {
+        Pipeline::build(cfg, registry, known_sources)
+    }
+
     fn build(cfg: &Config, registry: Arc<Registry>, known_sources: &[String]) -> Pipeline {
         let sources = Arc::new(Sources::resuming(&cfg.lbs, known_sources));
         let parser = Parser::new(

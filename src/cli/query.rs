@@ -34,8 +34,8 @@ Example: throng query \"SELECT segment_id, max(density) FROM segment_windows GRO
 pub struct QueryArgs {
     /// One read-only SQL statement.
     pub sql: String,
-    /// Query this data dir's files directly (the default, `./data`). Use --server instead while a
-    /// server is writing to it.
+    /// Query this data dir's files directly (the default, `./data`), or a cluster's shared folder
+    /// (every partition's history as one table). Use --server instead while a server is writing.
     #[arg(long, conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
     /// Ask a running server (`http://HOST:PORT`) instead, with an analyst token.
@@ -58,15 +58,20 @@ pub fn run(args: &QueryArgs, out: &mut dyn Write) -> anyhow::Result<usize> {
         return remote(args, server, out);
     }
     let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("./data"));
-    if !dir.join("history").is_dir() {
+    // A cluster's shared folder holds one folder per partition: all of them are the tables.
+    let cluster = dir.join("partitions").is_dir();
+    if !dir.join("history").is_dir() && !cluster {
         anyhow::bail!(
-            "{} has no history: point --data-dir at a server's data dir, or fill one with `throng replay FILE --data-dir DIR`",
+            "{} has no history: point --data-dir at a server's data dir or a cluster's shared folder (cluster.dir), or fill one with `throng replay FILE --data-dir DIR`",
             dir.display()
         );
     }
     let cfg = args.config.load()?;
     let history = Arc::new(History::open_read_only(&dir)?);
-    let engine = SqlEngine::new(history, &dir, cfg.sql.clone(), cfg.privacy.k);
+    let mut engine = SqlEngine::new(history, &dir, cfg.sql.clone(), cfg.privacy.k);
+    if cluster {
+        engine = engine.with_cluster(dir.clone());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

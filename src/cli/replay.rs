@@ -250,13 +250,14 @@ fn produce(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
     }
     let cfg = args.config.load()?;
     let pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
-    let keys = crate::transport::kafka::RegionKey::new(args.key_res, (*pipe.registry).clone())
-        .map_err(anyhow::Error::msg)?;
+    let keys =
+        crate::transport::kafka::RegionKey::new(args.key_res, cfg.resolution(), (*pipe.registry).clone())
+            .map_err(anyhow::Error::msg)?;
     let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
     let mut sink = crate::transport::kafka::KafkaSink::new(target, keys).map_err(anyhow::Error::msg)?;
     let mut summary = ReplaySummary::default();
-    while let Some((_, line)) = replay.next_line()? {
-        sink.send(&line).map_err(anyhow::Error::msg)?;
+    while let Some((rec, line)) = replay.next_line()? {
+        sink.send_parsed(&line, rec.cell).map_err(anyhow::Error::msg)?;
         summary.accepted += 1;
     }
     report_bad(&mut replay, &mut summary);

@@ -94,8 +94,11 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
                 let registry =
                     crate::scenario::registry::Registry::load_dir(&args.scenario, h3o::Resolution::Eleven)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let keys = crate::transport::kafka::RegionKey::new(args.key_res, registry)
-                    .map_err(anyhow::Error::msg)?;
+                // The simulator's pings are WGS-84; the engine files them at the default
+                // resolution, which `serve` uses unless `h3.resolution` says otherwise.
+                let keys =
+                    crate::transport::kafka::RegionKey::new(args.key_res, h3o::Resolution::Eleven, registry)
+                        .map_err(anyhow::Error::msg)?;
                 Some(std::sync::Arc::new(std::sync::Mutex::new(
                     crate::transport::kafka::KafkaSink::new(url, keys).map_err(anyhow::Error::msg)?,
                 )))

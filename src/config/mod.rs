@@ -41,6 +41,8 @@ pub struct Config {
     pub mqtt: Vec<MqttConfig>,
     /// Kafka consumer-group subscriptions feeding the pipeline.
     pub kafka: Vec<KafkaConfig>,
+    /// Cluster mode: `[[kafka]]` partitions kept and checkpointed one by one in a shared folder.
+    pub cluster: Option<ClusterConfig>,
     /// Per-client limits.
     pub limits: LimitsConfig,
     /// Parquet history of closed windows.
@@ -67,6 +69,7 @@ impl Default for Config {
             durability: DurabilityConfig::default(),
             mqtt: Vec::new(),
             kafka: Vec::new(),
+            cluster: None,
             limits: LimitsConfig::default(),
             history: HistoryConfig::default(),
             sql: SqlConfig::default(),
@@ -486,6 +489,27 @@ pub struct KafkaConfig {
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
+/// Cluster mode (`[cluster]`): every instance of one consumer group keeps each Kafka partition it
+/// is assigned as its own window state, checkpointed with the partition's offset into a folder
+/// every instance mounts, so another instance carries a partition on where a dead one left it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The shared folder: `partitions/<topic>-<n>/` (checkpoint, history, logs) per partition.
+    pub dir: PathBuf,
+    /// The H3 resolution producers key records by (`--key-res`): decides which partition owns a
+    /// segment's rows.
+    #[serde(default = "default_key_res")]
+    pub key_res: u8,
+    /// This instance's name in logs and checkpoints (default: host name and process id).
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+fn default_key_res() -> u8 {
+    6
+}
+
 fn default_kafka_session() -> Duration {
     Duration::from_secs(10)
 }
@@ -782,6 +806,24 @@ impl Config {
                         format!("{p:?}: expected plaintext, ssl, sasl_plaintext or sasl_ssl"),
                     );
                 }
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if self.kafka.is_empty() {
+                return bad(
+                    "cluster",
+                    "cluster mode shares Kafka partitions: add a [[kafka]] source, or remove [cluster]"
+                        .into(),
+                );
+            }
+            if c.key_res > 15 {
+                return bad(
+                    "cluster.key_res",
+                    format!("{}: an H3 resolution is 0 to 15", c.key_res),
+                );
+            }
+            if c.dir.as_os_str().is_empty() {
+                return bad("cluster.dir", "name the folder every instance shares".into());
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

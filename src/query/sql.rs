@@ -169,11 +169,13 @@ impl Answer {
     }
 }
 
-/// The SQL engine of one data dir.
+/// The SQL engine of one data dir (and, in cluster mode, of every partition's folder beside it).
 #[derive(Clone)]
 pub struct SqlEngine {
     history: Arc<History>,
     data_dir: PathBuf,
+    /// The cluster's shared folder: `partitions/*/` are read as part of every table.
+    cluster: Option<PathBuf>,
     limits: SqlConfig,
     /// Smallest `people` a `hex_windows` row must have to be shown (privacy.k).
     k: u32,
@@ -185,9 +187,37 @@ impl SqlEngine {
         SqlEngine {
             history,
             data_dir: data_dir.to_owned(),
+            cluster: None,
             limits,
             k,
         }
+    }
+
+    /// Also reads every partition folder under the cluster folder `root` (`partitions/*/`), found
+    /// afresh at each query, as part of every table.
+    pub fn with_cluster(mut self, root: PathBuf) -> SqlEngine {
+        self.cluster = Some(root);
+        self
+    }
+
+    /// The histories and data dirs a query reads: this one, then each partition's in name order.
+    fn sources(&self) -> Result<(Vec<Arc<History>>, Vec<PathBuf>), SqlError> {
+        let mut histories = vec![self.history.clone()];
+        let mut dirs = vec![self.data_dir.clone()];
+        if let Some(root) = &self.cluster {
+            let mut parts: Vec<PathBuf> = match std::fs::read_dir(root.join("partitions")) {
+                Ok(rd) => rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect(),
+                Err(_) => Vec::new(),
+            };
+            parts.sort();
+            for p in parts {
+                let h = History::open_read_only(&p)
+                    .map_err(|e| SqlError::Query(format!("reading the history in {}: {e}", p.display())))?;
+                histories.push(Arc::new(h));
+                dirs.push(p);
+            }
+        }
+        Ok((histories, dirs))
     }
 
     /// The limits in force.
@@ -209,32 +239,30 @@ impl SqlEngine {
             .with_target_partitions(2);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let k = (self.k > 1).then_some(self.k as f64);
+        let (histories, dirs) = self.sources()?;
         ctx.register_table(
             "hex_windows",
-            Arc::new(WindowTable::new(self.history.clone(), Table::HexWindows, k)),
+            Arc::new(WindowTable::new(histories.clone(), Table::HexWindows, k)),
         )?;
         ctx.register_table(
             "segment_windows",
-            Arc::new(WindowTable::new(
-                self.history.clone(),
-                Table::SegmentWindows,
-                None,
-            )),
+            Arc::new(WindowTable::new(histories.clone(), Table::SegmentWindows, None)),
         )?;
         ctx.register_table(
             "calibration",
-            Arc::new(WindowTable::new(self.history.clone(), Table::Calibration, None)),
+            Arc::new(WindowTable::new(histories, Table::Calibration, None)),
         )?;
-        for (name, file, schema) in [
-            ("alerts", names::ALERTS, &*ALERTS_SCHEMA),
-            ("thresholds_audit", names::THRESHOLDS_AUDIT, &*AUDIT_SCHEMA),
-            ("late_records", names::LATE_RECORDS, &*LATE_SCHEMA),
-            ("alert_acks", names::ALERT_ACKS, &*ACKS_SCHEMA),
+        // Alerts and late records come from every partition too; acknowledgements and the
+        // thresholds audit are the serving instance's own.
+        for (name, file, schema, partitions) in [
+            ("alerts", names::ALERTS, &*ALERTS_SCHEMA, true),
+            ("thresholds_audit", names::THRESHOLDS_AUDIT, &*AUDIT_SCHEMA, false),
+            ("late_records", names::LATE_RECORDS, &*LATE_SCHEMA, true),
+            ("alert_acks", names::ALERT_ACKS, &*ACKS_SCHEMA, false),
         ] {
-            ctx.register_table(
-                name,
-                Arc::new(NdjsonTable::new(self.data_dir.join(file), schema.clone())),
-            )?;
+            let n = if partitions { dirs.len() } else { 1 };
+            let paths = dirs[..n].iter().map(|d| d.join(file)).collect();
+            ctx.register_table(name, Arc::new(NdjsonTable::new(paths, schema.clone())))?;
         }
         for f in super::h3fn::functions() {
             ctx.register_udf(f);

@@ -20,11 +20,12 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::history::store::{History, Table};
 
-/// `hex_windows` or `segment_windows`: every Parquet file plus the buffered windows, as one table.
-/// With `min_people`, rows with fewer people are left out (k-anonymity for analysts).
+/// `hex_windows` or `segment_windows`: every Parquet file plus the buffered windows, as one table
+/// (of several histories, in cluster mode: one per partition). With `min_people`, rows with fewer
+/// people are left out (k-anonymity for analysts).
 #[derive(Clone)]
 pub struct WindowTable {
-    history: Arc<History>,
+    histories: Vec<Arc<History>>,
     table: Table,
     min_people: Option<f64>,
 }
@@ -36,10 +37,10 @@ impl std::fmt::Debug for WindowTable {
 }
 
 impl WindowTable {
-    /// A table over `history`; `min_people` applies k-suppression.
-    pub fn new(history: Arc<History>, table: Table, min_people: Option<f64>) -> WindowTable {
+    /// A table over `histories` (their rows together); `min_people` applies k-suppression.
+    pub fn new(histories: Vec<Arc<History>>, table: Table, min_people: Option<f64>) -> WindowTable {
         WindowTable {
-            history,
+            histories,
             table,
             min_people,
         }
@@ -83,7 +84,12 @@ impl TableProvider for WindowTable {
             (p, _) => p.cloned(),
         };
         let inner_limit = if self.min_people.is_some() { None } else { limit };
-        let (files, memory) = self.history.snapshot(self.table);
+        let (mut files, mut memory) = (Vec::new(), Vec::new());
+        for h in &self.histories {
+            let (f, m) = h.snapshot(self.table);
+            files.extend(f);
+            memory.extend(m);
+        }
         let mut parts: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !files.is_empty() {
             let urls = files
@@ -131,17 +137,18 @@ impl TableProvider for WindowTable {
     }
 }
 
-/// A small NDJSON log of the data dir (`alerts.ndjson`, …) as a table, read at each query.
+/// A small NDJSON log of the data dir (`alerts.ndjson`, …) as a table, read at each query (in
+/// cluster mode, the same log of every partition's folder too).
 #[derive(Debug)]
 pub struct NdjsonTable {
-    path: PathBuf,
+    paths: Vec<PathBuf>,
     schema: SchemaRef,
 }
 
 impl NdjsonTable {
-    /// The table over `path` (missing file: no rows).
-    pub fn new(path: PathBuf, schema: SchemaRef) -> NdjsonTable {
-        NdjsonTable { path, schema }
+    /// The table over the files at `paths`, one after another (a missing file: no rows).
+    pub fn new(paths: Vec<PathBuf>, schema: SchemaRef) -> NdjsonTable {
+        NdjsonTable { paths, schema }
     }
 }
 
@@ -162,21 +169,28 @@ impl TableProvider for NdjsonTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let text = match tokio::fs::read_to_string(&self.path).await {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(DataFusionError::Execution(format!(
-                    "reading {}: {e}",
-                    self.path.display()
-                )))
+        let mut batches = Vec::new();
+        for path in &self.paths {
+            let text = match tokio::fs::read_to_string(path).await {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(DataFusionError::Execution(format!(
+                        "reading {}: {e}",
+                        path.display()
+                    )))
+                }
+            };
+            let (batch, skipped) = crate::history::schema::batch_from_ndjson(&self.schema, &text)?;
+            if skipped > 0 {
+                tracing::warn!(path = %path.display(), skipped, "Unreadable lines skipped.");
             }
-        };
-        let (batch, skipped) = crate::history::schema::batch_from_ndjson(&self.schema, &text)?;
-        if skipped > 0 {
-            tracing::warn!(path = %self.path.display(), skipped, "Unreadable lines skipped.");
+            batches.push(batch);
         }
-        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?
+        if batches.is_empty() {
+            batches.push(crate::history::schema::batch_from_ndjson(&self.schema, "")?.0);
+        }
+        MemTable::try_new(self.schema.clone(), vec![batches])?
             .scan(state, projection, filters, limit)
             .await
     }

@@ -152,6 +152,16 @@ pub fn open_history(cfg: &Config, data_dir: &Path) -> anyhow::Result<Arc<History
     ))
 }
 
+/// The machine's name for a cluster member's default name (`HOSTNAME`, else /etc/hostname).
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "throng".into())
+}
+
 /// Replays what the log holds beyond the checkpoint through the flow, with the processing times
 /// the live run logged: the same records, times and ticks in the same order make the same
 /// decisions (what is late, which windows close when, which tiers change), and what the history
@@ -235,7 +245,12 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     }
     pipe.refresh_scales();
     let history = open_history(&cfg, data_dir)?;
-    let sql = SqlEngine::new(history.clone(), data_dir, cfg.sql.clone(), cfg.privacy.k);
+    let mut sql = SqlEngine::new(history.clone(), data_dir, cfg.sql.clone(), cfg.privacy.k);
+    if let Some(c) = &cfg.cluster {
+        std::fs::create_dir_all(&c.dir)
+            .with_context(|| format!("creating the cluster folder {} (cluster.dir)", c.dir.display()))?;
+        sql = sql.with_cluster(c.dir.clone());
+    }
     let map = Arc::new(
         crate::scenario::load_segments(&cfg)
             .map_err(anyhow::Error::msg)
@@ -246,6 +261,10 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         .context("loading thresholds")?;
     let kafka_status: Vec<crate::transport::kafka::KafkaStatus> =
         cfg.kafka.iter().map(|_| Default::default()).collect();
+    let cluster_status: Vec<crate::cluster::member::ClusterStatus> = match &cfg.cluster {
+        Some(_) => cfg.kafka.iter().map(|_| Default::default()).collect(),
+        None => Vec::new(),
+    };
     let acks = crate::live::AckStore::open(Some(data_dir)).with_context(|| {
         format!(
             "reading {}",
@@ -267,9 +286,10 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
     let (latest_tx, latest_rx) = watch::channel(None);
     let hub = Hub::default();
     let faults = Arc::new(crate::faults::Faults::default());
-    let picture = Picture::new(map);
+    let picture = Picture::new(map.clone());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let registry = pipe.registry.clone();
     let Pipeline {
         parser,
         engine,
@@ -306,6 +326,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         thresholds,
         acks,
         kafka: kafka_status.clone(),
+        cluster: cluster_status.clone(),
         control,
         hub,
         stop: token.clone(),
@@ -325,7 +346,34 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
             token.clone(),
         ));
     }
-    for (k, status) in cfg.kafka.iter().zip(&kafka_status) {
+    if let Some(c) = &cfg.cluster {
+        let shared = crate::cluster::partition::Shared {
+            cfg: cfg.clone(),
+            registry: registry.clone(),
+            map: map.clone(),
+            root: c.dir.clone(),
+            instance: c
+                .instance
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id())),
+        };
+        for (k, status) in cfg.kafka.iter().zip(&cluster_status) {
+            let (shared, k, status, stop, key_res) = (
+                shared.clone(),
+                k.clone(),
+                status.clone(),
+                token.clone(),
+                c.key_res,
+            );
+            tracker.spawn_blocking(move || crate::cluster::member::run(shared, k, key_res, status, stop));
+        }
+    }
+    for (k, status) in cfg
+        .kafka
+        .iter()
+        .zip(&kafka_status)
+        .filter(|_| cfg.cluster.is_none())
+    {
         let offsets = crate::transport::kafka::OffsetStore::open(Some(data_dir), &k.group)
             .with_context(|| format!("reading the Kafka offsets of group {:?}", k.group))?;
         tracker.spawn(crate::transport::kafka::run(

@@ -84,6 +84,8 @@ pub struct AppState {
     pub acks: crate::live::AckStore,
     /// What each `[[kafka]]` source is doing.
     pub kafka: Vec<crate::transport::kafka::KafkaStatus>,
+    /// What each cluster member (one per `[[kafka]]` source in cluster mode) holds.
+    pub cluster: Vec<crate::cluster::member::ClusterStatus>,
     /// Requests to the engine task.
     pub control: EngineControl,
     /// Live frames to viewers.

@@ -349,7 +349,7 @@ impl ConsumerContext for Rebalancer {
 }
 
 /// The consumer's librdkafka settings for `cfg`.
-fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.bootstrap)
         .set("group.id", &cfg.group)
@@ -380,7 +380,7 @@ fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
 
 /// Joins messages' payloads into one NDJSON body (a newline after each that lacks one); the line
 /// number (1-based, as the decoder counts) each message starts at.
-fn batch_body<'a>(payloads: impl Iterator<Item = Option<&'a [u8]>>, body: &mut Vec<u8>) -> Vec<usize> {
+pub fn batch_body<'a>(payloads: impl Iterator<Item = Option<&'a [u8]>>, body: &mut Vec<u8>) -> Vec<usize> {
     body.clear();
     let mut first_line = Vec::new();
     let mut line = 1usize;
@@ -598,36 +598,92 @@ pub fn parse_target(url: &str) -> Result<(String, String), String> {
 #[derive(Debug)]
 pub struct RegionKey {
     res: h3o::Resolution,
+    /// The engine's resolution (`h3.resolution`): a record's key is the parent of the cell the
+    /// engine files it under, so every record of one cell lands on one partition. (The cell of a
+    /// point at a coarse resolution is not always the parent of its fine cell: H3's children do
+    /// not tile their parent exactly.)
+    engine: h3o::Resolution,
     registry: Registry,
 }
 
 impl RegionKey {
-    /// Keys at `res` (0–15), with `registry` placing counters and stations.
-    pub fn new(res: u8, registry: Registry) -> Result<RegionKey, String> {
+    /// Keys at `res` (0–15) over cells at the engine's resolution `engine`, with `registry`
+    /// placing counters and stations.
+    pub fn new(res: u8, engine: h3o::Resolution, registry: Registry) -> Result<RegionKey, String> {
         let res = h3o::Resolution::try_from(res).map_err(|_| format!("--key-res {res}: expected 0 to 15"))?;
-        Ok(RegionKey { res, registry })
+        if res > engine {
+            return Err(format!(
+                "--key-res {res}: finer than the engine's cells (h3.resolution {engine}); a region must hold whole cells"
+            ));
+        }
+        Ok(RegionKey {
+            res,
+            engine,
+            registry,
+        })
     }
 
-    /// The key of one NDJSON record: the cell (hex string) at the key resolution of its position,
-    /// or of its counter's or station's registered position; None when it has neither (the
-    /// broker then spreads such records over partitions).
+    /// The key of one NDJSON record: the cell (hex string) at the key resolution holding the
+    /// engine's cell of its position (converted to WGS-84 as the parser does), or of its
+    /// counter's or station's registered position; None when it has neither (the broker then
+    /// spreads such records over partitions).
     pub fn of(&self, line: &[u8]) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(line).ok()?;
         let cell = if let (Some(lat), Some(lng)) = (v["lat"].as_f64(), v["lng"].as_f64()) {
-            h3o::LatLng::new(lat, lng).ok()?.to_cell(self.res)
+            let crs = match v["crs"].as_str() {
+                Some(c) => crate::ingest::crs::Crs::parse(c)?,
+                None => crate::ingest::crs::Crs::Wgs84,
+            };
+            let (lat, lng) = crs.to_wgs84(lat, lng);
+            h3o::LatLng::new(lat, lng).ok()?.to_cell(self.engine)
         } else if let Some(s) = v["sensor"].as_str() {
-            self.registry.sensor(s)?.2.index()?.parent(self.res)?
+            self.registry.sensor(s)?.2.index()?
         } else if let Some(st) = v["station"].as_str() {
             self.registry
                 .station_gate_cell(st, v["gate"].as_str())?
                 .1
                 .index()?
-                .parent(self.res)?
         } else {
             return None;
         };
-        Some(cell.to_string())
+        Some(cell.parent(self.res)?.to_string())
     }
+
+    /// The key of a record the engine files under `cell`.
+    pub fn of_cell(&self, cell: h3o::CellIndex) -> Option<String> {
+        Some(cell.parent(self.res)?.to_string())
+    }
+}
+
+/// Kafka's murmur2 hash as the Java client computes it (`Utils.murmur2`); librdkafka's
+/// `murmur2_random` partitioner uses the same.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate().rev() {
+            h ^= (*b as u32) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+/// The partition a keyed record lands on among `partitions`: `toPositive(murmur2(key)) % n`, as
+/// the Java clients and `throng`'s producer choose.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
 }
 
 /// A keyed producer to one topic; `send` blocks while librdkafka's queue is full.
@@ -667,23 +723,33 @@ impl KafkaSink {
             .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
         {
             let key = self.keys.of(line);
-            let mut rec = BaseRecord::<String, [u8]>::to(&self.topic).payload(line);
-            if let Some(k) = &key {
-                rec = rec.key(k);
-            }
-            let mut rec = rec;
-            loop {
-                match self.producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                        rec = r;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(format!("Kafka send to {}: {e}", self.topic)),
-                }
-            }
-            self.sent += 1;
+            self.send_keyed(line, key)?;
         }
+        Ok(())
+    }
+
+    /// Sends one record the parser has already filed under `cell`, keyed by that cell's region.
+    pub fn send_parsed(&mut self, line: &[u8], cell: crate::model::CellId) -> Result<(), String> {
+        let key = cell.index().and_then(|c| self.keys.of_cell(c));
+        self.send_keyed(line, key)
+    }
+
+    fn send_keyed(&mut self, line: &[u8], key: Option<String>) -> Result<(), String> {
+        let mut rec = BaseRecord::<String, [u8]>::to(&self.topic).payload(line);
+        if let Some(k) = &key {
+            rec = rec.key(k);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(format!("Kafka send to {}: {e}", self.topic)),
+            }
+        }
+        self.sent += 1;
         Ok(())
     }
 
@@ -701,6 +767,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn murmur2_matches_the_java_clients_test_vectors() {
+        // Kafka's UtilsTest: the values the Java client computes (as signed 32-bit integers).
+        for (key, want) in [
+            (&b"21"[..], -973_932_308i32),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key) as i32, want, "{}", String::from_utf8_lossy(key));
+        }
+        assert!((0..4).contains(&partition_of(b"86309a6b7ffffff", 4)));
+    }
+
+    #[test]
     fn targets_and_keys_are_read_as_documented() {
         assert_eq!(
             parse_target("kafka://127.0.0.1:9092/throng-feed").unwrap(),
@@ -710,7 +792,7 @@ mod tests {
         assert!(parse_target("http://x/y").is_err());
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund");
         let reg = Registry::load_dir(&dir, h3o::Resolution::Eleven).unwrap();
-        let k = RegionKey::new(6, reg).unwrap();
+        let k = RegionKey::new(6, h3o::Resolution::Eleven, reg).unwrap();
         let ping = k
             .of(br#"{"kind":"lbs","ts":1,"device":"a","lat":31.2405,"lng":121.4832}"#)
             .unwrap();
@@ -727,7 +809,8 @@ mod tests {
         assert!(k
             .of(br#"{"kind":"counter","ts":1,"sensor":"nowhere","in":1}"#)
             .is_none());
-        assert!(RegionKey::new(16, Registry::default()).is_err());
+        assert!(RegionKey::new(16, h3o::Resolution::Eleven, Registry::default()).is_err());
+        assert!(RegionKey::new(12, h3o::Resolution::Eleven, Registry::default()).is_err());
     }
 
     fn ping(ts: i64) -> Record {

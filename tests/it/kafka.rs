@@ -19,7 +19,7 @@ use crate::recovery::stop;
 use crate::support::{query, root, serve_command, serving, throng, Child};
 
 /// A broker of the test's own, when `.ci/run` did not start one: killed when the test ends.
-struct OwnBroker(std::process::Child);
+pub(crate) struct OwnBroker(std::process::Child);
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
@@ -30,7 +30,7 @@ impl Drop for OwnBroker {
 
 /// Where the broker listens: `.ci/run`'s, or one started here on an ephemeral loopback port (the
 /// guard stops it).
-fn bootstrap() -> (String, Option<OwnBroker>) {
+pub(crate) fn bootstrap() -> (String, Option<OwnBroker>) {
     if let Ok(b) = std::env::var("THRONG_KAFKA_BOOTSTRAP") {
         return (b, None);
     }
@@ -74,7 +74,7 @@ fn bootstrap() -> (String, Option<OwnBroker>) {
 }
 
 /// A topic of `partitions` partitions under a name no other test uses.
-fn topic(bootstrap: &str, name: &str, partitions: i32) -> String {
+pub(crate) fn topic(bootstrap: &str, name: &str, partitions: i32) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -98,7 +98,7 @@ fn topic(bootstrap: &str, name: &str, partitions: i32) -> String {
 }
 
 /// Two query answers equal, or a short account of where they part.
-fn same(a: &str, b: &str, what: &str) {
+pub(crate) fn same(a: &str, b: &str, what: &str) {
     if a == b {
         return;
     }
@@ -175,7 +175,7 @@ fn consume(cfg: &Path, data: &Path, group: &str, total: i64, kill_at: &[i64]) ->
 }
 
 /// A simulated night of `devices` people over `seconds` in `dir`: the file and its record count.
-fn night(dir: &Path, devices: u32, seconds: u32, seed: u32) -> (std::path::PathBuf, i64) {
+pub(crate) fn night(dir: &Path, devices: u32, seconds: u32, seed: u32) -> (std::path::PathBuf, i64) {
     let feed = dir.join("feed.ndjson");
     let (d, s, k) = (devices.to_string(), seconds.to_string(), seed.to_string());
     let sim = throng(&[

@@ -4,6 +4,7 @@ mod access;
 mod bench;
 mod browser;
 mod calibration;
+mod cluster;
 mod crash;
 mod demo;
 mod disk;

@@ -20,7 +20,8 @@ pub async fn health(State(h): State<AppState>) -> Json<serde_json::Value> {
     let status = if faults.is_empty() { "ok" } else { "degraded" };
     Json(
         json!({"status": status, "faults": faults, "engine": health, "live": {"frame_latency": h.hub.latency_summary()},
-            "kafka": h.kafka.iter().map(|k| k.get()).collect::<Vec<_>>()}),
+            "kafka": h.kafka.iter().map(|k| k.get()).collect::<Vec<_>>(),
+            "cluster": h.cluster.iter().map(|k| k.get()).collect::<Vec<_>>()}),
     )
 }
 

@@ -1,0 +1,384 @@
+//! One Kafka partition's share of the city: its own parser, window engine, tiers and history in
+//! `<cluster.dir>/partitions/<topic>-<n>/`, checkpointed there with the offset of the next message
+//! the state has not seen.
+//!
+//! The partition is the log. A record is acknowledged by the broker that holds it, so the
+//! partition needs no write-ahead log of its own: whoever owns it next loads the checkpoint, seeks
+//! to its offset and reads the rest again. Processing time is the newest event time the partition
+//! has given (as in `throng replay`), so reading the same messages again makes the same decisions
+//! (what is late, which windows close, which tiers change) whoever reads them, and the history's
+//! high-water marks skip the windows the previous owner had already written.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::durability::files;
+use crate::flow::{Closed, Flow, FlowState, Outputs};
+use crate::history::{History, Recorder, RecorderMark};
+use crate::ingest::{LineError, Sources};
+use crate::pipeline::Pipeline;
+use crate::risk::{Risk, SegmentStatus, ThresholdStore};
+use crate::scenario::{Registry, SegmentId, SegmentMap};
+use crate::window::{Engine, LateRecord};
+
+/// Why a partition could not be taken on.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// Reading or writing the partition's folder failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The checkpoint is not one this build can read.
+    #[error("{path}: not a readable partition checkpoint ({why}); move it aside to read the partition from its start")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What serde said.
+        why: String,
+    },
+    /// The checkpoint was taken under other `[window]` settings.
+    #[error("{0}: written with other [window] settings; restore them, or move the partition's folder aside to read it from its start")]
+    Window(PathBuf),
+    /// The history would not open.
+    #[error("{0}")]
+    History(String),
+}
+
+/// The folder of `topic`'s partition `partition` under the shared `root`.
+pub fn folder(root: &Path, topic: &str, partition: i32) -> PathBuf {
+    root.join("partitions").join(format!("{topic}-{partition}"))
+}
+
+/// What a partition's checkpoint holds.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    topic: String,
+    partition: i32,
+    /// The first offset the state has not seen.
+    next_offset: i64,
+    /// Processing time: the newest event time seen.
+    clock: i64,
+    engine: Engine,
+    flow: FlowState,
+    recorder: RecorderMark,
+    sources: Vec<String>,
+    /// Who wrote it, and when (wall clock): for a person reading the folder.
+    by: String,
+    written_at: String,
+}
+
+/// The recorder, keeping only the segments this partition owns: a segment's rows are written by
+/// one partition (see `cluster::owner`), so the city's `segment_windows` holds each once.
+pub struct OwnedRows {
+    recorder: Recorder,
+    owned: Arc<HashSet<SegmentId>>,
+}
+
+impl Outputs for OwnedRows {
+    fn closed(&mut self, c: &Closed<'_>) {
+        if c.statuses.iter().all(|s| self.owned.contains(&s.id)) {
+            return self.recorder.closed(c);
+        }
+        let statuses: Arc<Vec<SegmentStatus>> = Arc::new(
+            c.statuses
+                .iter()
+                .filter(|s| self.owned.contains(&s.id))
+                .cloned()
+                .collect(),
+        );
+        let alerts: Vec<_> = c
+            .alerts
+            .iter()
+            .filter(|a| self.owned.contains(&a.segment_id))
+            .cloned()
+            .collect();
+        self.recorder.closed(&Closed {
+            window: c.window,
+            statuses: &statuses,
+            alerts: &alerts,
+            calibration: c.calibration,
+            kind: c.kind,
+        });
+    }
+
+    fn late(&mut self, late: &[LateRecord], sources: &Sources) {
+        self.recorder.late(late, sources);
+    }
+
+    fn persist(&mut self) -> bool {
+        self.recorder.persist()
+    }
+
+    fn finish(&mut self) {
+        self.recorder.finish();
+    }
+}
+
+/// What the member shares between the partitions it holds.
+#[derive(Clone)]
+pub struct Shared {
+    /// The configuration every partition runs under.
+    pub cfg: Arc<Config>,
+    /// Sensors and stations, loaded once.
+    pub registry: Arc<Registry>,
+    /// Every segment (a ping is matched against all of them, whoever owns the rows).
+    pub map: Arc<SegmentMap>,
+    /// The shared folder.
+    pub root: PathBuf,
+    /// This instance's name.
+    pub instance: String,
+}
+
+/// One partition's state, held by the instance the group assigned it to.
+pub struct Partition {
+    topic: String,
+    partition: i32,
+    dir: PathBuf,
+    flow: Flow<OwnedRows>,
+    parser: crate::ingest::Parser,
+    max_line: usize,
+    next_offset: i64,
+    clock: i64,
+    last_checkpoint: Instant,
+    /// Offset of the last checkpoint (nothing to write when unchanged).
+    checkpointed_at: Option<i64>,
+    /// When the partition last gave a message (for the idle close).
+    last_message: Instant,
+    /// Records taken and lines rejected since the instance took the partition on.
+    pub taken: u64,
+    /// Lines rejected since the instance took the partition on.
+    pub rejected: u64,
+}
+
+impl Partition {
+    /// Takes `topic`'s partition `partition` on: its checkpoint if it has one (then the offset to
+    /// read from), else a fresh state read from the partition's start. `owned` are the segments
+    /// whose rows this partition writes.
+    pub fn open(
+        shared: &Shared,
+        topic: &str,
+        partition: i32,
+        owned: HashSet<SegmentId>,
+    ) -> Result<Partition, PartitionError> {
+        let cfg = &shared.cfg;
+        let dir = folder(&shared.root, topic, partition);
+        std::fs::create_dir_all(&dir).map_err(|source| PartitionError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let cp = dir.join(files::names::CHECKPOINT);
+        let saved: Option<Saved> = match std::fs::read(&cp) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes).map_err(|e| PartitionError::Checkpoint {
+                    path: cp.clone(),
+                    why: e.to_string(),
+                })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(PartitionError::Io { path: cp, source }),
+        };
+        let names: Vec<String> = saved.as_ref().map(|s| s.sources.clone()).unwrap_or_default();
+        let mut pipe = Pipeline::resuming_with(cfg, shared.registry.clone(), &names);
+        let (mut flow_state, mut mark, mut next_offset, mut clock) =
+            (FlowState::default(), RecorderMark::default(), 0, i64::MIN);
+        if let Some(s) = saved {
+            if !s.engine.matches(&cfg.window) {
+                return Err(PartitionError::Window(cp));
+            }
+            pipe.engine = s.engine;
+            pipe.engine
+                .set_presence(crate::window::Presence::from_config(&cfg.lbs));
+            pipe.engine.set_resend_horizon(&cfg.window);
+            (flow_state, mark, next_offset, clock) = (s.flow, s.recorder, s.next_offset, s.clock);
+        }
+        pipe.refresh_scales();
+        let history = History::open(&dir, cfg.history.retention_days, std::time::Duration::ZERO)
+            .map_err(|e| PartitionError::History(e.to_string()))?;
+        let mut recorder = Recorder::new(Arc::new(history), &dir, cfg.history.flush_every);
+        // Alerts and late records the previous owner wrote past its checkpoint are in the files:
+        // counted here, so reading their messages again does not write them twice.
+        recorder.resume(mark).map_err(|source| PartitionError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let thresholds = ThresholdStore::open(Some(&shared.root))
+            .map_err(|e| PartitionError::History(format!("thresholds in {}: {e}", shared.root.display())))?;
+        let risk = Risk::new(
+            shared.map.clone(),
+            pipe.registry.points().to_vec(),
+            cfg.risk.clone(),
+            thresholds,
+            cfg.window.size.as_millis() as i64,
+        );
+        let outputs = OwnedRows {
+            recorder,
+            owned: Arc::new(owned),
+        };
+        let Pipeline {
+            engine,
+            sources,
+            parser,
+            ..
+        } = pipe;
+        let mut flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
+        flow.restore(flow_state);
+        let now = Instant::now();
+        Ok(Partition {
+            topic: topic.to_owned(),
+            partition,
+            dir,
+            flow,
+            parser,
+            max_line: cfg.ingest.max_line_bytes,
+            next_offset,
+            clock,
+            last_checkpoint: now,
+            checkpointed_at: None,
+            last_message: now,
+            taken: 0,
+            rejected: 0,
+        })
+    }
+
+    /// The first offset this state has not seen (where reading resumes).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Processing time: the newest event time the partition gave (None before any).
+    pub fn clock(&self) -> Option<i64> {
+        (self.clock != i64::MIN).then_some(self.clock)
+    }
+
+    /// The partition's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs messages (offset, NDJSON payload), in partition order, through the flow. Messages
+    /// before `next_offset` were already counted (read again after a rebalance) and are skipped.
+    /// Each rejected line is handed to `rejected` with its offset.
+    pub fn take(&mut self, messages: &[(i64, &[u8])], mut rejected: impl FnMut(i64, usize, &LineError)) {
+        self.last_message = Instant::now();
+        for &(offset, payload) in messages {
+            if offset < self.next_offset {
+                continue;
+            }
+            let flow = &mut self.flow;
+            let clock = &mut self.clock;
+            let (taken, bad) = (&mut self.taken, &mut self.rejected);
+            crate::ingest::decode::each_line(&self.parser, payload, None, self.max_line, |n, r| match r {
+                Ok(rec) => {
+                    *clock = (*clock).max(rec.ts.millis());
+                    flow.ingest(&rec, *clock);
+                    *taken += 1;
+                }
+                Err(e) => {
+                    *bad += 1;
+                    rejected(offset, n, &e);
+                }
+            });
+            self.next_offset = offset + 1;
+        }
+        self.flow.outputs_mut().recorder.flush_if_due();
+    }
+
+    /// A partition that has given nothing for `idle` of wall time has its open windows closed as
+    /// if its event time had moved on by that much, so a feed that stopped never freezes the
+    /// picture; the move is checkpointed at once, so whoever reads the partition next carries on
+    /// from it. True when the clock moved.
+    pub fn idle(&mut self, idle: std::time::Duration) -> bool {
+        let quiet = self.last_message.elapsed();
+        if quiet < idle || self.clock == i64::MIN {
+            return false;
+        }
+        let to = self.clock + quiet.as_millis() as i64;
+        if !self.flow.would_advance(to) {
+            return false;
+        }
+        self.clock = to;
+        self.flow.advance(to);
+        self.last_message = Instant::now();
+        true
+    }
+
+    /// Checkpoints when `every` has passed since the last one and there is something new.
+    pub fn checkpoint_if_due(
+        &mut self,
+        every: std::time::Duration,
+        by: &str,
+    ) -> Result<bool, PartitionError> {
+        if self.last_checkpoint.elapsed() < every || self.checkpointed_at == Some(self.next_offset) {
+            return Ok(false);
+        }
+        self.checkpoint(by).map(|()| true)
+    }
+
+    /// Makes every closed window durable, then writes the state with its offset (one atomic
+    /// replace). Until it succeeds, the previous checkpoint stands and the partition is read again
+    /// from its offset; nothing is lost, nothing counted twice.
+    pub fn checkpoint(&mut self, by: &str) -> Result<(), PartitionError> {
+        self.last_checkpoint = Instant::now();
+        if !self.flow.persist() {
+            return Err(PartitionError::History(format!(
+                "{}: the history could not be written; the checkpoint waits for it",
+                self.dir.display()
+            )));
+        }
+        let saved = SavedRef {
+            topic: &self.topic,
+            partition: self.partition,
+            next_offset: self.next_offset,
+            clock: self.clock,
+            engine: self.flow.engine(),
+            flow: self.flow.state(),
+            recorder: self.flow.outputs().recorder.mark(),
+            sources: self.flow.sources().names(),
+            by,
+            written_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let path = self.dir.join(files::names::CHECKPOINT);
+        files::replace(&path, |w| {
+            serde_json::to_writer(w, &saved).map_err(std::io::Error::other)
+        })
+        .map_err(|e| PartitionError::Io {
+            path: path.clone(),
+            source: e.into_io(),
+        })?;
+        self.checkpointed_at = Some(self.next_offset);
+        metrics::counter!("throng_checkpoints_total").increment(1);
+        Ok(())
+    }
+
+    /// Hands the partition over (revoked, or this instance stopping): checkpoints it and waits for
+    /// its history's background work, leaving its windows open for the next owner.
+    pub fn hand_over(mut self, by: &str) -> Result<(), PartitionError> {
+        let r = self.checkpoint(by);
+        self.flow.outputs_mut().finish();
+        r
+    }
+}
+
+/// `Saved`, borrowed (serialising a checkpoint copies nothing).
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    topic: &'a str,
+    partition: i32,
+    next_offset: i64,
+    clock: i64,
+    engine: &'a Engine,
+    flow: FlowState,
+    recorder: RecorderMark,
+    sources: Vec<String>,
+    by: &'a str,
+    written_at: String,
+}
