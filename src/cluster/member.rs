@@ -18,25 +18,41 @@ use tokio_util::sync::CancellationToken;
 
 use super::partition::{Partition, Shared};
 use crate::config::KafkaConfig;
-use crate::scenario::SegmentId;
 
 /// Messages run through the partitions between two looks at the clock (checkpoints, idle).
 const BATCH_MESSAGES: usize = 10_000;
 /// How long one poll waits when nothing is there.
 const POLL: Duration = Duration::from_millis(100);
 
-/// What `/api/health` shows of a member (`cluster`).
+/// What `/api/health` shows of a member (`cluster`): its partitions, and its city stage roles
+/// (`city.recorder`, `city.viewer`).
 #[derive(Debug, Clone, Default)]
-pub struct ClusterStatus(Arc<Mutex<serde_json::Value>>);
+pub struct ClusterStatus {
+    member: Arc<Mutex<serde_json::Value>>,
+    city: Arc<Mutex<serde_json::Map<String, serde_json::Value>>>,
+}
 
 impl ClusterStatus {
     /// The member's state now.
     pub fn get(&self) -> serde_json::Value {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut v = self.member.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(o) = v.as_object_mut() {
+            let city = self.city.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            o.insert("city".into(), serde_json::Value::Object(city));
+        }
+        v
     }
 
     fn set(&self, v: serde_json::Value) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = v;
+        *self.member.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    /// Sets what one city stage role (`recorder`, `viewer`) is doing.
+    pub fn set_city(&self, role: &str, v: serde_json::Value) {
+        self.city
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(role.to_owned(), v);
     }
 }
 
@@ -49,7 +65,6 @@ type ByPartition<'a> = BTreeMap<(&'a str, i32), Vec<(i64, &'a [u8])>>;
 /// hands over.
 struct Member {
     shared: Shared,
-    keys: Vec<(SegmentId, Option<String>)>,
     held: Mutex<Held>,
     last_error: Mutex<Option<String>>,
     rebalances: std::sync::atomic::AtomicU64,
@@ -101,21 +116,10 @@ impl ConsumerContext for Member {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                let mut counts: BTreeMap<String, i32> = BTreeMap::new();
                 let mut refused = Vec::new();
                 for (t, p) in &parts {
-                    if !counts.contains_key(t) {
-                        let n = consumer
-                            .fetch_metadata(Some(t), Duration::from_secs(10))
-                            .ok()
-                            .and_then(|m| m.topics().first().map(|x| x.partitions().len() as i32))
-                            .filter(|n| *n > 0)
-                            .unwrap_or(1);
-                        counts.insert(t.clone(), n);
-                    }
-                    let owned = super::owned_segments(&self.keys, *p, counts[t]);
                     let started = Instant::now();
-                    match Partition::open(&self.shared, t, *p, owned) {
+                    match Partition::open(&self.shared, t, *p) {
                         Ok(state) => {
                             let next = state.next_offset();
                             let at = if next > 0 {
@@ -168,10 +172,9 @@ impl ConsumerContext for Member {
 
 /// Runs one `[[kafka]]` subscription as a cluster member until `stop`; every partition held at
 /// the end is checkpointed and handed over.
-pub fn run(shared: Shared, kafka: KafkaConfig, key_res: u8, status: ClusterStatus, stop: CancellationToken) {
+pub fn run(shared: Shared, kafka: KafkaConfig, status: ClusterStatus, stop: CancellationToken) {
     let cfg = shared.cfg.clone();
     let member = Member {
-        keys: super::segment_keys(&shared.map, key_res),
         shared,
         held: Mutex::default(),
         last_error: Mutex::default(),
@@ -196,6 +199,7 @@ pub fn run(shared: Shared, kafka: KafkaConfig, key_res: u8, status: ClusterStatu
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH_MESSAGES);
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut messages = 0u64;
+    let mut last_empty_check = Instant::now() - Duration::from_secs(60);
     while !stop.is_cancelled() {
         let mut wait = POLL;
         while batch.len() < BATCH_MESSAGES {
@@ -252,6 +256,22 @@ pub fn run(shared: Shared, kafka: KafkaConfig, key_res: u8, status: ClusterStatu
                 }
             }
         }
+        // A partition at its end that never held a record says so, or the city would wait for it.
+        if last_empty_check.elapsed() >= Duration::from_secs(1) {
+            last_empty_check = Instant::now();
+            let empty_after = cfg
+                .cluster
+                .as_ref()
+                .map_or(Duration::from_secs(10), |c| c.empty_after);
+            for ((t, p), state) in held.iter_mut().filter(|(_, s)| s.clock().is_none()) {
+                match consumer.fetch_watermarks(t, *p, Duration::from_secs(1)) {
+                    Ok((_, high)) => state.check_empty(high, empty_after),
+                    Err(e) => {
+                        tracing::debug!(topic = %t, partition = p, error = %e, "Could not ask where the partition ends.")
+                    }
+                }
+            }
+        }
         drop(held);
         drop(by_part);
         metrics::counter!("throng_kafka_messages_total").increment(batch.len() as u64);
@@ -291,6 +311,7 @@ fn report(
             serde_json::json!({
                 "topic": t, "partition": p, "next_offset": s.next_offset(),
                 "event_time": s.clock().map(|c| crate::model::EventTime(c).to_string()),
+                "closed_to": s.closed_to().map(|c| crate::model::EventTime(c).to_string()),
                 "records": s.taken, "rejected": s.rejected,
             })
         })

@@ -9,21 +9,21 @@
 //! (what is late, which windows close, which tiers change) whoever reads them, and the history's
 //! high-water marks skip the windows the previous owner had already written.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::windows::{source_name, Part, WindowsOut};
 use crate::config::Config;
 use crate::durability::files;
-use crate::flow::{Closed, Flow, FlowState, Outputs};
+use crate::flow::{Closed, Flow, FlowState, Outputs, WindowKind};
 use crate::history::{History, Recorder, RecorderMark};
 use crate::ingest::{LineError, Sources};
 use crate::pipeline::Pipeline;
-use crate::risk::{Risk, SegmentStatus, ThresholdStore};
-use crate::scenario::{Registry, SegmentId, SegmentMap};
+use crate::risk::{Risk, ThresholdStore};
+use crate::scenario::{Registry, SegmentMap};
 use crate::window::{Engine, LateRecord};
 
 /// Why a partition could not be taken on.
@@ -76,37 +76,34 @@ struct Saved {
     written_at: String,
 }
 
-/// The recorder, keeping only the segments this partition owns: a segment's rows are written by
-/// one partition (see `cluster::owner`), so the city's `segment_windows` holds each once.
-pub struct OwnedRows {
+/// A partition's outputs: its cells into its own history, and every closed window (cells, feed
+/// points, the segment people its pings place) to the windows topic for the city stage, which
+/// evaluates the segments over all partitions at once.
+pub struct CellRows {
+    /// End of the newest window closed (and published).
+    closed_to: Option<i64>,
     recorder: Recorder,
-    owned: Arc<HashSet<SegmentId>>,
+    windows: Arc<WindowsOut>,
+    source: String,
+    sources: Arc<Sources>,
 }
 
-impl Outputs for OwnedRows {
+impl Outputs for CellRows {
     fn closed(&mut self, c: &Closed<'_>) {
-        if c.statuses.iter().all(|s| self.owned.contains(&s.id)) {
-            return self.recorder.closed(c);
-        }
-        let statuses: Arc<Vec<SegmentStatus>> = Arc::new(
-            c.statuses
-                .iter()
-                .filter(|s| self.owned.contains(&s.id))
-                .cloned()
-                .collect(),
-        );
-        let alerts: Vec<_> = c
-            .alerts
-            .iter()
-            .filter(|a| self.owned.contains(&a.segment_id))
-            .cloned()
-            .collect();
+        // Segments and alerts are the city stage's: a partition sees only its own pings.
         self.recorder.closed(&Closed {
             window: c.window,
-            statuses: &statuses,
-            alerts: &alerts,
+            statuses: &Arc::default(),
+            alerts: &[],
             calibration: c.calibration,
             kind: c.kind,
+        });
+        self.closed_to = Some(self.closed_to.map_or(c.window.end.0, |e| e.max(c.window.end.0)));
+        self.windows.publish(&Part::Window {
+            source: self.source.clone(),
+            window: Box::new((**c.window).clone()),
+            silent: c.kind == WindowKind::Silent,
+            sources: self.sources.names(),
         });
     }
 
@@ -115,6 +112,11 @@ impl Outputs for OwnedRows {
     }
 
     fn persist(&mut self) -> bool {
+        // The windows must be on the topic before a checkpoint says the state is past them.
+        if let Err(e) = self.windows.flush() {
+            tracing::error!(error = %e, "Windows not yet acknowledged by the brokers; the checkpoint waits.");
+            return false;
+        }
         self.recorder.persist()
     }
 
@@ -136,6 +138,8 @@ pub struct Shared {
     pub root: PathBuf,
     /// This instance's name.
     pub instance: String,
+    /// The producer to the windows topic.
+    pub windows: Arc<WindowsOut>,
 }
 
 /// One partition's state, held by the instance the group assigned it to.
@@ -143,7 +147,7 @@ pub struct Partition {
     topic: String,
     partition: i32,
     dir: PathBuf,
-    flow: Flow<OwnedRows>,
+    flow: Flow<CellRows>,
     parser: crate::ingest::Parser,
     max_line: usize,
     next_offset: i64,
@@ -153,6 +157,8 @@ pub struct Partition {
     checkpointed_at: Option<i64>,
     /// When the partition last gave a message (for the idle close).
     last_message: Instant,
+    /// Since when the partition has been at its end without ever holding a record.
+    empty_since: Option<Instant>,
     /// Records taken and lines rejected since the instance took the partition on.
     pub taken: u64,
     /// Lines rejected since the instance took the partition on.
@@ -161,14 +167,8 @@ pub struct Partition {
 
 impl Partition {
     /// Takes `topic`'s partition `partition` on: its checkpoint if it has one (then the offset to
-    /// read from), else a fresh state read from the partition's start. `owned` are the segments
-    /// whose rows this partition writes.
-    pub fn open(
-        shared: &Shared,
-        topic: &str,
-        partition: i32,
-        owned: HashSet<SegmentId>,
-    ) -> Result<Partition, PartitionError> {
+    /// read from), else a fresh state read from the partition's start.
+    pub fn open(shared: &Shared, topic: &str, partition: i32) -> Result<Partition, PartitionError> {
         let cfg = &shared.cfg;
         let dir = folder(&shared.root, topic, partition);
         std::fs::create_dir_all(&dir).map_err(|source| PartitionError::Io {
@@ -219,9 +219,12 @@ impl Partition {
             thresholds,
             cfg.window.size.as_millis() as i64,
         );
-        let outputs = OwnedRows {
+        let outputs = CellRows {
+            closed_to: None,
             recorder,
-            owned: Arc::new(owned),
+            windows: shared.windows.clone(),
+            source: source_name(topic, partition),
+            sources: pipe.sources.clone(),
         };
         let Pipeline {
             engine,
@@ -244,6 +247,7 @@ impl Partition {
             last_checkpoint: now,
             checkpointed_at: None,
             last_message: now,
+            empty_since: None,
             taken: 0,
             rejected: 0,
         })
@@ -259,9 +263,29 @@ impl Partition {
         (self.clock != i64::MIN).then_some(self.clock)
     }
 
+    /// End of the newest window this instance closed and published for the partition.
+    pub fn closed_to(&self) -> Option<i64> {
+        self.flow.outputs().closed_to
+    }
+
     /// The partition's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Given where the partition ends (`high`, the next offset the brokers will give): once it
+    /// has been at its end without ever holding a record for `after`, tells the city stage, so it
+    /// does not wait for its windows.
+    pub fn check_empty(&mut self, high: i64, after: std::time::Duration) {
+        if self.clock != i64::MIN || self.next_offset < high {
+            self.empty_since = None;
+            return;
+        }
+        if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= after {
+            self.flow.outputs().windows.publish(&Part::Empty {
+                source: source_name(&self.topic, self.partition),
+            });
+        }
     }
 
     /// Runs messages (offset, NDJSON payload), in partition order, through the flow. Messages

@@ -497,17 +497,25 @@ pub struct KafkaConfig {
 pub struct ClusterConfig {
     /// The shared folder: `partitions/<topic>-<n>/` (checkpoint, history, logs) per partition.
     pub dir: PathBuf,
-    /// The H3 resolution producers key records by (`--key-res`): decides which partition owns a
-    /// segment's rows.
-    #[serde(default = "default_key_res")]
-    pub key_res: u8,
     /// This instance's name in logs and checkpoints (default: host name and process id).
     #[serde(default)]
     pub instance: Option<String>,
+    /// The topic each partition publishes its closed windows to, read by the city stage (created
+    /// with one partition when missing).
+    #[serde(default = "default_windows_topic")]
+    pub windows_topic: String,
+    /// A partition at its end that has never held a record for this long is empty: the city
+    /// stage stops waiting for its windows (records it gets later join the windows still open).
+    #[serde(default = "default_empty_after", with = "humantime_serde")]
+    pub empty_after: Duration,
 }
 
-fn default_key_res() -> u8 {
-    6
+fn default_empty_after() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_windows_topic() -> String {
+    "throng.windows".into()
 }
 
 fn default_kafka_session() -> Duration {
@@ -809,17 +817,21 @@ impl Config {
             }
         }
         if let Some(c) = &self.cluster {
-            if self.kafka.is_empty() {
+            if self.kafka.len() != 1 {
                 return bad(
                     "cluster",
-                    "cluster mode shares Kafka partitions: add a [[kafka]] source, or remove [cluster]"
-                        .into(),
+                    format!(
+                        "cluster mode shares the partitions of one [[kafka]] source ({} given): list every feed topic in its `topics`",
+                        self.kafka.len()
+                    ),
                 );
             }
-            if c.key_res > 15 {
+            if c.windows_topic.trim().is_empty()
+                || self.kafka.iter().any(|k| k.topics.contains(&c.windows_topic))
+            {
                 return bad(
-                    "cluster.key_res",
-                    format!("{}: an H3 resolution is 0 to 15", c.key_res),
+                    "cluster.windows_topic",
+                    format!("{:?}: name a topic of its own, not a feed topic", c.windows_topic),
                 );
             }
             if c.dir.as_os_str().is_empty() {

@@ -69,6 +69,8 @@ pub struct Recorder {
     /// Lines a failed append left to write, per log, in order (written before any newer line).
     unwritten: Vec<(PathBuf, Vec<u8>)>,
     faults: Arc<Faults>,
+    /// False when another writer keeps `hex_windows` (a cluster's city stage).
+    cells: bool,
 }
 
 impl Recorder {
@@ -88,7 +90,15 @@ impl Recorder {
             in_files: RecorderMark::default(),
             unwritten: Vec::new(),
             faults: Arc::default(),
+            cells: true,
         }
+    }
+
+    /// Leaves `hex_windows` to another writer (in a cluster each partition writes its own cells;
+    /// the city stage writes segments and alerts).
+    pub fn without_cells(mut self) -> Recorder {
+        self.cells = false;
+        self
     }
 
     /// Reports write failures and recoveries to `faults` (what `/api/health` shows).
@@ -237,7 +247,7 @@ impl Recorder {
 impl Outputs for Recorder {
     fn closed(&mut self, c: &Closed<'_>) {
         let start = c.window.start.0;
-        if c.kind == WindowKind::Data {
+        if c.kind == WindowKind::Data && self.cells {
             match to_record_batch(c.window) {
                 Ok(batch) => {
                     let rows = batch.num_rows() as u64;

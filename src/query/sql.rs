@@ -193,14 +193,16 @@ impl SqlEngine {
         }
     }
 
-    /// Also reads every partition folder under the cluster folder `root` (`partitions/*/`), found
-    /// afresh at each query, as part of every table.
+    /// Also reads every partition folder under the cluster folder `root` (`partitions/*/`: cells,
+    /// late records) and its city stage (`city/`: segments, alerts), found afresh at each query,
+    /// as part of every table.
     pub fn with_cluster(mut self, root: PathBuf) -> SqlEngine {
         self.cluster = Some(root);
         self
     }
 
-    /// The histories and data dirs a query reads: this one, then each partition's in name order.
+    /// The histories and data dirs a query reads: this one, each partition's in name order, then
+    /// the city stage's.
     fn sources(&self) -> Result<(Vec<Arc<History>>, Vec<PathBuf>), SqlError> {
         let mut histories = vec![self.history.clone()];
         let mut dirs = vec![self.data_dir.clone()];
@@ -210,6 +212,10 @@ impl SqlEngine {
                 Err(_) => Vec::new(),
             };
             parts.sort();
+            // The city stage's segments and alerts.
+            if root.join("city").is_dir() {
+                parts.push(root.join("city"));
+            }
             for p in parts {
                 let h = History::open_read_only(&p)
                     .map_err(|e| SqlError::Query(format!("reading the history in {}: {e}", p.display())))?;

@@ -256,7 +256,9 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
             .map_err(anyhow::Error::msg)
             .context("loading segments")?,
     );
-    let thresholds = ThresholdStore::open(Some(data_dir))
+    // In a cluster the organisers' thresholds live in the shared folder, beside the city stage.
+    let thresholds_dir = cfg.cluster.as_ref().map_or(data_dir, |c| c.dir.as_path());
+    let thresholds = ThresholdStore::open(Some(thresholds_dir))
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("loading thresholds")?;
     let kafka_status: Vec<crate::transport::kafka::KafkaStatus> =
@@ -296,8 +298,19 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         sources,
         ..
     } = pipe;
+    // In a cluster the viewers see the city (the city stage's viewer publishes); this instance's
+    // own flow, fed only by what is posted to it, publishes nowhere.
+    let (local_publisher, city_publisher) = if cfg.cluster.is_some() {
+        let detached = Publisher::new(Hub::default(), Picture::new(map.clone()), watch::channel(None).0);
+        (
+            detached,
+            Some(Publisher::new(hub.clone(), picture.clone(), latest_tx)),
+        )
+    } else {
+        (Publisher::new(hub.clone(), picture.clone(), latest_tx), None)
+    };
     let outputs = (
-        Publisher::new(hub.clone(), picture.clone(), latest_tx),
+        local_publisher,
         Recorder::new(history, data_dir, cfg.history.flush_every).with_faults(faults.clone()),
     );
     let mut flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
@@ -323,7 +336,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         metrics: metrics::handle(),
         config: cfg.clone(),
         picture,
-        thresholds,
+        thresholds: thresholds.clone(),
         acks,
         kafka: kafka_status.clone(),
         cluster: cluster_status.clone(),
@@ -346,7 +359,13 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
             token.clone(),
         ));
     }
-    if let Some(c) = &cfg.cluster {
+    if let (Some(c), Some(k), Some(viewer)) = (&cfg.cluster, cfg.kafka.first(), city_publisher) {
+        crate::cluster::windows::ensure_topic(k, &c.windows_topic)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("the windows topic {:?} at {}", c.windows_topic, k.bootstrap))?;
+        let windows = crate::cluster::windows::WindowsOut::new(k, &c.windows_topic)
+            .with_context(|| format!("a producer to {}", k.bootstrap))?;
         let shared = crate::cluster::partition::Shared {
             cfg: cfg.clone(),
             registry: registry.clone(),
@@ -356,17 +375,34 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
                 .instance
                 .clone()
                 .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id())),
+            windows: Arc::new(windows),
         };
-        for (k, status) in cfg.kafka.iter().zip(&cluster_status) {
-            let (shared, k, status, stop, key_res) = (
-                shared.clone(),
-                k.clone(),
-                status.clone(),
-                token.clone(),
-                c.key_res,
-            );
-            tracker.spawn_blocking(move || crate::cluster::member::run(shared, k, key_res, status, stop));
-        }
+        let topic = c.windows_topic.clone();
+        let (s, k2, status, stop) = (
+            shared.clone(),
+            k.clone(),
+            cluster_status[0].clone(),
+            token.clone(),
+        );
+        tracker.spawn_blocking(move || crate::cluster::member::run(s, k2, status, stop));
+        let (s, k2, t, th, st, stop) = (
+            shared.clone(),
+            k.clone(),
+            topic.clone(),
+            thresholds.clone(),
+            cluster_status[0].clone(),
+            token.clone(),
+        );
+        tracker.spawn_blocking(move || crate::cluster::city::run_recorder(s, k2, t, th, st, stop));
+        let (s, k2, t, th, st, stop) = (
+            shared,
+            k.clone(),
+            topic,
+            thresholds.clone(),
+            cluster_status[0].clone(),
+            token.clone(),
+        );
+        tracker.spawn_blocking(move || crate::cluster::city::run_viewer(s, k2, t, th, viewer, st, stop));
     }
     for (k, status) in cfg
         .kafka

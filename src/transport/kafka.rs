@@ -368,7 +368,9 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         // librdkafka prefetches up to `queued.min.messages` (100,000) and then waits this long
         // (1 s by default) before fetching again: with one-record messages that paced a replay
         // at 130 k records/s in 100 k steps; at 10 ms it reads 370 k/s (docs/PERFORMANCE.md).
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // A topic subscribed to before it exists is looked for again every 10 s, not every 5 min.
+        .set("topic.metadata.refresh.interval.ms", "10000");
     for (k, v) in cfg.security_properties() {
         c.set(k, v);
     }

