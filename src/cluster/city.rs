@@ -174,8 +174,13 @@ impl City {
         for m in self.merger.ready() {
             let window = Arc::new(m.window);
             let (statuses, alerts) = self.risk.evaluate(&window);
-            for a in &alerts {
-                tracing::warn!(segment = %a.segment_id, from = a.from_tier.as_str(), to = a.to_tier.as_str(), reason = %a.reason, "Tier change (city).");
+            // Logged and counted once in the cluster: by the recorder, not by every viewer.
+            let recording = matches!(self.outputs, CityOut::Record(_));
+            if recording && !alerts.is_empty() {
+                metrics::counter!("throng_alerts_total").increment(alerts.len() as u64);
+            }
+            for a in alerts.iter().filter(|_| recording) {
+                tracing::warn!(segment = %a.segment_id, from = a.from_tier.as_str(), to = a.to_tier.as_str(), reason = %a.reason, "Tier change.");
             }
             self.windows += 1;
             self.outputs.closed(&Closed {

@@ -234,6 +234,7 @@ impl Partition {
         } = pipe;
         let mut flow = Flow::new(engine, sources, risk, outputs, &cfg.window);
         flow.restore(flow_state);
+        flow.quiet_tiers();
         let now = Instant::now();
         Ok(Partition {
             topic: topic.to_owned(),

@@ -117,6 +117,8 @@ pub struct Flow<O> {
     size_ms: i64,
     /// End of the newest evaluated window (None before the first).
     last_eval_end: Option<i64>,
+    /// False where the tiers are not the ones anybody acts on (a cluster partition's).
+    log_tiers: bool,
 }
 
 impl<O: Outputs> Flow<O> {
@@ -136,6 +138,7 @@ impl<O: Outputs> Flow<O> {
             slide_ms: window.slide.as_millis() as i64,
             size_ms: window.size.as_millis() as i64,
             last_eval_end: None,
+            log_tiers: true,
         };
         f.risk.set_priors(f.sources.scales());
         f.apply_factors();
@@ -182,6 +185,12 @@ impl<O: Outputs> Flow<O> {
         self.emit(closed);
         self.emit_late();
         self.outputs.finish();
+    }
+
+    /// Keeps tier changes out of the log and the alert count: for a cluster partition, whose
+    /// segments see only its own pings (the city stage's tiers are the ones that count).
+    pub fn quiet_tiers(&mut self) {
+        self.log_tiers = false;
     }
 
     /// The state to checkpoint beside the engine (see [`FlowState`]).
@@ -306,10 +315,10 @@ impl<O: Outputs> Flow<O> {
         self.apply_factors();
         let calibration = self.calibration();
         self.last_eval_end = Some(self.last_eval_end.map_or(window.end.0, |e| e.max(window.end.0)));
-        for a in &alerts {
+        for a in alerts.iter().filter(|_| self.log_tiers) {
             tracing::warn!(segment = %a.segment_id, from = a.from_tier.as_str(), to = a.to_tier.as_str(), reason = %a.reason, "Tier change.");
         }
-        if !alerts.is_empty() {
+        if !alerts.is_empty() && self.log_tiers {
             metrics::counter!("throng_alerts_total").increment(alerts.len() as u64);
         }
         self.outputs.closed(&Closed {
