@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use super::partition::{PartitionError, Shared};
 use super::windows::{Merger, Part};
 use crate::config::KafkaConfig;
-use crate::durability::files;
 use crate::flow::{Closed, Outputs, WindowKind};
 use crate::history::{History, Recorder, RecorderMark};
 use crate::live::Publisher;
@@ -99,21 +98,7 @@ impl City {
         out: impl FnOnce(&Path, RecorderMark) -> Result<CityOut, PartitionError>,
     ) -> Result<City, PartitionError> {
         let dir = folder(&shared.root);
-        std::fs::create_dir_all(&dir).map_err(|source| PartitionError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let cp = dir.join(files::names::CHECKPOINT);
-        let saved: Option<Saved> = match std::fs::read(&cp) {
-            Ok(b) => Some(
-                serde_json::from_slice(&b).map_err(|e| PartitionError::Checkpoint {
-                    path: cp.clone(),
-                    why: e.to_string(),
-                })?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(PartitionError::Io { path: cp, source }),
-        };
+        let saved: Option<Saved> = super::partition::read_checkpoint(&dir)?;
         let cfg = &shared.cfg;
         let mut risk = Risk::new(
             shared.map.clone(),
@@ -229,14 +214,7 @@ impl City {
             by: by.to_owned(),
             written_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
-        let path = self.dir.join(files::names::CHECKPOINT);
-        files::replace(&path, |w| {
-            serde_json::to_writer(w, &saved).map_err(std::io::Error::other)
-        })
-        .map_err(|e| PartitionError::Io {
-            path: path.clone(),
-            source: e.into_io(),
-        })?;
+        super::partition::write_checkpoint(&self.dir, &saved)?;
         self.checkpointed_at = Some(self.next_offset);
         Ok(())
     }
@@ -305,7 +283,7 @@ impl Role {
 
 impl ClientContext for Role {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !crate::transport::kafka::is_partition_end(&error) {
             tracing::warn!(error = %error, "Kafka client (city): {reason}");
         }
     }
@@ -368,6 +346,14 @@ impl ConsumerContext for Role {
             }
         }
     }
+}
+
+/// The windows topic's end (the next offset the brokers will give), for `/api/health`.
+fn topic_end<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Option<i64> {
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(1))
+        .ok()
+        .map(|w| w.1)
 }
 
 fn consumer_config(kafka: &KafkaConfig, group: &str) -> rdkafka::config::ClientConfig {
@@ -440,10 +426,7 @@ pub fn run_recorder(
         }
         if last_status.elapsed() >= Duration::from_millis(500) {
             last_status = Instant::now();
-            let end = consumer
-                .fetch_watermarks(&topic, 0, Duration::from_secs(1))
-                .ok()
-                .map(|w| w.1);
+            let end = topic_end(&consumer, &topic);
             let v = match consumer.context().held().as_ref() {
                 Some(c) => c.status(end),
                 None => serde_json::Value::Null,
@@ -493,11 +476,7 @@ pub fn run_viewer(
     while !stop.is_cancelled() {
         if last_status.elapsed() >= Duration::from_millis(500) {
             last_status = Instant::now();
-            let end = consumer
-                .fetch_watermarks(&topic, 0, Duration::from_secs(1))
-                .ok()
-                .map(|w| w.1);
-            status.set_city("viewer", city.status(end));
+            status.set_city("viewer", city.status(topic_end(&consumer, &topic)));
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => city.take(m.offset(), m.payload().unwrap_or(&[])),

@@ -98,9 +98,7 @@ impl Member {
 
 impl ClientContext for Member {
     fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
-        if !eof {
+        if !crate::transport::kafka::is_partition_end(&error) {
             tracing::warn!(error = %error, "Kafka client: {reason}");
         }
     }

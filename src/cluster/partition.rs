@@ -58,6 +58,37 @@ pub fn folder(root: &Path, topic: &str, partition: i32) -> PathBuf {
     root.join("partitions").join(format!("{topic}-{partition}"))
 }
 
+/// The checkpoint in `dir` (created if missing), None when there is none yet.
+pub fn read_checkpoint<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Option<T>, PartitionError> {
+    std::fs::create_dir_all(dir).map_err(|source| PartitionError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let cp = dir.join(files::names::CHECKPOINT);
+    match std::fs::read(&cp) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| PartitionError::Checkpoint {
+                path: cp,
+                why: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PartitionError::Io { path: cp, source }),
+    }
+}
+
+/// Replaces the checkpoint in `dir` with `state`, whole (atomic replace).
+pub fn write_checkpoint<T: Serialize>(dir: &Path, state: &T) -> Result<(), PartitionError> {
+    let path = dir.join(files::names::CHECKPOINT);
+    files::replace(&path, |w| {
+        serde_json::to_writer(w, state).map_err(std::io::Error::other)
+    })
+    .map_err(|e| PartitionError::Io {
+        path: path.clone(),
+        source: e.into_io(),
+    })
+}
+
 /// What a partition's checkpoint holds.
 #[derive(Serialize, Deserialize)]
 struct Saved {
@@ -171,21 +202,8 @@ impl Partition {
     pub fn open(shared: &Shared, topic: &str, partition: i32) -> Result<Partition, PartitionError> {
         let cfg = &shared.cfg;
         let dir = folder(&shared.root, topic, partition);
-        std::fs::create_dir_all(&dir).map_err(|source| PartitionError::Io {
-            path: dir.clone(),
-            source,
-        })?;
         let cp = dir.join(files::names::CHECKPOINT);
-        let saved: Option<Saved> = match std::fs::read(&cp) {
-            Ok(bytes) => Some(
-                serde_json::from_slice(&bytes).map_err(|e| PartitionError::Checkpoint {
-                    path: cp.clone(),
-                    why: e.to_string(),
-                })?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(PartitionError::Io { path: cp, source }),
-        };
+        let saved: Option<Saved> = read_checkpoint(&dir)?;
         let names: Vec<String> = saved.as_ref().map(|s| s.sources.clone()).unwrap_or_default();
         let mut pipe = Pipeline::resuming_with(cfg, shared.registry.clone(), &names);
         let (mut flow_state, mut mark, mut next_offset, mut clock) =
@@ -371,14 +389,7 @@ impl Partition {
             by,
             written_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
-        let path = self.dir.join(files::names::CHECKPOINT);
-        files::replace(&path, |w| {
-            serde_json::to_writer(w, &saved).map_err(std::io::Error::other)
-        })
-        .map_err(|e| PartitionError::Io {
-            path: path.clone(),
-            source: e.into_io(),
-        })?;
+        write_checkpoint(&self.dir, &saved)?;
         self.checkpointed_at = Some(self.next_offset);
         metrics::counter!("throng_checkpoints_total").increment(1);
         Ok(())

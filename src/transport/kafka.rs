@@ -302,12 +302,16 @@ impl ClientContext for Rebalancer {
     fn error(&self, error: KafkaError, reason: &str) {
         // The end of a partition is news for the aligner (it arrives through `recv` too), not an
         // error for the log.
-        let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
-        if !eof {
+        if !is_partition_end(&error) {
             tracing::warn!(error = %error, "Kafka client: {reason}");
         }
     }
+}
+
+/// True for librdkafka's "end of partition" event, which clients report as an error.
+pub fn is_partition_end(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
 }
 
 impl ConsumerContext for Rebalancer {

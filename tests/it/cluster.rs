@@ -392,15 +392,7 @@ fn keyed_by_district_a_cluster_counts_what_one_offline_replay_counts() {
     until_city_caught_up(&rt, &[&one]);
     stop(one.child);
     let offline = dir.path().join("offline");
-    let r = throng(&[
-        "replay",
-        feed.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        offline.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    crate::kafka::replay_offline(&feed, &cfg, &offline);
     // The replay closes its last windows at the end of the file; the cluster keeps them open for
     // more of the partition. Compared up to the last window both closed.
     let last = query(&shared, "SELECT max(window_end) AS e FROM hex_windows");

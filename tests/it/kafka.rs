@@ -196,9 +196,8 @@ pub(crate) fn night(dir: &Path, devices: u32, seconds: u32, seed: u32) -> (std::
     (feed, total)
 }
 
-/// The feed replayed offline under `cfg` into `offline`, compared with `served` window by window
-/// (`columns`, summed per window) up to the last window `served` closed.
-fn same_as_offline(feed: &Path, cfg: &Path, offline: &Path, served: &Path, columns: &str, what: &str) {
+/// `throng replay FEED --config CFG --data-dir OFFLINE`, which must succeed.
+pub(crate) fn replay_offline(feed: &Path, cfg: &Path, offline: &Path) {
     let r = throng(&[
         "replay",
         feed.to_str().unwrap(),
@@ -208,6 +207,12 @@ fn same_as_offline(feed: &Path, cfg: &Path, offline: &Path, served: &Path, colum
         offline.to_str().unwrap(),
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// The feed replayed offline under `cfg` into `offline`, compared with `served` window by window
+/// (`columns`, summed per window) up to the last window `served` closed.
+fn same_as_offline(feed: &Path, cfg: &Path, offline: &Path, served: &Path, columns: &str, what: &str) {
+    replay_offline(feed, cfg, offline);
     let last = query(served, "SELECT max(window_end) AS e FROM hex_windows");
     let e = last.lines().nth(1).unwrap().trim().to_owned();
     let per_window = format!(
