@@ -115,7 +115,8 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), String
         c.set(k, v);
     }
     let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| e.to_string())?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    // One message is one partition's window: beyond a broker's default 1 MB for a big district.
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "67108864");
     let res = admin
         .create_topics(&[new], &AdminOptions::new())
         .await
