@@ -77,6 +77,8 @@ struct Saved {
 
 /// The city stage's state.
 pub struct City {
+    /// The recorder's lease on the city folder (None for a viewer).
+    lease: Option<u64>,
     merger: Merger,
     risk: Risk,
     outputs: CityOut,
@@ -90,14 +92,22 @@ pub struct City {
 
 impl City {
     /// The stage from the recorder's latest checkpoint (if any), waiting for `expected`
-    /// partitions; `record` makes it the recorder, else it shows to `publisher`.
+    /// partitions; `recording` for the recorder (which takes the folder's lease), with the
+    /// outputs `out` makes.
     pub fn open(
         shared: &Shared,
+        recording: bool,
         thresholds: ThresholdStore,
         expected: Vec<String>,
         out: impl FnOnce(&Path, RecorderMark) -> Result<CityOut, PartitionError>,
     ) -> Result<City, PartitionError> {
         let dir = folder(&shared.root);
+        // Only the recorder writes the folder, so only the recorder takes its lease, before it
+        // reads the checkpoint.
+        let lease = match recording {
+            true => Some(super::partition::take_lease(&dir, &shared.instance)?),
+            false => None,
+        };
         let saved: Option<Saved> = super::partition::read_checkpoint(&dir)?;
         let cfg = &shared.cfg;
         let mut risk = Risk::new(
@@ -115,6 +125,7 @@ impl City {
         merger.expect(expected);
         let outputs = out(&dir, mark)?;
         Ok(City {
+            lease,
             merger,
             risk,
             outputs,
@@ -200,6 +211,9 @@ impl City {
         let CityOut::Record(r) = &mut self.outputs else {
             return Ok(());
         };
+        if let Some(lease) = self.lease {
+            super::partition::check_lease(&self.dir, lease)?;
+        }
         if !r.persist() {
             return Err(PartitionError::History(format!(
                 "{}: the city history could not be written; the checkpoint waits for it",
@@ -296,17 +310,23 @@ impl ConsumerContext for Role {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if tpl.count() > 0 => {
                 let cfg = self.shared.cfg.clone();
                 let expected = self.expected.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let opened = City::open(&self.shared, self.thresholds.clone(), expected, |dir, mark| {
-                    let history = History::open(dir, cfg.history.retention_days, Duration::ZERO)
-                        .map_err(|e| PartitionError::History(e.to_string()))?;
-                    let mut r =
-                        Recorder::new(Arc::new(history), dir, cfg.history.flush_every).without_cells();
-                    r.resume(mark).map_err(|source| PartitionError::Io {
-                        path: dir.to_owned(),
-                        source,
-                    })?;
-                    Ok(CityOut::Record(Box::new(r)))
-                });
+                let opened = City::open(
+                    &self.shared,
+                    true,
+                    self.thresholds.clone(),
+                    expected,
+                    |dir, mark| {
+                        let history = History::open(dir, cfg.history.retention_days, Duration::ZERO)
+                            .map_err(|e| PartitionError::History(e.to_string()))?;
+                        let mut r =
+                            Recorder::new(Arc::new(history), dir, cfg.history.flush_every).without_cells();
+                        r.resume(mark).map_err(|source| PartitionError::Io {
+                            path: dir.to_owned(),
+                            source,
+                        })?;
+                        Ok(CityOut::Record(Box::new(r)))
+                    },
+                );
                 match opened {
                     Ok(city) => {
                         let next = city.next_offset();
@@ -456,7 +476,9 @@ pub fn run_viewer(
         Err(e) => return tracing::error!(error = %e, "City viewer not started."),
     };
     let expected = feed_partitions(&consumer, &kafka.topics, &stop);
-    let mut city = match City::open(&shared, thresholds, expected, |_, _| Ok(CityOut::Show(publisher))) {
+    let mut city = match City::open(&shared, false, thresholds, expected, |_, _| {
+        Ok(CityOut::Show(publisher))
+    }) {
         Ok(c) => c,
         Err(e) => return tracing::error!(error = %e, "City viewer not started."),
     };

@@ -51,6 +51,74 @@ pub enum PartitionError {
     /// The history would not open.
     #[error("{0}")]
     History(String),
+    /// Another instance has taken the folder on since this one did (this one was cut off from
+    /// the group and the partition given to another): it must not write there any more.
+    #[error("{dir}: taken on by {by} since (lease {epoch}); this instance no longer writes there")]
+    Superseded {
+        /// The folder.
+        dir: PathBuf,
+        /// Who holds it now.
+        by: String,
+        /// Their lease.
+        epoch: u64,
+    },
+}
+
+/// Who holds a partition's (or the city stage's) folder: each instance that takes it on writes
+/// the next lease number before reading the checkpoint, and checks that the lease is still its
+/// own before writing one, so an instance the group has dropped but that still runs stops
+/// writing once the next owner has started. (A check, then a write: the window between them is
+/// one checkpoint's, not a fence; object storage's conditional writes would close it.)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Lease {
+    epoch: u64,
+    by: String,
+}
+
+const LEASE: &str = "lease.json";
+
+fn read_lease(dir: &Path) -> Result<Option<Lease>, PartitionError> {
+    let path = dir.join(LEASE);
+    match std::fs::read(&path) {
+        // An unreadable lease (a torn write cannot happen: it is replaced whole) counts as none.
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PartitionError::Io { path, source }),
+    }
+}
+
+/// Takes the folder `dir` on for `by`: the next lease number, written before anything is read.
+pub fn take_lease(dir: &Path, by: &str) -> Result<u64, PartitionError> {
+    std::fs::create_dir_all(dir).map_err(|source| PartitionError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let epoch = read_lease(dir)?.map_or(1, |l| l.epoch + 1);
+    let path = dir.join(LEASE);
+    let lease = Lease {
+        epoch,
+        by: by.to_owned(),
+    };
+    files::replace(&path, |w| {
+        serde_json::to_writer(w, &lease).map_err(std::io::Error::other)
+    })
+    .map_err(|e| PartitionError::Io {
+        path: path.clone(),
+        source: e.into_io(),
+    })?;
+    Ok(epoch)
+}
+
+/// Fails when `dir`'s lease is no longer `epoch` (another instance took the folder on).
+pub fn check_lease(dir: &Path, epoch: u64) -> Result<(), PartitionError> {
+    match read_lease(dir)? {
+        Some(l) if l.epoch != epoch => Err(PartitionError::Superseded {
+            dir: dir.to_owned(),
+            by: l.by,
+            epoch: l.epoch,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The folder of `topic`'s partition `partition` under the shared `root`.
@@ -175,6 +243,8 @@ pub struct Shared {
 
 /// One partition's state, held by the instance the group assigned it to.
 pub struct Partition {
+    /// This instance's lease on the folder.
+    lease: u64,
     topic: String,
     partition: i32,
     dir: PathBuf,
@@ -202,6 +272,7 @@ impl Partition {
     pub fn open(shared: &Shared, topic: &str, partition: i32) -> Result<Partition, PartitionError> {
         let cfg = &shared.cfg;
         let dir = folder(&shared.root, topic, partition);
+        let lease = take_lease(&dir, &shared.instance)?;
         let cp = dir.join(files::names::CHECKPOINT);
         let saved: Option<Saved> = read_checkpoint(&dir)?;
         let names: Vec<String> = saved.as_ref().map(|s| s.sources.clone()).unwrap_or_default();
@@ -255,6 +326,7 @@ impl Partition {
         flow.quiet_tiers();
         let now = Instant::now();
         Ok(Partition {
+            lease,
             topic: topic.to_owned(),
             partition,
             dir,
@@ -371,6 +443,7 @@ impl Partition {
     /// from its offset; nothing is lost, nothing counted twice.
     pub fn checkpoint(&mut self, by: &str) -> Result<(), PartitionError> {
         self.last_checkpoint = Instant::now();
+        check_lease(&self.dir, self.lease)?;
         if !self.flow.persist() {
             return Err(PartitionError::History(format!(
                 "{}: the history could not be written; the checkpoint waits for it",
@@ -417,4 +490,22 @@ struct SavedRef<'a> {
     sources: Vec<String>,
     by: &'a str,
     written_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_whose_folder_was_taken_on_since_may_not_write_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = take_lease(dir.path(), "a").unwrap();
+        assert!(check_lease(dir.path(), first).is_ok());
+        // `a` is cut off from the group; `b` is given the partition and takes the folder on.
+        let second = take_lease(dir.path(), "b").unwrap();
+        assert_eq!(second, first + 1);
+        let refused = check_lease(dir.path(), first).unwrap_err().to_string();
+        assert!(refused.contains("taken on by b"), "{refused}");
+        assert!(check_lease(dir.path(), second).is_ok());
+    }
 }
