@@ -117,9 +117,16 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), String
     let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| e.to_string())?;
     // One message is one partition's window: beyond a broker's default 1 MB for a big district.
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "67108864");
-    let res = admin
-        .create_topics(&[new], &AdminOptions::new())
+    // A broker that accepts the connection but never answers must not hang the start for ever.
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(20)));
+    let res = tokio::time::timeout(Duration::from_secs(30), admin.create_topics(&[new], &options))
         .await
+        .map_err(|_| {
+            format!(
+                "{}: no answer in 30 s to creating the windows topic",
+                kafka.bootstrap
+            )
+        })?
         .map_err(|e| e.to_string())?;
     for r in res {
         match r {
