@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::windows::{source_name, Part, WindowsOut};
+use super::windows::{source_name, WindowsOut};
 use crate::config::Config;
 use crate::durability::files;
 use crate::flow::{Closed, Flow, FlowState, Outputs, WindowKind};
@@ -198,12 +198,12 @@ impl Outputs for CellRows {
             kind: c.kind,
         });
         self.closed_to = Some(self.closed_to.map_or(c.window.end.0, |e| e.max(c.window.end.0)));
-        self.windows.publish(&Part::Window {
-            source: self.source.clone(),
-            window: Box::new((**c.window).clone()),
-            silent: c.kind == WindowKind::Silent,
-            sources: self.sources.names(),
-        });
+        self.windows.publish_window(
+            &self.source,
+            c.window,
+            c.kind == WindowKind::Silent,
+            &self.sources.names(),
+        );
     }
 
     fn late(&mut self, late: &[LateRecord], sources: &Sources) {
@@ -373,9 +373,10 @@ impl Partition {
             return;
         }
         if self.empty_since.get_or_insert_with(Instant::now).elapsed() >= after {
-            self.flow.outputs().windows.publish(&Part::Empty {
-                source: source_name(&self.topic, self.partition),
-            });
+            self.flow
+                .outputs()
+                .windows
+                .publish_empty(&source_name(&self.topic, self.partition));
         }
     }
 

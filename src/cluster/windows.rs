@@ -47,6 +47,32 @@ pub enum Part {
     },
 }
 
+/// A `Part::Window` encoded from a borrowed window, so publishing a partition's window does not
+/// copy it.
+fn encode_window(
+    source: &str,
+    window: &HexWindow,
+    silent: bool,
+    sources: &[String],
+) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Borrowed<'a> {
+        Window {
+            source: &'a str,
+            window: &'a HexWindow,
+            silent: bool,
+            sources: &'a [String],
+        },
+    }
+    serde_json::to_vec(&Borrowed::Window {
+        source,
+        window,
+        silent,
+        sources,
+    })
+}
+
 /// The name a partition goes by on the windows topic.
 pub fn source_name(topic: &str, partition: i32) -> String {
     format!("{topic}-{partition}")
@@ -75,13 +101,20 @@ impl WindowsOut {
         })
     }
 
-    /// Queues one part (sent in the background; `flush` waits for it).
-    pub fn publish(&self, part: &Part) {
-        let (key, body) = match part {
-            Part::Window { source, .. } | Part::Empty { source } => {
-                (source.as_str(), serde_json::to_vec(part))
-            }
+    /// Queues one closed window (sent in the background; `flush` waits for it).
+    pub fn publish_window(&self, source: &str, window: &HexWindow, silent: bool, sources: &[String]) {
+        self.send(source, encode_window(source, window, silent, sources));
+    }
+
+    /// Queues word that partition `source` is empty (at its end, never a record).
+    pub fn publish_empty(&self, source: &str) {
+        let part = Part::Empty {
+            source: source.to_owned(),
         };
+        self.send(source, serde_json::to_vec(&part));
+    }
+
+    fn send(&self, key: &str, body: serde_json::Result<Vec<u8>>) {
         let Ok(body) = body else {
             return tracing::error!("A window could not be encoded for the windows topic.");
         };
@@ -206,11 +239,6 @@ impl Merger {
                 .collect(),
             None => Vec::new(),
         }
-    }
-
-    /// City-wide source names, in the order they were first met.
-    pub fn sources(&self) -> &[String] {
-        &self.sources
     }
 
     /// Takes one part in.
@@ -414,6 +442,29 @@ mod tests {
             }),
             silent: false,
             sources: vec!["carrier-a".into()],
+        }
+    }
+
+    #[test]
+    fn a_window_published_from_a_borrow_reads_back_as_the_part() {
+        let Part::Window { window, .. } = part("t-0", 10_000, 2, 3, vec![1.0]) else {
+            unreachable!()
+        };
+        let bytes = encode_window("t-0", &window, true, &["carrier-a".into()]).unwrap();
+        match serde_json::from_slice::<Part>(&bytes).unwrap() {
+            Part::Window {
+                source,
+                window: w,
+                silent,
+                sources,
+            } => {
+                assert_eq!(
+                    (source.as_str(), silent, sources),
+                    ("t-0", true, vec!["carrier-a".to_owned()])
+                );
+                assert_eq!(*w, *window);
+            }
+            Part::Empty { .. } => panic!("read back as empty"),
         }
     }
 
