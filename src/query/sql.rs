@@ -8,6 +8,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
@@ -179,6 +180,10 @@ pub struct SqlEngine {
     limits: SqlConfig,
     /// Smallest `people` a `hex_windows` row must have to be shown (privacy.k).
     k: u32,
+    /// Parquet footers and file statistics, kept across queries: every query used to read the
+    /// footer of every history file again. Files are immutable once written, and an entry is
+    /// checked against the file's size and modification time before it is used.
+    caches: Arc<CacheManager>,
 }
 
 impl SqlEngine {
@@ -190,6 +195,8 @@ impl SqlEngine {
             cluster: None,
             limits,
             k,
+            caches: CacheManager::try_new(&CacheManagerConfig::default())
+                .expect("the default cache configuration is valid"),
         }
     }
 
@@ -238,6 +245,11 @@ impl SqlEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(self.caches.get_file_metadata_cache()))
+                    .with_file_statistics_cache(self.caches.get_file_statistic_cache()),
+            )
             .build_arc()?;
         let config = SessionConfig::new()
             .with_information_schema(true)
@@ -361,6 +373,90 @@ mod tests {
             }
         }
         assert!(matches!(check_read_only("SELEC 1"), Err(SqlError::Syntax(_))));
+    }
+
+    fn hex_window(start: i64, devices: &[u64]) -> RecordBatch {
+        use crate::model::{CellId, EventTime};
+        use crate::window::{to_record_batch, HexRow, HexWindow};
+        let rows = devices
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let cell = h3o::LatLng::new(31.24 + i as f64 * 1e-3, 121.49)
+                    .expect("a valid point")
+                    .to_cell(h3o::Resolution::Eleven);
+                HexRow {
+                    cell: CellId(u64::from(cell)),
+                    lbs_devices: n,
+                    lbs_people: n as f64,
+                    ..HexRow::default()
+                }
+            })
+            .collect();
+        to_record_batch(&HexWindow {
+            start: EventTime(start),
+            end: EventTime(start + 60_000),
+            rows,
+            points: Vec::new(),
+            segments: Default::default(),
+            is_final: true,
+        })
+        .expect("a window batch")
+    }
+
+    #[tokio::test]
+    async fn footers_are_cached_across_queries_but_a_file_written_again_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Arc::new(History::open(dir.path(), 0, Duration::ZERO).unwrap());
+        let t0 = 1_767_193_200_000; // 2025-12-31T15:00Z
+        h.append(Table::HexWindows, t0, hex_window(t0, &[5]));
+        h.flush().unwrap();
+        let engine = SqlEngine::new(h.clone(), dir.path(), SqlConfig::default(), 0);
+        let total = |a: Answer| {
+            let b = &a.batches[0];
+            let col = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            (
+                col.value(0),
+                b.column(1)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .value(0),
+            )
+        };
+        let q = "SELECT sum(lbs_devices), count(*) FROM hex_windows";
+        assert_eq!(total(engine.query(q).await.unwrap()), (5, 1));
+        assert!(
+            !engine.caches.get_file_metadata_cache().is_empty(),
+            "the footer was kept"
+        );
+        // The same path written again with other rows (a part file rewritten after a restart):
+        // its size and modification time no longer match the cached footer's.
+        let (files, _) = h.snapshot(Table::HexWindows);
+        assert_eq!(files.len(), 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let batch = hex_window(t0, &[7, 11]);
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&files[0]).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        assert_eq!(total(engine.query(q).await.unwrap()), (18, 2));
+        // And a file added after the first queries is read too.
+        h.append(
+            Table::HexWindows,
+            t0 + 3_600_000,
+            hex_window(t0 + 3_600_000, &[1]),
+        );
+        h.flush().unwrap();
+        assert_eq!(total(engine.query(q).await.unwrap()), (19, 3));
     }
 
     #[test]

@@ -101,7 +101,8 @@ impl TableProvider for WindowTable {
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
                 .with_schema(schema.clone());
-            let listing = ListingTable::try_new(config)?;
+            let listing = ListingTable::try_new(config)?
+                .with_cache(state.runtime_env().cache_manager.get_file_statistic_cache());
             parts.push(
                 listing
                     .scan(state, inner_projection.as_ref(), filters, inner_limit)
