@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::flow::SourceProgress;
 use crate::risk::{Alert, SegmentStatus};
-use crate::window::HexWindow;
+use crate::window::{cell_area_m2, HexWindow};
 
 /// What a viewer asked for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,21 +62,6 @@ impl Subscription {
     }
 }
 
-/// Cell areas are a spherical computation per cell; the same cells come back every window.
-fn area_m2(c: CellIndex) -> f64 {
-    thread_local! {
-        static AREAS: std::cell::RefCell<rustc_hash::FxHashMap<u64, f64>> =
-            std::cell::RefCell::new(rustc_hash::FxHashMap::default());
-    }
-    AREAS.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() > 1 << 20 {
-            m.clear();
-        }
-        *m.entry(u64::from(c)).or_insert_with(|| c.area_m2())
-    })
-}
-
 /// A heatmap frame for one subscription: cells rolled up to `sub.res`, inside the bbox, and with at
 /// least `k` people (k ≤ 1 publishes all). A provisional frame also says where each source stands
 /// against the window (`sources`), so a quiet street with a carrier still due reads as "not in
@@ -118,7 +103,7 @@ pub fn heatmap(w: &HexWindow, progress: &[SourceProgress], sub: &Subscription, k
             out.push(',');
         }
         first = false;
-        let density = p / area_m2(c);
+        let density = p / cell_area_m2(c);
         let _ = write!(out, "[\"{c}\",{},", (p * 10.0).round() / 10.0);
         if density.is_finite() {
             let _ = write!(out, "{density}]");

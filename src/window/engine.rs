@@ -509,14 +509,14 @@ impl Engine {
                     }
                 }
                 // Too late for any window, but still where the device was: presence keeps it.
-                if let Body::Ping { device, pos } = rec.body {
+                if let (Body::Ping { device, pos }, true) = (&rec.body, self.segments.is_some()) {
                     let seen = Seen {
                         ts: at,
                         cell: rec.cell,
                         source: rec.source,
-                        pos,
+                        pos: *pos,
                     };
-                    remember(&mut self.carry, device, seen);
+                    remember(&mut self.carry, *device, seen);
                 }
                 return true;
             }
@@ -622,14 +622,19 @@ impl Engine {
                     out.push(w);
                     self.stats.windows_closed += 1;
                     if let Some(p) = self.panes.remove(&s) {
-                        for (dev, seen) in p.devices {
-                            remember(&mut self.carry, dev, seen);
+                        // Presence only places devices on segments: without them it is not kept.
+                        if self.segments.is_some() {
+                            for (dev, seen) in p.devices {
+                                remember(&mut self.carry, dev, seen);
+                            }
                         }
                         let mut keys: Vec<u64> = p.keys.into_iter().collect();
                         keys.sort_unstable();
                         self.closed_keys.insert(s, keys);
                     }
-                    self.forget_absent(s * self.slide + self.size);
+                    if self.segments.is_some() {
+                        self.forget_absent(s * self.slide + self.size);
+                    }
                     // Panes before s were already dropped; s is the only one no later window needs.
                     self.next_close = s + 1;
                 }

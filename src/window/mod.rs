@@ -6,5 +6,5 @@ pub mod engine;
 pub mod registers;
 pub mod watermark;
 
-pub use batch::{json_rows, late_row, to_record_batch, HEX_WINDOWS_SCHEMA};
+pub use batch::{cell_area_m2, json_rows, late_row, to_record_batch, HEX_WINDOWS_SCHEMA};
 pub use engine::{Engine, EngineStats, HexRow, HexWindow, LateRecord, Presence, SegmentPeople};
