@@ -77,12 +77,27 @@ pub fn wgs84_to_gcj02(lat: f64, lng: f64) -> (f64, f64) {
     (lat + dlat, lng + dlng)
 }
 
-/// GCJ-02 → WGS-84 by fixed-point iteration on the forward transform.
+/// GCJ-02 → WGS-84 by fixed-point iteration on the forward transform, until the forward transform
+/// of the answer is within 1e-10° (~0.01 mm) of the input.
 pub fn gcj02_to_wgs84(lat: f64, lng: f64) -> (f64, f64) {
     if out_of_china(lat, lng) {
         return (lat, lng);
     }
-    let (mut wlat, mut wlng) = (lat, lng);
+    // The iteration starts from the interpolated offsets (within ~1e-8° of the answer) rather
+    // than from the input (~5e-3° away): two exact forward transforms instead of four or five,
+    // each ten sines — GCJ-02 feeds spent a quarter of a replay's time here.
+    thread_local! {
+        static GRID: std::cell::RefCell<GcjGrid> = std::cell::RefCell::new(GcjGrid::default());
+    }
+    let (mut wlat, mut wlng) = GRID.with(|g| {
+        let mut g = g.borrow_mut();
+        let (mut wlat, mut wlng) = (lat, lng);
+        for _ in 0..3 {
+            let (dlat, dlng) = g.offset(wlat, wlng);
+            (wlat, wlng) = (lat - dlat, lng - dlng);
+        }
+        (wlat, wlng)
+    });
     for _ in 0..10 {
         let (glat, glng) = wgs84_to_gcj02(wlat, wlng);
         let (elat, elng) = (glat - lat, glng - lng);
@@ -93,6 +108,54 @@ pub fn gcj02_to_wgs84(lat: f64, lng: f64) -> (f64, f64) {
         }
     }
     (wlat, wlng)
+}
+
+/// GCJ-02 offsets (GCJ − WGS, degrees) at the nodes of a 0.001° grid, bilinearly interpolated:
+/// within 1e-8° (~1 mm) of the formula, at a hash look-up instead of ten sines. Keeps at most
+/// `GRID_CAP` grid cells (about 650 km²) and then starts afresh.
+#[derive(Debug, Default)]
+pub struct GcjGrid {
+    cells: rustc_hash::FxHashMap<(i64, i64), [(f64, f64); 4]>,
+}
+
+const GRID_CAP: usize = 1 << 16;
+
+impl GcjGrid {
+    const STEP: f64 = 0.001;
+
+    fn node(i: i64, j: i64) -> (f64, f64) {
+        let (lat, lng) = (i as f64 * Self::STEP, j as f64 * Self::STEP);
+        let (glat, glng) = wgs84_to_gcj02(lat, lng);
+        (glat - lat, glng - lng)
+    }
+
+    /// The interpolated offset at a WGS-84 point.
+    pub fn offset(&mut self, lat: f64, lng: f64) -> (f64, f64) {
+        let (fi, fj) = (lat / Self::STEP, lng / Self::STEP);
+        let (i, j) = (fi.floor() as i64, fj.floor() as i64);
+        let (u, v) = (fi - i as f64, fj - j as f64);
+        if self.cells.len() >= GRID_CAP {
+            self.cells.clear();
+        }
+        let [a, b, c, d] = *self.cells.entry((i, j)).or_insert_with(|| {
+            [
+                Self::node(i, j),
+                Self::node(i + 1, j),
+                Self::node(i, j + 1),
+                Self::node(i + 1, j + 1),
+            ]
+        });
+        let mix = |p: f64, q: f64, r: f64, s: f64| {
+            (p * (1.0 - u) + q * u) * (1.0 - v) + (r * (1.0 - u) + s * u) * v
+        };
+        (mix(a.0, b.0, c.0, d.0), mix(a.1, b.1, c.1, d.1))
+    }
+
+    /// WGS-84 → GCJ-02 through the interpolated offsets (the simulator's hot path).
+    pub fn convert(&mut self, lat: f64, lng: f64) -> (f64, f64) {
+        let (dlat, dlng) = self.offset(lat, lng);
+        (lat + dlat, lng + dlng)
+    }
 }
 
 /// BD-09 → GCJ-02 (Baidu's published inverse).
@@ -130,6 +193,51 @@ mod tests {
             let (la, ln) = Crs::Gcj02.to_wgs84(glat, glng);
             // 1e-7 degrees is about a centimetre.
             assert!((la - wlat).abs() < 1e-7 && (ln - wlng).abs() < 1e-7, "{la},{ln}");
+        }
+    }
+
+    #[test]
+    fn the_inverse_from_the_grid_meets_the_same_tolerance_as_from_the_input() {
+        // From scratch (the input as the start), as the inverse was before the grid.
+        let plain = |lat: f64, lng: f64| {
+            let (mut wlat, mut wlng) = (lat, lng);
+            for _ in 0..10 {
+                let (glat, glng) = wgs84_to_gcj02(wlat, wlng);
+                let (elat, elng) = (glat - lat, glng - lng);
+                wlat -= elat;
+                wlng -= elng;
+                if elat.abs() < 1e-10 && elng.abs() < 1e-10 {
+                    break;
+                }
+            }
+            (wlat, wlng)
+        };
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for k in 0..20_000 {
+            // A crowd on the Bund, then all of China (grid nodes, cell edges and all).
+            let (lat, lng) = if k < 10_000 {
+                (31.23 + rnd() * 0.02, 121.47 + rnd() * 0.03)
+            } else {
+                (18.0 + rnd() * 35.0, 74.0 + rnd() * 60.0)
+            };
+            let (glat, glng) = wgs84_to_gcj02(lat, lng);
+            let (wlat, wlng) = gcj02_to_wgs84(glat, glng);
+            let (flat, flng) = wgs84_to_gcj02(wlat, wlng);
+            assert!(
+                (flat - glat).abs() < 1e-10 && (flng - glng).abs() < 1e-10,
+                "{lat},{lng}"
+            );
+            let (plat, plng) = plain(glat, glng);
+            assert!(
+                (wlat - plat).abs() < 1e-9 && (wlng - plng).abs() < 1e-9,
+                "{lat},{lng}"
+            );
         }
     }
 

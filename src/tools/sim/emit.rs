@@ -5,7 +5,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::agents::{Origin, Rng, World};
-use crate::ingest::crs::wgs84_to_gcj02;
+use crate::ingest::crs::GcjGrid;
 
 /// Seconds between counter, zone and gate reports (scenario time).
 const REPORT_S: usize = 10;
@@ -440,42 +440,6 @@ impl<'w> Emitter<'w> {
     }
 }
 
-/// WGS-84 → GCJ-02 by bilinear interpolation of the offset on a 0.001° grid (≈100 m). The offset
-/// is smooth (metres per kilometre), so this is within millimetres of the exact formula and spares
-/// a dozen trigonometric calls per app ping.
-#[derive(Default)]
-struct GcjGrid {
-    cache: std::collections::HashMap<(i64, i64), (f64, f64)>,
-}
-
-impl GcjGrid {
-    const STEP: f64 = 0.001;
-
-    fn offset_at(&mut self, i: i64, j: i64) -> (f64, f64) {
-        *self.cache.entry((i, j)).or_insert_with(|| {
-            let (lat, lng) = (i as f64 * Self::STEP, j as f64 * Self::STEP);
-            let (glat, glng) = wgs84_to_gcj02(lat, lng);
-            (glat - lat, glng - lng)
-        })
-    }
-
-    fn convert(&mut self, lat: f64, lng: f64) -> (f64, f64) {
-        let (fi, fj) = (lat / Self::STEP, lng / Self::STEP);
-        let (i, j) = (fi.floor() as i64, fj.floor() as i64);
-        let (u, v) = (fi - i as f64, fj - j as f64);
-        let (a, b, c, d) = (
-            self.offset_at(i, j),
-            self.offset_at(i + 1, j),
-            self.offset_at(i, j + 1),
-            self.offset_at(i + 1, j + 1),
-        );
-        let mix = |p: f64, q: f64, r: f64, s: f64| {
-            (p * (1.0 - u) + q * u) * (1.0 - v) + (r * (1.0 - u) + s * u) * v
-        };
-        (lat + mix(a.0, b.0, c.0, d.0), lng + mix(a.1, b.1, c.1, d.1))
-    }
-}
-
 /// Writes `x` with six decimals (about 0.1 m) without going through float formatting, which is the
 /// simulator's hot path at a million records a second.
 fn push_fixed6(out: &mut Vec<u8>, x: f64) {
@@ -589,6 +553,7 @@ mod tests {
 
     #[test]
     fn gcj_grid_matches_the_exact_transform() {
+        use crate::ingest::crs::wgs84_to_gcj02;
         let mut g = GcjGrid::default();
         for k in 0..100 {
             let (lat, lng) = (31.233 + k as f64 * 1.17e-4, 121.474 + k as f64 * 2.03e-4);
