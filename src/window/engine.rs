@@ -27,9 +27,75 @@ use crate::model::{
 };
 use crate::scenario::{Matcher, PlaceCache, SegmentMap};
 
-/// One device's latest ping within a pane.
+/// A sighting's position packed into 10 bytes, with no `Option` tags: the window state holds one
+/// per device per pane and one per device present, so every byte counts (issue 20).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed(2))]
+struct Spot {
+    lat_e6: i32,
+    lng_e6: i32,
+    /// Accuracy in decimetres; `NO_ACCURACY` when the feed gave none.
+    accuracy_dm: u16,
+}
+
+/// `Spot::lat_e6` of a sighting with no position (a record logged before positions were kept).
+const NO_POSITION: i32 = i32::MIN;
+const NO_ACCURACY: u16 = u16::MAX;
+
+impl Spot {
+    fn pack(p: Option<Position>) -> Spot {
+        match p {
+            // An accuracy of 6,553.5 m (the clamp of `Position::new`) is kept as 6,553.4 m.
+            Some(p) => Spot {
+                lat_e6: p.lat_e6,
+                lng_e6: p.lng_e6,
+                accuracy_dm: p.accuracy_dm.map_or(NO_ACCURACY, |a| a.min(NO_ACCURACY - 1)),
+            },
+            None => Spot {
+                lat_e6: NO_POSITION,
+                lng_e6: 0,
+                accuracy_dm: NO_ACCURACY,
+            },
+        }
+    }
+
+    fn get(self) -> Option<Position> {
+        (self.lat_e6 != NO_POSITION).then_some(Position {
+            lat_e6: self.lat_e6,
+            lng_e6: self.lng_e6,
+            accuracy_dm: (self.accuracy_dm != NO_ACCURACY).then_some(self.accuracy_dm),
+        })
+    }
+}
+
+/// One device's latest ping within a pane: 32 bytes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(from = "SeenForm", into = "SeenForm")]
 struct Seen {
+    ts: i64,
+    cell: CellId,
+    spot: Spot,
+    source: SourceId,
+}
+
+impl Seen {
+    fn new(ts: i64, cell: CellId, source: SourceId, pos: Option<Position>) -> Seen {
+        Seen {
+            ts,
+            cell,
+            spot: Spot::pack(pos),
+            source,
+        }
+    }
+
+    fn pos(&self) -> Option<Position> {
+        self.spot.get()
+    }
+}
+
+/// `Seen` as checkpoints hold it (the form before packing, so older checkpoints still load).
+#[derive(Serialize, Deserialize)]
+struct SeenForm {
     ts: i64,
     cell: CellId,
     source: SourceId,
@@ -37,20 +103,43 @@ struct Seen {
     pos: Option<Position>,
 }
 
+impl From<SeenForm> for Seen {
+    fn from(f: SeenForm) -> Seen {
+        Seen::new(f.ts, f.cell, f.source, f.pos)
+    }
+}
+
+impl From<Seen> for SeenForm {
+    fn from(s: Seen) -> SeenForm {
+        SeenForm {
+            ts: s.ts,
+            cell: s.cell,
+            source: s.source,
+            pos: s.pos(),
+        }
+    }
+}
+
 /// A device's latest sighting in the panes already closed, kept so that it stays present in its
 /// segment between sparse pings (see `Presence`). One is held per device seen in the last
-/// `lbs.max_presence`, the largest table of the window state: 32 bytes, no cell (only a position
-/// is matched to segments).
+/// `lbs.max_presence`, the largest table of the window state: 24 bytes, no cell (only a position
+/// is matched to segments), gaps in tenths of a second.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(from = "CarryForm", into = "CarryForm")]
 struct Carry {
     ts: i64,
     /// Where it was seen (a record logged before positions were kept: its cell's centre).
-    pos: Position,
+    spot: Spot,
     source: SourceId,
-    /// Smoothed gap between its sightings (ms; 0: one sighting so far).
-    interval_ms: u32,
-    /// The last gap (ms).
-    last_gap_ms: u32,
+    /// Smoothed gap between its sightings (0.1 s; 0: one sighting so far).
+    interval_ds: u16,
+    /// The last gap (0.1 s).
+    last_gap_ds: u16,
+}
+
+/// Milliseconds to tenths of a second, saturating (presence never lasts 6,553 s).
+fn ds(ms: i64) -> u16 {
+    ((ms + 50) / 100).clamp(0, u16::MAX as i64) as u16
 }
 
 impl Carry {
@@ -59,8 +148,52 @@ impl Carry {
         Seen {
             ts: self.ts,
             cell: CellId::default(),
+            spot: self.spot,
             source: self.source,
-            pos: Some(self.pos),
+        }
+    }
+
+    /// Its own ping interval (ms): the smoothed one or the last gap, whichever is longer.
+    fn interval_ms(&self) -> i64 {
+        self.interval_ds.max(self.last_gap_ds) as i64 * 100
+    }
+}
+
+/// `Carry` as checkpoints hold it.
+#[derive(Serialize, Deserialize)]
+struct CarryForm {
+    ts: i64,
+    pos: Position,
+    source: SourceId,
+    interval_ms: u32,
+    last_gap_ms: u32,
+}
+
+impl From<CarryForm> for Carry {
+    fn from(f: CarryForm) -> Carry {
+        Carry {
+            ts: f.ts,
+            spot: Spot::pack(Some(f.pos)),
+            source: f.source,
+            interval_ds: ds(f.interval_ms as i64),
+            last_gap_ds: ds(f.last_gap_ms as i64),
+        }
+    }
+}
+
+impl From<Carry> for CarryForm {
+    fn from(c: Carry) -> CarryForm {
+        CarryForm {
+            ts: c.ts,
+            // A carried spot always has a position (see `remember`).
+            pos: c.spot.get().unwrap_or(Position {
+                lat_e6: 0,
+                lng_e6: 0,
+                accuracy_dm: None,
+            }),
+            source: c.source,
+            interval_ms: c.interval_ds as u32 * 100,
+            last_gap_ms: c.last_gap_ds as u32 * 100,
         }
     }
 }
@@ -510,13 +643,11 @@ impl Engine {
                 }
                 // Too late for any window, but still where the device was: presence keeps it.
                 if let (Body::Ping { device, pos }, true) = (&rec.body, self.segments.is_some()) {
-                    let seen = Seen {
-                        ts: at,
-                        cell: rec.cell,
-                        source: rec.source,
-                        pos: *pos,
-                    };
-                    remember(&mut self.carry, *device, seen);
+                    remember(
+                        &mut self.carry,
+                        *device,
+                        Seen::new(at, rec.cell, rec.source, *pos),
+                    );
                 }
                 return true;
             }
@@ -538,12 +669,7 @@ impl Engine {
         }
         match rec.body {
             Body::Ping { device, pos } => {
-                let seen = Seen {
-                    ts: at,
-                    cell: rec.cell,
-                    source: rec.source,
-                    pos,
-                };
+                let seen = Seen::new(at, rec.cell, rec.source, pos);
                 p.devices
                     .entry(device)
                     .and_modify(|s| {
@@ -784,11 +910,11 @@ impl Engine {
                 if seen.contains(dev) {
                     continue;
                 }
-                let interval = match c.interval_ms.max(c.last_gap_ms) {
+                let interval = match c.interval_ms() {
                     0 => profiles
                         .get(c.source.0 as usize)
                         .map_or(60_000, |p| p.ping_interval_ms),
-                    i => i as i64,
+                    i => i,
                 };
                 let limit = ((interval as f64 * p.overdue_factor) as i64).min(p.max_ms);
                 if end - c.ts <= limit {
@@ -934,10 +1060,12 @@ const WALK_MAX_M_S: f64 = 2.5;
 /// the sighting before (from closed panes) when it is recent and the implied speed is a walk;
 /// otherwise the ping as it is.
 fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
-    let (Some(p), Some(b)) = (e.pos, before) else {
+    let (Some(p), Some(b)) = (e.pos(), before) else {
         return *e;
     };
-    let q = b.pos;
+    let Some(q) = b.spot.get() else {
+        return *e;
+    };
     let dt = e.ts - b.ts;
     if !(5_000..=180_000).contains(&dt) {
         return *e;
@@ -955,17 +1083,17 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
     let mut out = *e;
     // The projected position stands for where the walker is at that later time.
     out.ts = e.ts + lag as i64;
-    out.pos = Some(Position {
+    out.spot = Spot::pack(Some(Position {
         lat_e6: p.lat_e6 + (dlat * f).round() as i32,
         lng_e6: p.lng_e6 + (dlng * f).round() as i32,
         accuracy_dm: p.accuracy_dm,
-    });
+    }));
     out
 }
 
 /// Folds a sighting into a device's presence record (newer sightings only).
 fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
-    let pos = match seen.pos {
+    let pos = match seen.pos() {
         Some(p) => p,
         None => match seen.cell.index() {
             Some(c) => {
@@ -977,15 +1105,16 @@ fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
     };
     match carry.get_mut(&dev) {
         Some(c) if seen.ts > c.ts => {
-            let gap = (seen.ts - c.ts).min(u32::MAX as i64) as u32;
-            c.interval_ms = if c.interval_ms == 0 {
+            // Never 0 once there are two sightings (0 means one so far).
+            let gap = ds(seen.ts - c.ts).max(1);
+            c.interval_ds = if c.interval_ds == 0 {
                 gap
             } else {
-                ((c.interval_ms as u64 + gap as u64) / 2) as u32
+                ((c.interval_ds as u32 + gap as u32) / 2) as u16
             };
-            c.last_gap_ms = gap;
+            c.last_gap_ds = gap;
             c.ts = seen.ts;
-            c.pos = pos;
+            c.spot = Spot::pack(Some(pos));
             c.source = seen.source;
         }
         Some(_) => {}
@@ -994,10 +1123,10 @@ fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
                 dev,
                 Carry {
                     ts: seen.ts,
-                    pos,
+                    spot: Spot::pack(Some(pos)),
                     source: seen.source,
-                    interval_ms: 0,
-                    last_gap_ms: 0,
+                    interval_ds: 0,
+                    last_gap_ds: 0,
                 },
             );
         }
@@ -1073,7 +1202,7 @@ impl Attribution {
         scale: f64,
         carried: bool,
     ) -> bool {
-        let (lat, lng, acc) = match e.pos {
+        let (lat, lng, acc) = match e.pos() {
             Some(p) => (p.lat(), p.lng(), p.accuracy_m()),
             None => match e.cell.index() {
                 // A record logged before positions were kept: its cell's centre.
@@ -1631,14 +1760,47 @@ mod tests {
         }
 
         #[test]
-        fn a_presence_record_is_32_bytes_and_an_older_checkpoints_table_is_skipped() {
-            assert_eq!(std::mem::size_of::<Carry>(), 32);
+        fn a_presence_record_is_24_bytes_a_sighting_32_and_an_older_checkpoints_table_is_skipped() {
+            assert_eq!(std::mem::size_of::<Carry>(), 24);
+            assert_eq!(std::mem::size_of::<Seen>(), 32);
             let e = engine(60, 10);
             let mut v = serde_json::to_value(&e).unwrap();
             // The wider table earlier versions wrote: skipped, not a refusal to start.
             v["carry"] = serde_json::json!({"7": {"seen": {"ts": 1, "cell": 0, "source": 0}, "interval_ms": 0, "last_gap_ms": 0}});
             let back: Engine = serde_json::from_value(v).unwrap();
             assert!(back.carry.is_empty());
+        }
+
+        #[test]
+        fn packed_sightings_read_back_as_they_were_written_and_older_checkpoints_still_load() {
+            for pos in [
+                None,
+                Some(Position::new(31.24, 121.49, None)),
+                Some(Position::new(-31.24, -121.49, Some(12.3))),
+            ] {
+                let s = Seen::new(5, CellId(7), SourceId(2), pos);
+                let back: Seen = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+                assert_eq!(
+                    (back.ts, back.cell, back.source, back.pos()),
+                    (5, CellId(7), SourceId(2), pos)
+                );
+            }
+            // A presence record as checkpoints held it before packing.
+            let old = r#"{"ts":5,"pos":{"lat_e6":1,"lng_e6":-2,"accuracy_dm":null},"source":1,"interval_ms":180000,"last_gap_ms":170049}"#;
+            let c: Carry = serde_json::from_str(old).unwrap();
+            assert_eq!(c.interval_ms(), 180_000);
+            assert_eq!((c.interval_ds, c.last_gap_ds), (1_800, 1_700));
+            let want = Position {
+                lat_e6: 1,
+                lng_e6: -2,
+                accuracy_dm: None,
+            };
+            assert_eq!(c.spot.get(), Some(want));
+            let again: Carry = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            assert_eq!(
+                (again.ts, again.spot.get(), again.interval_ds),
+                (5, Some(want), 1_800)
+            );
         }
 
         #[test]
