@@ -282,7 +282,9 @@ fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
     }
     let cfg = args.config.load()?;
     let pipe = Pipeline::from_config(&cfg).context("loading the scenario")?;
-    let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
+    // Lines go out unchanged: read their time and refuse bad ones here, leave the rest to the server.
+    let parser = pipe.parser.clone().forward_only();
+    let mut replay = Replay::open(&args.files, parser, cfg.ingest.max_line_bytes)?;
     let mut sender = super::send::Pipelined::new(super::send::Sender::new(target, args.token.clone())?);
     let started = std::time::Instant::now();
     let mut first_ts = None;

@@ -13,7 +13,7 @@ use super::crs::Crs;
 use super::pseudonym::Pseudonymiser;
 use super::raw::{Raw, Ts};
 use super::sources::{Sources, COUNTER, GATE};
-use crate::model::{Body, CellId, EventTime, Kind, Position, Record, RegisterKey};
+use crate::model::{Body, CellId, DeviceId, EventTime, Kind, Position, Record, RegisterKey};
 use crate::scenario::registry::{Registry, SensorKind};
 
 /// Earliest plausible event time (2000-01-01): anything before is almost surely seconds, not ms.
@@ -96,6 +96,8 @@ pub struct Parser {
     res: Resolution,
     max_accuracy_m: f64,
     max_future_ms: i64,
+    /// Validate and read the time only (see `forward_only`).
+    forward_only: bool,
 }
 
 impl Parser {
@@ -115,7 +117,17 @@ impl Parser {
             res,
             max_accuracy_m,
             max_future_ms,
+            forward_only: false,
         }
+    }
+
+    /// This parser for lines that are sent on unchanged (`replay --target`): every line is
+    /// validated as before and its time read, but a ping is neither moved to WGS-84, indexed nor
+    /// pseudonymised (its record has no cell, device or position) — the server does all of that
+    /// again, and on one machine the sender's copy of that work took a core from the server.
+    pub fn forward_only(mut self) -> Parser {
+        self.forward_only = true;
+        self
     }
 
     /// The source table records are interned in.
@@ -254,6 +266,18 @@ impl Parser {
                 )
             })?,
         };
+        if self.forward_only {
+            return Ok(Record {
+                ts,
+                source: self.sources.lbs(raw.source.as_deref()),
+                cell: CellId::default(),
+                point: None,
+                body: Body::Ping {
+                    device: DeviceId(0),
+                    pos: None,
+                },
+            });
+        }
         let (lat, lng) = crs.to_wgs84(lat, lng);
         let cell = super::cells::locate(lat, lng, self.res)
             .map_err(|e| reject("lat", RejectCode::Value, e.to_string()))?;
@@ -544,6 +568,50 @@ mod tests {
 
     fn err(line: &str) -> Reject {
         parser().parse_line(line.as_bytes(), Some(NOW)).expect_err(line)
+    }
+
+    #[test]
+    fn a_forwarding_parser_accepts_and_refuses_exactly_the_lines_the_full_one_does() {
+        let full = parser();
+        let fwd = parser().forward_only();
+        let lines = [
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":31.2405,"lng":121.4832,"accuracy_m":12}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":31.2405,"lng":121.4832,"crs":"gcj02","source":"carrier-b"}"#,
+            r#"{"kind":"lbs","ts":"2025-12-31T23:59:58.120+08:00","device":"b","lat":31.24,"lng":121.49}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":91,"lng":121.4832}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":31.2,"lng":181}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"","lat":31.2,"lng":121.4}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"lat":31.2,"lng":121.4}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":31.2,"lng":121.4,"crs":"utm"}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":31.2,"lng":121.4,"accuracy_m":1000}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":31.2,"lng":121.4,"accuracy_m":-1}"#,
+            r#"{"kind":"lbs","ts":9999999999999,"device":"a","lat":31.2,"lng":121.4}"#,
+            r#"{"kind":"counter","ts":1767196798120,"sensor":"bund-cam-07","in":3,"out":1}"#,
+            r#"{"kind":"counter","ts":1767196798120,"sensor":"nobody","in":3,"out":1}"#,
+            r#"{"kind":"gate","ts":1767196798120,"station":"east-nanjing-road","gate":"exit-3","entries":2,"exits":5}"#,
+            r#"{"kind":"lbs","ts":1767196798120,"device":"a","lat":31.2"#,
+            r#"not json"#,
+        ];
+        let mut refused = 0;
+        for line in lines {
+            let (a, b) = (
+                full.parse_line(line.as_bytes(), Some(NOW)),
+                fwd.parse_line(line.as_bytes(), Some(NOW)),
+            );
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => assert_eq!(
+                    (x.ts, x.source, x.body.kind()),
+                    (y.ts, y.source, y.body.kind()),
+                    "{line}"
+                ),
+                (Err(x), Err(y)) => {
+                    assert_eq!((&x.field, &x.reason), (&y.field, &y.reason), "{line}");
+                    refused += 1;
+                }
+                _ => panic!("{line}: {a:?} vs {b:?}"),
+            }
+        }
+        assert!(refused >= 10, "the bad lines are refused by both: {refused}");
     }
 
     #[test]
