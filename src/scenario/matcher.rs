@@ -326,18 +326,50 @@ fn ring_mass(r: &[[f64; 2]], p: [f64; 2], sigma: f64) -> f64 {
 /// Matches by raster point and error class, so a night of pings costs one lookup each once the
 /// places the crowd stands have been seen. Cleared when it grows past its cap. Cloning gives an
 /// empty cache (a checkpoint copy needs none).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PlaceCache {
     index: FxHashMap<u64, (u32, u8)>,
     arena: Vec<(u32, f32)>,
     scratch: Vec<(u32, f32)>,
     /// The last σ asked, with its class, class σ and raster step.
     class: Option<(f64, f64, f64, f64)>,
+    /// Changes whenever handles given out stop being valid (the cache started over, or this is
+    /// another cache): unique across every cache of the process.
+    generation: u32,
+}
+
+/// A place handle that points nowhere (see `PlaceCache::masses_handle`).
+pub const NO_PLACE: u32 = u32::MAX;
+
+fn next_generation() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Default for PlaceCache {
+    fn default() -> Self {
+        PlaceCache {
+            index: FxHashMap::default(),
+            arena: Vec::new(),
+            scratch: Vec::new(),
+            class: None,
+            generation: next_generation(),
+        }
+    }
 }
 
 impl Clone for PlaceCache {
     fn clone(&self) -> Self {
         PlaceCache::default()
+    }
+}
+
+/// A slice of the arena as one u32: its offset (24 bits) and length (8 bits).
+fn handle(off: u32, len: u8) -> u32 {
+    if off >= 0x00ff_ffff {
+        NO_PLACE
+    } else {
+        off | (len as u32) << 24
     }
 }
 
@@ -348,6 +380,14 @@ impl PlaceCache {
     /// Candidate segments with their masses for a ping at `lat, lng` with per-axis error `sigma`
     /// (see `Matcher::masses`), computed at the centre of its raster point (a quarter σ across).
     pub fn masses(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> &[(u32, f32)] {
+        self.masses_handle(m, lat, lng, sigma).1
+    }
+
+    /// `masses`, with a handle that gives the same slice back through `at` for as long as the
+    /// cache's `generation` stays the same (`NO_PLACE` when the slice cannot have one): a caller
+    /// that asks again for the same point keeps the handle and skips the hash look-up, whose
+    /// cache miss is most of this function's time.
+    pub fn masses_handle(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> (u32, &[(u32, f32)]) {
         // σ ladder: 2^(k/2) m, so a class is within ±19 % of the σ asked. Pings of one source
         // mostly share their σ: the class of the last one is kept.
         let (k, s, step) = match self.class {
@@ -365,25 +405,41 @@ impl PlaceCache {
         let key =
             (k as u64) << 56 | ((ix as i64 as u64) & 0x0fff_ffff) << 28 | ((iy as i64 as u64) & 0x0fff_ffff);
         if let Some(&(off, len)) = self.index.get(&key) {
-            return &self.arena[off as usize..off as usize + len as usize];
+            return (
+                handle(off, len),
+                &self.arena[off as usize..off as usize + len as usize],
+            );
         }
         if self.index.len() >= CACHE_CAP {
-            self.index.clear();
-            self.arena.clear();
+            self.clear();
         }
         let centre = [(ix + 0.5) * step, (iy + 0.5) * step];
         m.masses(centre, s, &mut self.scratch);
         self.scratch.truncate(u8::MAX as usize);
         let off = self.arena.len() as u32;
+        let len = self.scratch.len() as u8;
         self.arena.extend_from_slice(&self.scratch);
-        self.index.insert(key, (off, self.scratch.len() as u8));
-        &self.arena[off as usize..]
+        self.index.insert(key, (off, len));
+        (handle(off, len), &self.arena[off as usize..])
     }
 
-    /// Forgets everything (the segments changed).
+    /// The slice a handle of the current generation stands for.
+    pub fn at(&self, handle: u32) -> &[(u32, f32)] {
+        let (off, len) = ((handle & 0x00ff_ffff) as usize, (handle >> 24) as usize);
+        self.arena.get(off..off + len).unwrap_or(&[])
+    }
+
+    /// Changes whenever earlier handles become invalid.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Forgets everything (the segments changed, or the cache is full); handles given out so far
+    /// are no longer valid.
     pub fn clear(&mut self) {
         self.index.clear();
         self.arena.clear();
+        self.generation = next_generation();
     }
 
     /// Raster points held.

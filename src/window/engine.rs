@@ -25,7 +25,7 @@ use crate::ingest::DeviceProfile;
 use crate::model::{
     Body, CellId, DeviceId, EventTime, Kind, PointIdx, Position, Record, SensorIdx, SourceId,
 };
-use crate::scenario::{Matcher, PlaceCache, SegmentMap};
+use crate::scenario::{Matcher, PlaceCache, SegmentMap, NO_PLACE};
 
 /// A sighting's position packed into 10 bytes, with no `Option` tags: the window state holds one
 /// per device per pane and one per device present, so every byte counts (issue 20).
@@ -76,6 +76,10 @@ struct Seen {
     cell: CellId,
     spot: Spot,
     source: SourceId,
+    /// Where the matcher's answer for this position is held (`PlaceCache::masses_handle`), so the
+    /// next window this sighting counts in skips the look-up; `NO_PLACE` until then. Never
+    /// checkpointed; it fills what would be padding.
+    place: u32,
 }
 
 impl Seen {
@@ -85,6 +89,7 @@ impl Seen {
             cell,
             spot: Spot::pack(pos),
             source,
+            place: NO_PLACE,
         }
     }
 
@@ -150,6 +155,7 @@ impl Carry {
             cell: CellId::default(),
             spot: self.spot,
             source: self.source,
+            place: NO_PLACE,
         }
     }
 
@@ -419,6 +425,9 @@ pub struct Engine {
     segments: Option<Arc<SegmentMap>>,
     #[serde(skip)]
     places: PlaceCache,
+    /// The `places` generation the sightings' place handles belong to (0: none yet).
+    #[serde(skip)]
+    handles_gen: u32,
     /// Idempotency keys of closed panes, by pane, kept `resend_ms` of event time after the pane
     /// closed: a feed re-sending a batch whose acknowledgement it lost (or a broker redelivering)
     /// must find its records already counted, not late.
@@ -462,6 +471,7 @@ impl Engine {
             profiles: Vec::new(),
             segments: None,
             places: PlaceCache::default(),
+            handles_gen: 0,
             closed_keys: BTreeMap::new(),
             resend_ms: w.resend_horizon.as_millis() as i64,
         }
@@ -847,6 +857,13 @@ impl Engine {
             Some(m) if is_final => Some(Attribution::new(m.clone(), &self.prior, end)),
             _ => None,
         };
+        // Place handles stay valid while the cache's generation does (it starts over when full,
+        // and a restored or cloned engine has a new cache).
+        let gen = self.places.generation();
+        if attr.is_some() && self.handles_gen != gen {
+            forget_places(&mut self.panes);
+            self.handles_gen = gen;
+        }
         let places = &mut self.places;
         let profiles = &self.profiles;
         let mut cells: FxHashMap<CellId, HexRow> = FxHashMap::default();
@@ -866,8 +883,8 @@ impl Engine {
         seen.reserve(first * 2);
         let mut zones_seen: FxHashSet<SensorIdx> = FxHashSet::default();
         // Newest pane first: a device's first sighting is its latest ping in the window.
-        for (_, pane) in self.panes.range(s..s + self.n).rev() {
-            for (dev, e) in &pane.devices {
+        for (_, pane) in self.panes.range_mut(s..s + self.n).rev() {
+            for (dev, e) in pane.devices.iter_mut() {
                 if seen.insert(*dev) {
                     let row = cells.entry(e.cell).or_insert_with(|| HexRow {
                         cell: e.cell,
@@ -883,8 +900,18 @@ impl Engine {
                         } else {
                             *e
                         };
-                        if !a.add(places, profiles, &at, scale, false) {
+                        // Its own position (not projected): the handle from an earlier window serves.
+                        let own = at.spot == e.spot;
+                        let mut place = if own && places.generation() == gen {
+                            e.place
+                        } else {
+                            NO_PLACE
+                        };
+                        if !a.add(places, profiles, &at, scale, false, &mut place) {
                             row.lbs_off_network += 1;
+                        }
+                        if own && places.generation() == gen {
+                            e.place = place;
                         }
                     }
                 }
@@ -925,7 +952,8 @@ impl Engine {
                 let limit = ((interval as f64 * p.overdue_factor) as i64).min(p.max_ms);
                 if end - c.ts <= limit {
                     let scale = self.scales.get(c.source.0 as usize).copied().unwrap_or(1.0);
-                    a.add(places, profiles, &c.seen(), scale, true);
+                    let mut place = NO_PLACE;
+                    a.add(places, profiles, &c.seen(), scale, true, &mut place);
                 }
             }
         }
@@ -958,6 +986,11 @@ impl Engine {
             }
         }
         COUNTED.with(|s| *s.borrow_mut() = seen);
+        if self.handles_gen != 0 && self.places.generation() != self.handles_gen {
+            // The cache started over during this window: handles written before then are stale.
+            forget_places(&mut self.panes);
+            self.handles_gen = self.places.generation();
+        }
         HexWindow {
             start: EventTime(s * self.slide),
             end: EventTime(s * self.slide + self.size),
@@ -1058,6 +1091,15 @@ impl Engine {
     }
 }
 
+/// Drops every sighting's place handle (they belong to a cache generation that has passed).
+fn forget_places(panes: &mut BTreeMap<i64, Pane>) {
+    for pane in panes.values_mut() {
+        for e in pane.devices.values_mut() {
+            e.place = NO_PLACE;
+        }
+    }
+}
+
 thread_local! {
     /// `Engine::build`'s set of devices already counted, kept between windows.
     static COUNTED: std::cell::RefCell<FxHashSet<DeviceId>> = std::cell::RefCell::new(FxHashSet::default());
@@ -1100,6 +1142,7 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
         lng_e6: p.lng_e6 + (dlng * f).round() as i32,
         accuracy_dm: p.accuracy_dm,
     }));
+    out.place = NO_PLACE;
     out
 }
 
@@ -1213,6 +1256,7 @@ impl Attribution {
         e: &Seen,
         scale: f64,
         carried: bool,
+        place: &mut u32,
     ) -> bool {
         let (lat, lng, acc) = match e.pos() {
             Some(p) => (p.lat(), p.lng(), p.accuracy_m()),
@@ -1226,7 +1270,13 @@ impl Attribution {
             },
         };
         let acc = acc.unwrap_or_else(|| profiles.get(e.source.0 as usize).map_or(30.0, |p| p.accuracy_m));
-        let c = places.masses(self.map.matcher(), lat, lng, Matcher::sigma(acc));
+        let c = if *place != NO_PLACE {
+            places.at(*place)
+        } else {
+            let (h, c) = places.masses_handle(self.map.matcher(), lat, lng, Matcher::sigma(acc));
+            *place = h;
+            c
+        };
         if c.is_empty() {
             if !carried {
                 self.out.off_network_devices += 1;
@@ -1676,6 +1726,70 @@ mod tests {
                     pos: Some(Position::new(lat, lng, Some(acc))),
                 },
             }
+        }
+
+        /// Something done to an engine after each closed window (the count so far); `Some` carries on
+        /// with another engine.
+        type Poke = dyn FnMut(&mut Engine, usize) -> Option<Engine>;
+
+        #[test]
+        fn place_handles_give_what_a_fresh_look_up_gives_through_cache_restarts_and_clones() {
+            let streets = || vec![street("north", 20.0, 8.0), street("south", -20.0, 8.0)];
+            // Devices that stand still (their handles serve window after window) and devices that
+            // wander between and beside the streets, pinging every 7-23 s.
+            let feed: Vec<Record> = (0..3_000)
+                .map(|k| {
+                    let d = k % 60;
+                    let t = T0 + (k / 60) * 7_000 + d * 311 % 16_000;
+                    let (n, e) = if d < 20 {
+                        (20.0, d as f64 * 4.0 - 40.0)
+                    } else {
+                        (((k * 37) % 90) as f64 - 45.0, ((k * 53) % 80) as f64 - 40.0)
+                    };
+                    at(t, d as u64, n, e, 5.0 + (d % 3) as f64 * 10.0)
+                })
+                .collect();
+            let run = |mut poke: Box<Poke>| {
+                let (mut e, _) = engine_over(streets(), 60, 10);
+                let mut out = Vec::new();
+                for r in &feed {
+                    e.ingest(r, r.ts.millis());
+                    for w in e.advance(r.ts.millis()) {
+                        out.push(w.segments.people.clone());
+                        if let Some(clone) = poke(&mut e, out.len()) {
+                            e = clone;
+                        }
+                    }
+                }
+                out.extend(e.flush().into_iter().map(|w| w.segments.people));
+                out
+            };
+            let plain = run(Box::new(|_, _| None));
+            assert!(plain.len() > 30, "{} windows", plain.len());
+            // The cache starting over (as when it fills) every third window.
+            let restarts = run(Box::new(|e, n| {
+                if n % 3 == 0 {
+                    e.places.clear();
+                }
+                None
+            }));
+            assert_eq!(plain, restarts);
+            // Carrying on from a clone (a new, empty cache) every fifth window.
+            let clones = run(Box::new(|e, n| (n % 5 == 0).then(|| e.clone())));
+            assert_eq!(plain, clones);
+            // And the handles were used: sightings hold them between windows.
+            let (mut e, _) = engine_over(streets(), 60, 10);
+            for r in &feed[..600] {
+                e.ingest(r, r.ts.millis());
+                e.advance(r.ts.millis());
+            }
+            let held = e
+                .panes
+                .values()
+                .flat_map(|p| p.devices.values())
+                .filter(|s| s.place != NO_PLACE)
+                .count();
+            assert!(held > 0, "no sighting kept its place");
         }
 
         #[test]
