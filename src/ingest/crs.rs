@@ -89,7 +89,7 @@ pub fn gcj02_to_wgs84(lat: f64, lng: f64) -> (f64, f64) {
     thread_local! {
         static GRID: std::cell::RefCell<GcjGrid> = std::cell::RefCell::new(GcjGrid::default());
     }
-    let (mut wlat, mut wlng) = GRID.with(|g| {
+    let start = GRID.with(|g| {
         let mut g = g.borrow_mut();
         let (mut wlat, mut wlng) = (lat, lng);
         for _ in 0..3 {
@@ -98,6 +98,13 @@ pub fn gcj02_to_wgs84(lat: f64, lng: f64) -> (f64, f64) {
         }
         (wlat, wlng)
     });
+    invert_from(lat, lng, start)
+}
+
+/// The WGS-84 point whose GCJ-02 image is within 1e-10° of `(lat, lng)`, by fixed-point iteration
+/// from `start` (at most ten steps).
+fn invert_from(lat: f64, lng: f64, start: (f64, f64)) -> (f64, f64) {
+    let (mut wlat, mut wlng) = start;
     for _ in 0..10 {
         let (glat, glng) = wgs84_to_gcj02(wlat, wlng);
         let (elat, elng) = (glat - lat, glng - lng);
@@ -199,19 +206,7 @@ mod tests {
     #[test]
     fn the_inverse_from_the_grid_meets_the_same_tolerance_as_from_the_input() {
         // From scratch (the input as the start), as the inverse was before the grid.
-        let plain = |lat: f64, lng: f64| {
-            let (mut wlat, mut wlng) = (lat, lng);
-            for _ in 0..10 {
-                let (glat, glng) = wgs84_to_gcj02(wlat, wlng);
-                let (elat, elng) = (glat - lat, glng - lng);
-                wlat -= elat;
-                wlng -= elng;
-                if elat.abs() < 1e-10 && elng.abs() < 1e-10 {
-                    break;
-                }
-            }
-            (wlat, wlng)
-        };
+        let plain = |lat: f64, lng: f64| invert_from(lat, lng, (lat, lng));
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut rnd = move || {
             x ^= x << 13;

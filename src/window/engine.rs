@@ -513,6 +513,9 @@ impl Engine {
 
     /// Sets each source's device profile (error, typical ping interval), indexed by source id.
     pub fn set_profiles(&mut self, profiles: Vec<DeviceProfile>) {
+        // A ping without an accuracy is matched with its source's default error: answers (and
+        // the sightings' place handles) computed under the old profiles must go.
+        self.places.clear();
         self.profiles = profiles;
     }
 
