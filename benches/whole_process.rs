@@ -11,7 +11,7 @@
 //! python3 benches/gen_pings.py /tmp/pings.ndjson
 //! cargo build --release && taskset -c 1 cargo bench --bench whole_process -- /tmp/pings.ndjson
 //! ```
-//! (`THRONG=path` picks the binary; the default is the release build beside this bench.)
+//! (`THRONG=path` picks the binary; the default is the release build in the same target folder.)
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,9 @@ fn naive(file: &Path) -> (u64, u64) {
 
 fn throng(bin: &Path, args: &[&str]) -> f64 {
     let t = Instant::now();
+    // From the repository root: the Bund config names its scenario folder relative to it.
     let status = Command::new(bin)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -72,11 +74,20 @@ fn main() {
             eprintln!("usage: cargo bench --bench whole_process -- FILE (python3 benches/gen_pings.py FILE writes one)");
             std::process::exit(2)
         });
+    // The release binary in this bench's own target folder (`<target>/release/deps/whole_process-…`).
     let bin = std::env::var_os("THRONG").map(PathBuf::from).unwrap_or_else(|| {
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-        target.join("release").join("throng")
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.parent()?.join("throng")))
+            .unwrap_or_else(|| PathBuf::from("target/release/throng"))
     });
+    if !bin.is_file() {
+        eprintln!(
+            "no throng binary at {}: run `cargo build --release` first, or set THRONG=path",
+            bin.display()
+        );
+        std::process::exit(2);
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = root.join("fixtures/bund/throng.toml");
     let data = std::env::temp_dir().join(format!("throng-whole-process-{}", std::process::id()));
