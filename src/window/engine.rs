@@ -847,10 +847,17 @@ impl Engine {
             .collect();
     }
 
-    /// Drops devices not seen for longer than any presence allows, as of window end `end`.
+    /// Drops devices no window will count again, as of window end `end`: overdue twice over by
+    /// their own rhythm (or past `max_presence`), and older than the projection's reach. Holding
+    /// every device for the whole `max_presence` kept each one leaving the crowd for ten minutes:
+    /// with people coming and going that was most of the window state.
     fn forget_absent(&mut self, end: i64) {
-        let max = self.presence.max_ms;
-        self.carry.retain(|_, c| end - c.ts <= max);
+        let p = self.presence;
+        let profiles = &self.profiles;
+        self.carry.retain(|_, c| {
+            let age = end - c.ts;
+            age <= AHEAD_REACH_MS || age <= (2 * presence_limit(c, profiles, p)).min(p.max_ms)
+        });
     }
 
     fn build(&mut self, s: i64, is_final: bool) -> HexWindow {
@@ -946,14 +953,7 @@ impl Engine {
                 if seen.contains(dev) {
                     continue;
                 }
-                let interval = match c.interval_ms() {
-                    0 => profiles
-                        .get(c.source.0 as usize)
-                        .map_or(60_000, |p| p.ping_interval_ms),
-                    i => i,
-                };
-                let limit = ((interval as f64 * p.overdue_factor) as i64).min(p.max_ms);
-                if end - c.ts <= limit {
+                if end - c.ts <= presence_limit(c, profiles, p) {
                     let scale = self.scales.get(c.source.0 as usize).copied().unwrap_or(1.0);
                     let mut place = NO_PLACE;
                     a.add(places, profiles, &c.seen(), scale, true, &mut place);
@@ -1108,6 +1108,22 @@ thread_local! {
     static COUNTED: std::cell::RefCell<FxHashSet<DeviceId>> = std::cell::RefCell::new(FxHashSet::default());
 }
 
+/// How long after its last sighting a device still counts where it was (ms): overdue after
+/// `overdue_factor` of its own ping intervals (its source's usual one until it has two
+/// sightings), never past `max_presence`.
+fn presence_limit(c: &Carry, profiles: &[DeviceProfile], p: Presence) -> i64 {
+    let interval = match c.interval_ms() {
+        0 => profiles
+            .get(c.source.0 as usize)
+            .map_or(60_000, |p| p.ping_interval_ms),
+        i => i,
+    };
+    ((interval as f64 * p.overdue_factor) as i64).min(p.max_ms)
+}
+
+/// The oldest sighting `ahead` projects from (ms).
+const AHEAD_REACH_MS: i64 = 180_000;
+
 /// Longest a position is carried forward along its device's walk (ms), and the fastest walk.
 const AHEAD_MAX_MS: i64 = 60_000;
 const WALK_MAX_M_S: f64 = 2.5;
@@ -1124,7 +1140,7 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
         return *e;
     };
     let dt = e.ts - b.ts;
-    if !(5_000..=180_000).contains(&dt) {
+    if !(5_000..=AHEAD_REACH_MS).contains(&dt) {
         return *e;
     }
     let lag = (end - 1 - e.ts).clamp(0, AHEAD_MAX_MS) as f64;
@@ -1930,6 +1946,49 @@ mod tests {
                 (again.ts, again.spot.get(), again.interval_ds),
                 (5, Some(want), 1_800)
             );
+        }
+
+        #[test]
+        fn a_device_that_left_is_forgotten_once_overdue_twice_over_not_after_max_presence() {
+            let (mut e, _) = engine_over(vec![street("north", 20.0, 8.0)], 60, 10);
+            // A 20 s pinger: overdue after 40 s, forgotten after 180 s (the projection's reach),
+            // not after `max_presence` (10 min).
+            e.set_profiles(vec![
+                DeviceProfile {
+                    accuracy_m: 10.0,
+                    ping_interval_ms: 20_000,
+                };
+                4
+            ]);
+            e.ingest(&at(T0 + 1_000, 1, 20.0, 0.0, 3.0), T0 + 1_000);
+            let mut held = Vec::new();
+            for k in 0..90 {
+                let t = T0 + k * 10_000 + 500;
+                e.ingest(&at(t, 2, 20.0, 5.0, 3.0), t);
+                // After each close: is the leaver still held, as of that window's end?
+                if let Some(w) = e.advance(t).last() {
+                    held.push((w.end.0 - (T0 + 1_000), e.carry.contains_key(&DeviceId(1))));
+                }
+            }
+            let kept = held
+                .iter()
+                .filter(|(_, h)| *h)
+                .map(|(age, _)| *age)
+                .max()
+                .unwrap();
+            // Held from its pane's close, gone in the first window ending past 180 s.
+            let gone = held
+                .iter()
+                .filter(|(age, h)| !*h && *age > kept)
+                .map(|(age, _)| *age)
+                .min()
+                .unwrap_or(-1);
+            assert!(
+                (120_000..=180_000).contains(&kept) && gone > 180_000 && gone <= 200_000,
+                "held until {kept} ms, gone at {gone} ms: {held:?}"
+            );
+            assert!(held.iter().all(|(age, h)| !h || *age <= 180_000), "{held:?}");
+            assert!(e.carry.contains_key(&DeviceId(2)), "the witness stays");
         }
 
         #[test]
