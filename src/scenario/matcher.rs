@@ -44,6 +44,8 @@ pub struct Matcher {
     shapes: Vec<Shape>,
     tree: RTree<GeomWithData<Rectangle<[f64; 2]>, u32>>,
     max_match_m: f64,
+    /// The shapes' bounding box in the local plane (min x, min y, max x, max y).
+    bounds: [f64; 4],
 }
 
 impl Default for Matcher {
@@ -85,6 +87,7 @@ impl Matcher {
             shapes: Vec::new(),
             tree: RTree::new(),
             max_match_m,
+            bounds: [0.0; 4],
         };
         let ring = |m: &Matcher, r: &geo::LineString<f64>| -> Ring {
             let mut v: Ring = r.0.iter().map(|c| m.local(c.y, c.x)).collect();
@@ -94,6 +97,7 @@ impl Matcher {
             v
         };
         let mut boxes = Vec::with_capacity(polygons.len());
+        let mut all = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
         for (i, s) in polygons.iter().enumerate() {
             let exterior = ring(&m, s.exterior());
             let holes: Vec<Ring> = s.interiors().iter().map(|h| ring(&m, h)).collect();
@@ -103,6 +107,12 @@ impl Matcher {
                 lo = [lo[0].min(p[0]), lo[1].min(p[1])];
                 hi = [hi[0].max(p[0]), hi[1].max(p[1])];
             }
+            all = [
+                all[0].min(lo[0]),
+                all[1].min(lo[1]),
+                all[2].max(hi[0]),
+                all[3].max(hi[1]),
+            ];
             boxes.push(GeomWithData::new(Rectangle::from_corners(lo, hi), i as u32));
             m.shapes.push(Shape {
                 exterior,
@@ -111,7 +121,24 @@ impl Matcher {
             });
         }
         m.tree = RTree::bulk_load(boxes);
+        if !m.shapes.is_empty() {
+            m.bounds = all;
+        }
         m
+    }
+
+    /// Distance (m) from local `p` to the nearest segment (0 inside one), or `cap` when none is
+    /// nearer than `cap`.
+    pub fn nearest_distance(&self, p: [f64; 2], cap: f64) -> f64 {
+        let env = AABB::from_corners([p[0] - cap, p[1] - cap], [p[0] + cap, p[1] + cap]);
+        let mut best = cap;
+        for g in self.tree.locate_in_envelope_intersecting(&env) {
+            best = best.min(self.distance(g.data as usize, p));
+            if best == 0.0 {
+                break;
+            }
+        }
+        best
     }
 
     /// A position in the local plane, metres east and north of the centre.
@@ -336,7 +363,104 @@ pub struct PlaceCache {
     /// Changes whenever handles given out stop being valid (the cache started over, or this is
     /// another cache): unique across every cache of the process.
     generation: u32,
+    far: Far,
 }
+
+/// Lower bounds on the distance to the network over a coarse grid around the segments, filled
+/// as pings arrive: a ping whose raster point is farther from every segment than its reach is
+/// off-network without a look-up in the cache's index, whose cache miss is the cost of a match
+/// (a city's feed is mostly phones nowhere near the event's streets).
+#[derive(Debug, Default)]
+struct Far {
+    /// The matcher the grid was made for (origin, reach, segment count).
+    made_for: (u64, u64, u64, usize),
+    origin: [f64; 2],
+    cell: f64,
+    cols: usize,
+    rows: usize,
+    /// The highest bound kept: beyond every reach of this matcher.
+    most: u8,
+    /// Per grid cell, ⌊a lower bound (m) of the distance from any point in it to the nearest
+    /// segment⌋, at most `most`; `FAR_UNKNOWN` until a ping first falls there.
+    lower: Vec<u8>,
+}
+
+const FAR_UNKNOWN: u8 = u8::MAX;
+/// The grid's finest cell (m) and its most cells (a city's 3,600 km² get ~30 m cells).
+const FAR_MIN_CELL: f64 = 8.0;
+const FAR_MAX_CELLS: f64 = 4_194_304.0;
+
+impl Far {
+    fn identity(m: &Matcher) -> (u64, u64, u64, usize) {
+        (
+            m.lat0.to_bits(),
+            m.lng0.to_bits(),
+            m.max_match_m.to_bits(),
+            m.shapes.len(),
+        )
+    }
+
+    fn make(m: &Matcher) -> Far {
+        let most = m.max_match_m.ceil().clamp(0.0, 253.0) as u8 + 1;
+        let cell0 = FAR_MIN_CELL;
+        // The grid reaches past every segment's box by the farthest match and one cell: a point
+        // outside it is farther than any reach from every segment.
+        let e = m.max_match_m + cell0.max(1.0);
+        let (w, h) = (
+            m.bounds[2] - m.bounds[0] + 2.0 * e,
+            m.bounds[3] - m.bounds[1] + 2.0 * e,
+        );
+        let cell = cell0.max((w * h / FAR_MAX_CELLS).sqrt());
+        let (cols, rows) = ((w / cell).ceil() as usize, (h / cell).ceil() as usize);
+        Far {
+            made_for: Far::identity(m),
+            origin: [m.bounds[0] - e, m.bounds[1] - e],
+            cell,
+            cols,
+            rows,
+            most,
+            lower: vec![FAR_UNKNOWN; cols * rows],
+        }
+    }
+
+    /// Whether a ping at local `p` (its raster point's centre) whose reach is `r` certainly has
+    /// no segment within reach, which is exactly when `Matcher::masses` would find none.
+    #[inline]
+    fn beyond(&mut self, m: &Matcher, p: [f64; 2], r: f64) -> bool {
+        if m.shapes.is_empty() {
+            return true;
+        }
+        if self.lower.is_empty() || self.made_for != Far::identity(m) {
+            *self = Far::make(m);
+        }
+        let (fx, fy) = (
+            (p[0] - self.origin[0]) / self.cell,
+            (p[1] - self.origin[1]) / self.cell,
+        );
+        if !(fx >= 0.0 && fy >= 0.0 && fx < self.cols as f64 && fy < self.rows as f64) {
+            // Outside the grid (or not a number, which no segment is near either).
+            return true;
+        }
+        let i = fy as usize * self.cols + fx as usize;
+        let mut v = self.lower[i];
+        if v == FAR_UNKNOWN {
+            let centre = [
+                self.origin[0] + (fx.floor() + 0.5) * self.cell,
+                self.origin[1] + (fy.floor() + 0.5) * self.cell,
+            ];
+            // Distance is 1-Lipschitz: no point of the cell is nearer than the centre's distance
+            // less half the diagonal (and a centimetre for rounding).
+            let half = self.cell * std::f64::consts::FRAC_1_SQRT_2;
+            let d = m.nearest_distance(centre, self.most as f64 + half + 0.02);
+            v = (d - half - 0.01).floor().clamp(0.0, self.most as f64) as u8;
+            self.lower[i] = v;
+        }
+        v as f64 > r
+    }
+}
+
+/// The handle of an empty answer (off-network): valid in every generation.
+const EMPTY_PLACE: u32 = 0;
 
 /// A place handle that points nowhere (see `PlaceCache::masses_handle`).
 pub const NO_PLACE: u32 = u32::MAX;
@@ -354,6 +478,7 @@ impl Default for PlaceCache {
             scratch: Vec::new(),
             class: None,
             generation: next_generation(),
+            far: Far::default(),
         }
     }
 }
@@ -402,6 +527,10 @@ impl PlaceCache {
         };
         let p = m.local(lat, lng);
         let (ix, iy) = ((p[0] / step).floor(), (p[1] / step).floor());
+        let centre = [(ix + 0.5) * step, (iy + 0.5) * step];
+        if self.far.beyond(m, centre, m.reach(s)) {
+            return (EMPTY_PLACE, &[]);
+        }
         let key =
             (k as u64) << 56 | ((ix as i64 as u64) & 0x0fff_ffff) << 28 | ((iy as i64 as u64) & 0x0fff_ffff);
         if let Some(&(off, len)) = self.index.get(&key) {
@@ -413,7 +542,6 @@ impl PlaceCache {
         if self.index.len() >= CACHE_CAP {
             self.clear();
         }
-        let centre = [(ix + 0.5) * step, (iy + 0.5) * step];
         m.masses(centre, s, &mut self.scratch);
         self.scratch.truncate(u8::MAX as usize);
         let off = self.arena.len() as u32;
@@ -439,6 +567,7 @@ impl PlaceCache {
     pub fn clear(&mut self) {
         self.index.clear();
         self.arena.clear();
+        self.far = Far::default();
         self.generation = next_generation();
     }
 
@@ -536,5 +665,61 @@ mod bund {
             }
         }
         assert_eq!(bad, 0);
+    }
+
+    /// The off-network shortcut (`Far`) must give the answer the matcher gives at the same raster
+    /// point, and must answer pings far from every street without touching the cache's index.
+    #[test]
+    fn the_far_grid_answers_off_network_pings_exactly_as_the_matcher_and_without_a_look_up() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund/segments.geojson");
+        let map = crate::scenario::SegmentMap::load(&dir, h3o::Resolution::Eleven).unwrap();
+        let m = map.matcher();
+        let mut x: u64 = 11;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let b = map.bbox().unwrap();
+        // Half a kilometre beyond the segments' box on every side.
+        let (dlat, dlng) = (0.005, 0.005);
+        let mut cache = super::PlaceCache::default();
+        let (mut empty, mut matched) = (0, 0);
+        let mut want = Vec::new();
+        for n in 0..40_000 {
+            let lat = b[1] - dlat + rnd() * (b[3] - b[1] + 2.0 * dlat);
+            let lng = b[0] - dlng + rnd() * (b[2] - b[0] + 2.0 * dlng);
+            let sigma: f64 = [1.0, 3.3, 9.9, 19.8, 60.0][n % 5];
+            // The class and raster point `masses_handle` computes at.
+            let k = (2.0 * sigma.max(1.0).log2()).round().clamp(0.0, 40.0);
+            let s = 2f64.powf(k / 2.0);
+            let step = (s / 4.0).max(0.5);
+            let p = m.local(lat, lng);
+            let centre = [
+                ((p[0] / step).floor() + 0.5) * step,
+                ((p[1] / step).floor() + 0.5) * step,
+            ];
+            m.masses(centre, s, &mut want);
+            let got = cache.masses(m, lat, lng, sigma);
+            assert_eq!(got, &want[..], "ping {lat},{lng} σ {sigma}");
+            if want.is_empty() {
+                empty += 1;
+            } else {
+                matched += 1;
+            }
+        }
+        assert!(
+            empty > 10_000 && matched > 1_000,
+            "{empty} off-network, {matched} matched"
+        );
+        // A kilometre from every segment: answered, and nothing entered into the index.
+        let mut fresh = super::PlaceCache::default();
+        for i in 0..100 {
+            let (h, c) = fresh.masses_handle(m, b[1] - 0.01 - i as f64 * 1e-4, b[0] - 0.01, 10.0);
+            assert!(c.is_empty());
+            assert!(fresh.at(h).is_empty());
+        }
+        assert_eq!(fresh.len(), 0);
     }
 }
