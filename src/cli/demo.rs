@@ -54,6 +54,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
     let tz = cfg.tz();
     let scenario = Scenario::load(&args.scenario, args.seed).map_err(anyhow::Error::msg)?;
+    // Before any thread starts: a server that runs for hours must give freed tables back.
+    crate::server::memory::return_freed_memory();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let server = server::start_with(cfg, args.place.listen, Some(args.place.pg_listen), &args.place.data_dir).await?;

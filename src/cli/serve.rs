@@ -17,6 +17,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         http: args.place.listen,
         pg: Some(args.place.pg_listen),
     };
+    // Before any thread starts: a server that runs for hours must give freed tables back.
+    crate::server::memory::return_freed_memory();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // Signal handlers first: a stop that comes as soon as the address is printed is a clean stop.
     let stop = {

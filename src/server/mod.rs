@@ -7,6 +7,7 @@
 pub mod api;
 pub mod engine;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod state;
 pub mod tls;
