@@ -640,18 +640,27 @@ mod tests {
 mod bund {
     use geo::Contains;
 
-    #[test]
-    fn containment_agrees_with_geo_on_the_bund() {
+    fn the_bund() -> crate::scenario::SegmentMap {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund/segments.geojson");
-        let map = crate::scenario::SegmentMap::load(&dir, h3o::Resolution::Eleven).unwrap();
-        let m = map.matcher();
-        let mut x: u64 = 7;
-        let mut rnd = || {
+        crate::scenario::SegmentMap::load(&dir, h3o::Resolution::Eleven).unwrap()
+    }
+
+    /// Uniform numbers in [0, 1) from a seed (xorshift: the same points every run).
+    fn uniform(seed: u64) -> impl FnMut() -> f64 {
+        let mut x = seed;
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (x >> 11) as f64 / (1u64 << 53) as f64
-        };
+        }
+    }
+
+    #[test]
+    fn containment_agrees_with_geo_on_the_bund() {
+        let map = the_bund();
+        let m = map.matcher();
+        let mut rnd = uniform(7);
         let b = map.bbox().unwrap();
         let mut bad = 0;
         for _ in 0..20000 {
@@ -671,16 +680,9 @@ mod bund {
     /// point, and must answer pings far from every street without touching the cache's index.
     #[test]
     fn the_far_grid_answers_off_network_pings_exactly_as_the_matcher_and_without_a_look_up() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund/segments.geojson");
-        let map = crate::scenario::SegmentMap::load(&dir, h3o::Resolution::Eleven).unwrap();
+        let map = the_bund();
         let m = map.matcher();
-        let mut x: u64 = 11;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = uniform(11);
         let b = map.bbox().unwrap();
         // Half a kilometre beyond the segments' box on every side.
         let (dlat, dlng) = (0.005, 0.005);

@@ -9,8 +9,12 @@
 pub const MMAP_THRESHOLD: usize = 128 * 1024;
 
 /// Sets the allocator policy for a server process; true when it was applied (glibc on Linux),
-/// false elsewhere, where the platform's allocator keeps its own.
+/// false elsewhere, where the platform's allocator keeps its own, and when the operator set
+/// glibc's own `MALLOC_MMAP_THRESHOLD_` (theirs stands).
 pub fn return_freed_memory() -> bool {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return false;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes malloc's tuning parameters; it is called before the
