@@ -296,6 +296,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     if args.senders == 0 || args.batch == 0 {
         anyhow::bail!("--senders and --batch must be at least 1");
     }
+    // The in-process server runs under the same allocator policy as `serve`, so its memory
+    // figures are a server's.
+    if args.target.is_none() {
+        crate::server::memory::return_freed_memory();
+    }
     let mut cfg = super::scenario_config(&args.scenario, args.config.as_deref())?;
     // Every viewer and sender of the in-process run comes from 127.0.0.1: the per-address caps
     // that protect a real server from one client would refuse the harness itself.
