@@ -380,6 +380,9 @@ struct Far {
     rows: usize,
     /// The highest bound kept: beyond every reach of this matcher.
     most: u8,
+    /// False when no finite grid fits this matcher (a reach of 1e300 m, say): then it is never
+    /// used and every ping goes to the index as before.
+    usable: bool,
     /// Per grid cell, ⌊a lower bound (m) of the distance from any point in it to the nearest
     /// segment⌋, at most `most`; `FAR_UNKNOWN` until a ping first falls there.
     lower: Vec<u8>,
@@ -411,7 +414,17 @@ impl Far {
             m.bounds[3] - m.bounds[1] + 2.0 * e,
         );
         let cell = cell0.max((w * h / FAR_MAX_CELLS).sqrt());
-        let (cols, rows) = ((w / cell).ceil() as usize, (h / cell).ceil() as usize);
+        let (cols, rows) = ((w / cell).ceil(), (h / cell).ceil());
+        let usable = e.is_finite()
+            && m.bounds.iter().all(|b| b.is_finite())
+            && (1.0..=2.0 * FAR_MAX_CELLS).contains(&cols)
+            && (1.0..=2.0 * FAR_MAX_CELLS).contains(&rows)
+            && cols * rows <= 2.0 * FAR_MAX_CELLS;
+        let (cols, rows) = if usable {
+            (cols as usize, rows as usize)
+        } else {
+            (0, 0)
+        };
         Far {
             made_for: Far::identity(m),
             origin: [m.bounds[0] - e, m.bounds[1] - e],
@@ -419,6 +432,7 @@ impl Far {
             cols,
             rows,
             most,
+            usable,
             lower: vec![FAR_UNKNOWN; cols * rows],
         }
     }
@@ -430,8 +444,12 @@ impl Far {
         if m.shapes.is_empty() {
             return true;
         }
-        if self.lower.is_empty() || self.made_for != Far::identity(m) {
+        // A default grid (cell 0) is not made yet; one made for another matcher is made again.
+        if self.cell == 0.0 || self.made_for != Far::identity(m) {
             *self = Far::make(m);
+        }
+        if !self.usable {
+            return false;
         }
         let (fx, fy) = (
             (p[0] - self.origin[0]) / self.cell,
@@ -723,5 +741,28 @@ mod bund {
             assert!(fresh.at(h).is_empty());
         }
         assert_eq!(fresh.len(), 0);
+    }
+
+    /// A matcher whose reach no finite grid can cover still answers, through the index.
+    #[test]
+    fn with_no_grid_that_fits_every_ping_still_gets_the_matchers_answer() {
+        let map = the_bund();
+        let polygons: Vec<&geo::Polygon<f64>> = map.segments().iter().map(|s| &s.polygon).collect();
+        let m = super::Matcher::new(&polygons, 1e300);
+        // A corner of the first segment: on the network.
+        let corner = map.segments()[0].polygon.exterior().0[0];
+        let (lat, lng) = (corner.y, corner.x);
+        let mut cache = super::PlaceCache::default();
+        let mut want = Vec::new();
+        let p = m.local(lat, lng);
+        // σ 16 m: class σ 16, raster step 4 m.
+        let centre = [
+            ((p[0] / 4.0).floor() + 0.5) * 4.0,
+            ((p[1] / 4.0).floor() + 0.5) * 4.0,
+        ];
+        m.masses(centre, 16.0, &mut want);
+        assert!(!want.is_empty());
+        assert_eq!(cache.masses(&m, lat, lng, 16.0), &want[..]);
+        assert_eq!(cache.len(), 1);
     }
 }
