@@ -372,3 +372,56 @@ async fn provisional_frames_show_a_realtime_panel_at_once_and_say_when_a_delayed
     );
     server.shutdown().await.unwrap();
 }
+
+/// Resident memory of a process (kB), from `/proc`.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
+}
+
+/// A command centre keeps dozens of screens open all night: each costs the server a task and its
+/// socket's buffers, not the 128 KiB read buffer tungstenite zeroes by default (viewers only
+/// send small subscriptions). 40 viewers, each sent frames, must add less than 64 KiB apiece.
+#[tokio::test]
+async fn a_viewer_costs_the_server_little_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1s\"\nslide = \"1s\"\nallowed_lateness = \"100ms\"\nidle_timeout = \"300ms\"\n[privacy]\nk = 0\n",
+    )
+    .unwrap();
+    let (child, addr) = crate::support::serving(crate::support::serve_command(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    ));
+    let pid = child.0.id();
+    // One viewer and one frame first, so what is measured is what each further viewer adds.
+    let mut first = connect(addr).await;
+    assert_eq!(
+        request(addr, "POST", "/api/ingest", None, &pings(5, 0)).await.0,
+        202
+    );
+    next_json(&mut first).await;
+    let before = rss_kb(pid);
+    let mut viewers = Vec::new();
+    for _ in 0..40 {
+        viewers.push(connect(addr).await);
+    }
+    assert_eq!(
+        request(addr, "POST", "/api/ingest", None, &pings(5, 0)).await.0,
+        202
+    );
+    for v in &mut viewers {
+        next_json(v).await;
+    }
+    let per_viewer = (rss_kb(pid).saturating_sub(before)) as f64 / 40.0;
+    assert!(
+        per_viewer < 64.0,
+        "each viewer added {per_viewer:.0} kB to the server's resident memory"
+    );
+}
