@@ -2,6 +2,9 @@
 //! (serde_json parse of each line + raw h3o `LatLng::to_cell`) on the same lines, in one run.
 //!
 //! `cargo bench --bench pipeline` prints criterion's figures, then events/s for both and the ratio.
+//! With `PIPELINE_FEED=FILE` (an NDJSON feed of the Bund, e.g. `throng simulate`'s), it also
+//! measures the segment people's cost on that feed, under the Bund's config: the bench's own
+//! pings jump at random over 2 km², the worst case for every cache the segments keep.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -124,7 +127,52 @@ fn bench(c: &mut Criterion) {
         "segment people cost:     {:.1} % of the pipeline's rate",
         (1.0 - s / p) * 100.0
     );
+    if let Some(path) = std::env::var_os("PIPELINE_FEED") {
+        recorded(std::path::Path::new(&path));
+    }
     indexing();
+}
+
+/// The segment people's cost on a recorded feed, with the Bund's config (its sources, GCJ-02
+/// app pings, presence), best of 3 alternating runs.
+fn recorded(path: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cfg = Config::load(&root.join("fixtures/bund/throng.toml")).expect("the Bund's config");
+    cfg.scenario = root.join("fixtures/bund");
+    let registry =
+        Arc::new(Registry::load_dir(&cfg.scenario, cfg.resolution()).expect("the Bund's registry"));
+    let segments = Arc::new(
+        SegmentMap::load(&cfg.scenario.join("segments.geojson"), cfg.resolution()).expect("segments"),
+    );
+    let bytes = std::fs::read(path).expect("PIPELINE_FEED must name a readable NDJSON file");
+    let run = |seg: bool| {
+        let mut p = Pipeline::with_registry(&cfg, registry.clone());
+        if seg {
+            p.engine.set_segments(segments.clone());
+        }
+        let t = Instant::now();
+        let (ok, _) = p
+            .process_ndjson(&bytes, |w| {
+                black_box(throng::window::to_record_batch(&w)?.num_rows());
+                Ok(())
+            })
+            .unwrap();
+        (ok, t.elapsed().as_secs_f64())
+    };
+    let (mut plain, mut seg, mut n) = (f64::MAX, f64::MAX, 0);
+    for _ in 0..3 {
+        let (ok, t) = run(false);
+        plain = plain.min(t);
+        n = ok;
+        seg = seg.min(run(true).1);
+    }
+    println!(
+        "{} ({n} records): pipeline {:.0} ev/s, + segment people {:.0} ev/s, cost {:.1} %",
+        path.display(),
+        n as f64 / plain,
+        n as f64 / seg,
+        (1.0 - plain / seg) * 100.0
+    );
 }
 
 /// Indexing alone: the cached lookup (`ingest::cells`) against h3o's `to_cell` on the same points,
