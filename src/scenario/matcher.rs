@@ -355,7 +355,10 @@ fn ring_mass(r: &[[f64; 2]], p: [f64; 2], sigma: f64) -> f64 {
 /// empty cache (a checkpoint copy needs none).
 #[derive(Debug)]
 pub struct PlaceCache {
-    index: FxHashMap<u64, (u32, u8)>,
+    /// Raster point → its answer: a slice of `arena` (offset, length), or, for a point with one
+    /// candidate, that segment and its mass inline (`ONE` set in the first field), so the common
+    /// answer costs no second cache miss in the arena.
+    index: FxHashMap<u64, (u32, u32)>,
     arena: Vec<(u32, f32)>,
     scratch: Vec<(u32, f32)>,
     /// The last σ asked, with its class, class σ and raster step.
@@ -480,7 +483,7 @@ impl Far {
 /// The handle of an empty answer (off-network): valid in every generation.
 const EMPTY_PLACE: u32 = 0;
 
-/// A place handle that points nowhere (see `PlaceCache::masses_handle`).
+/// A place handle that points nowhere (see `PlaceCache::place_handle`).
 pub const NO_PLACE: u32 = u32::MAX;
 
 fn next_generation() -> u32 {
@@ -507,13 +510,37 @@ impl Clone for PlaceCache {
     }
 }
 
-/// A slice of the arena as one u32: its offset (24 bits) and length (8 bits).
+/// A slice of the arena as one u32: its offset (24 bits) and length (8 bits, at least 2).
 fn handle(off: u32, len: u8) -> u32 {
     if off >= 0x00ff_ffff {
         NO_PLACE
     } else {
         off | (len as u32) << 24
     }
+}
+
+/// An index entry's first field when the answer is one segment, held inline.
+const ONE: u32 = 1 << 31;
+
+/// The handle of an answer that is one segment: length 1 and the segment in place of an offset.
+/// A single candidate takes the whole of a ping whatever its mass, so the handle needs no mass.
+fn one_handle(seg: u32) -> u32 {
+    if seg >= 0x00ff_ffff {
+        NO_PLACE
+    } else {
+        seg | 1 << 24
+    }
+}
+
+/// What a raster point's ping may be matched to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Place<'a> {
+    /// No segment within reach: off-network.
+    Off,
+    /// One segment, which takes all of it.
+    One(u32),
+    /// Several, with their masses (sorted by segment).
+    Many(&'a [(u32, f32)]),
 }
 
 /// Most raster points kept before the cache starts over.
@@ -523,14 +550,46 @@ impl PlaceCache {
     /// Candidate segments with their masses for a ping at `lat, lng` with per-axis error `sigma`
     /// (see `Matcher::masses`), computed at the centre of its raster point (a quarter σ across).
     pub fn masses(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> &[(u32, f32)] {
-        self.masses_handle(m, lat, lng, sigma).1
+        let (p, key) = self.raster(m, lat, lng, sigma);
+        let Some(key) = key else { return &[] };
+        let (a, b) = self.answer(m, p, key);
+        if a & ONE != 0 {
+            self.scratch.clear();
+            self.scratch.push((a & !ONE, f32::from_bits(b)));
+            return &self.scratch;
+        }
+        &self.arena[a as usize..a as usize + b as usize]
     }
 
-    /// `masses`, with a handle that gives the same slice back through `at` for as long as the
-    /// cache's `generation` stays the same (`NO_PLACE` when the slice cannot have one): a caller
-    /// that asks again for the same point keeps the handle and skips the hash look-up, whose
-    /// cache miss is most of this function's time.
-    pub fn masses_handle(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> (u32, &[(u32, f32)]) {
+    /// `masses` as a `Place`, with a handle that gives the same place back through `at` for as
+    /// long as the cache's `generation` stays the same (`NO_PLACE` when it cannot have one): a
+    /// caller that asks again for the same point keeps the handle and skips the hash look-up,
+    /// whose cache miss is most of this function's time.
+    pub fn place_handle(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> (u32, Place<'_>) {
+        let (p, key) = self.raster(m, lat, lng, sigma);
+        let Some(key) = key else {
+            return (EMPTY_PLACE, Place::Off);
+        };
+        match self.answer(m, p, key) {
+            (a, _) if a & ONE != 0 => (one_handle(a & !ONE), Place::One(a & !ONE)),
+            (_, 0) => (EMPTY_PLACE, Place::Off),
+            (off, len) => (
+                // Length 1 in a handle means one segment inline: an arena slice of one (a
+                // segment number with the top bit set, never seen) gets no handle.
+                if len >= 2 {
+                    handle(off, len as u8)
+                } else {
+                    NO_PLACE
+                },
+                Place::Many(&self.arena[off as usize..off as usize + len as usize]),
+            ),
+        }
+    }
+
+    /// A ping's raster point (its centre, local metres, and σ class) and the point's key in the
+    /// index; no key when the point is beyond every segment's reach.
+    #[inline]
+    fn raster(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> ((f64, [f64; 2]), Option<u64>) {
         // σ ladder: 2^(k/2) m, so a class is within ±19 % of the σ asked. Pings of one source
         // mostly share their σ: the class of the last one is kept.
         let (k, s, step) = match self.class {
@@ -547,32 +606,44 @@ impl PlaceCache {
         let (ix, iy) = ((p[0] / step).floor(), (p[1] / step).floor());
         let centre = [(ix + 0.5) * step, (iy + 0.5) * step];
         if self.far.beyond(m, centre, m.reach(s)) {
-            return (EMPTY_PLACE, &[]);
+            return ((s, centre), None);
         }
         let key =
             (k as u64) << 56 | ((ix as i64 as u64) & 0x0fff_ffff) << 28 | ((iy as i64 as u64) & 0x0fff_ffff);
-        if let Some(&(off, len)) = self.index.get(&key) {
-            return (
-                handle(off, len),
-                &self.arena[off as usize..off as usize + len as usize],
-            );
+        ((s, centre), Some(key))
+    }
+
+    /// The index entry of a raster point, the matcher's answer computed and kept the first time.
+    #[inline]
+    fn answer(&mut self, m: &Matcher, (s, centre): (f64, [f64; 2]), key: u64) -> (u32, u32) {
+        if let Some(&v) = self.index.get(&key) {
+            return v;
         }
         if self.index.len() >= CACHE_CAP {
             self.clear();
         }
         m.masses(centre, s, &mut self.scratch);
         self.scratch.truncate(u8::MAX as usize);
-        let off = self.arena.len() as u32;
-        let len = self.scratch.len() as u8;
-        self.arena.extend_from_slice(&self.scratch);
-        self.index.insert(key, (off, len));
-        (handle(off, len), &self.arena[off as usize..])
+        let v = match self.scratch[..] {
+            [(seg, mass)] if seg & ONE == 0 => (seg | ONE, mass.to_bits()),
+            _ => {
+                let off = self.arena.len() as u32;
+                self.arena.extend_from_slice(&self.scratch);
+                (off, self.scratch.len() as u32)
+            }
+        };
+        self.index.insert(key, v);
+        v
     }
 
-    /// The slice a handle of the current generation stands for.
-    pub fn at(&self, handle: u32) -> &[(u32, f32)] {
+    /// The place a handle of the current generation stands for.
+    pub fn at(&self, handle: u32) -> Place<'_> {
         let (off, len) = ((handle & 0x00ff_ffff) as usize, (handle >> 24) as usize);
-        self.arena.get(off..off + len).unwrap_or(&[])
+        match len {
+            0 => Place::Off,
+            1 => Place::One(off as u32),
+            _ => self.arena.get(off..off + len).map_or(Place::Off, Place::Many),
+        }
     }
 
     /// Changes whenever earlier handles become invalid.
@@ -711,7 +782,7 @@ mod bund {
             let lat = b[1] - dlat + rnd() * (b[3] - b[1] + 2.0 * dlat);
             let lng = b[0] - dlng + rnd() * (b[2] - b[0] + 2.0 * dlng);
             let sigma: f64 = [1.0, 3.3, 9.9, 19.8, 60.0][n % 5];
-            // The class and raster point `masses_handle` computes at.
+            // The class and raster point `place_handle` computes at.
             let k = (2.0 * sigma.max(1.0).log2()).round().clamp(0.0, 40.0);
             let s = 2f64.powf(k / 2.0);
             let step = (s / 4.0).max(0.5);
@@ -736,11 +807,54 @@ mod bund {
         // A kilometre from every segment: answered, and nothing entered into the index.
         let mut fresh = super::PlaceCache::default();
         for i in 0..100 {
-            let (h, c) = fresh.masses_handle(m, b[1] - 0.01 - i as f64 * 1e-4, b[0] - 0.01, 10.0);
-            assert!(c.is_empty());
-            assert!(fresh.at(h).is_empty());
+            let (h, c) = fresh.place_handle(m, b[1] - 0.01 - i as f64 * 1e-4, b[0] - 0.01, 10.0);
+            assert_eq!(c, super::Place::Off);
+            assert_eq!(fresh.at(h), super::Place::Off);
         }
         assert_eq!(fresh.len(), 0);
+    }
+
+    /// A place (and the handle kept for it) is the matcher's answer: off-network when it has no
+    /// candidate, one segment inline when it has one, the candidates with their masses otherwise;
+    /// asked again, from the index or through the handle, the same.
+    #[test]
+    fn places_and_their_handles_are_the_matchers_answers() {
+        use super::Place;
+        let map = the_bund();
+        let m = map.matcher();
+        let mut rnd = uniform(5);
+        let b = map.bbox().unwrap();
+        let mut cache = super::PlaceCache::default();
+        let (mut off, mut one, mut many) = (0, 0, 0);
+        let mut want = Vec::new();
+        for n in 0..20_000 {
+            let lat = b[1] - 0.001 + rnd() * (b[3] - b[1] + 0.002);
+            let lng = b[0] - 0.001 + rnd() * (b[2] - b[0] + 0.002);
+            let sigma: f64 = [2.0, 7.5, 15.0, 30.0][n % 4];
+            want.clear();
+            want.extend_from_slice(cache.masses(m, lat, lng, sigma));
+            let owned = |p: Place| match p {
+                Place::Off => (0, Vec::new()),
+                Place::One(j) => (1, vec![(j, 0.0)]),
+                Place::Many(c) => (2, c.to_vec()),
+            };
+            for _ in 0..2 {
+                let (h, place) = cache.place_handle(m, lat, lng, sigma);
+                let place = owned(place);
+                match (&place, &want[..]) {
+                    ((0, _), []) => off += 1,
+                    ((1, c), [(k, _)]) if c[0].0 == *k => one += 1,
+                    ((2, c), w) if c == w && w.len() > 1 => many += 1,
+                    (p, w) => panic!("{p:?} for the matcher's {w:?}"),
+                }
+                assert_ne!(h, super::NO_PLACE);
+                assert_eq!(owned(cache.at(h)), place);
+            }
+        }
+        assert!(
+            off > 1_000 && one > 1_000 && many > 1_000,
+            "{off} off, {one} one, {many} many"
+        );
     }
 
     /// A matcher whose reach no finite grid can cover still answers, through the index.

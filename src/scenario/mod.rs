@@ -6,7 +6,7 @@ pub mod matcher;
 pub mod registry;
 pub mod segments;
 
-pub use matcher::{Matcher, PlaceCache, NO_PLACE};
+pub use matcher::{Matcher, Place, PlaceCache, NO_PLACE};
 pub use registry::Registry;
 pub use segments::{SegmentId, SegmentMap};
 

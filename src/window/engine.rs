@@ -25,7 +25,7 @@ use crate::ingest::DeviceProfile;
 use crate::model::{
     Body, CellId, DeviceId, EventTime, Kind, PointIdx, Position, Record, SensorIdx, SourceId,
 };
-use crate::scenario::{Matcher, PlaceCache, SegmentMap, NO_PLACE};
+use crate::scenario::{Matcher, Place, PlaceCache, SegmentMap, NO_PLACE};
 
 /// A sighting's position packed into 10 bytes, with no `Option` tags: the window state holds one
 /// per device per pane and one per device present, so every byte counts (issue 20).
@@ -76,7 +76,7 @@ struct Seen {
     cell: CellId,
     spot: Spot,
     source: SourceId,
-    /// Where the matcher's answer for this position is held (`PlaceCache::masses_handle`), so the
+    /// Where the matcher's answer for this position is held (`PlaceCache::place_handle`), so the
     /// next window this sighting counts in skips the look-up; `NO_PLACE` until then. Never
     /// checkpointed; it fills what would be padding.
     place: u32,
@@ -1289,20 +1289,30 @@ impl Attribution {
             },
         };
         let acc = acc.unwrap_or_else(|| profiles.get(e.source.0 as usize).map_or(30.0, |p| p.accuracy_m));
-        let c = if *place != NO_PLACE {
+        let found = if *place != NO_PLACE {
             places.at(*place)
         } else {
-            let (h, c) = places.masses_handle(self.map.matcher(), lat, lng, Matcher::sigma(acc));
+            let (h, found) = places.place_handle(self.map.matcher(), lat, lng, Matcher::sigma(acc));
             *place = h;
-            c
+            found
         };
-        if c.is_empty() {
-            if !carried {
-                self.out.off_network_devices += 1;
-                self.off_network += (scale * FIXED).round() as i64;
+        let one;
+        let c: &[(u32, f32)] = match found {
+            Place::Off => {
+                if !carried {
+                    self.out.off_network_devices += 1;
+                    self.off_network += (scale * FIXED).round() as i64;
+                }
+                return false;
             }
-            return false;
-        }
+            // A lone candidate's share is its prior-weighted mass over itself, whatever the mass:
+            // a mass of 1 gives the same shares bit for bit, and the cache need not keep it.
+            Place::One(j) => {
+                one = [(j, 1.0)];
+                &one
+            }
+            Place::Many(c) => c,
+        };
         let total: f64 = c.iter().map(|&(j, m)| self.prior[j as usize] * m as f64).sum();
         if total <= 0.0 {
             return false;
