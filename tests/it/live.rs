@@ -193,12 +193,7 @@ async fn a_stalled_viewer_does_not_delay_another() {
 async fn metrics_count_this_servers_viewers_frames_and_frame_latencies() {
     use crate::support::metric;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("t.toml");
-    std::fs::write(
-        &cfg,
-        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1s\"\nslide = \"1s\"\nallowed_lateness = \"100ms\"\nidle_timeout = \"300ms\"\n[privacy]\nk = 0\n",
-    )
-    .unwrap();
+    let cfg = crate::support::fast_bund_config(dir.path());
     let (_child, addr) = crate::support::serving(crate::support::serve_command(
         &dir.path().join("data"),
         &["--config", cfg.to_str().unwrap()],
@@ -389,12 +384,7 @@ fn rss_kb(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_viewer_costs_the_server_little_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("t.toml");
-    std::fs::write(
-        &cfg,
-        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1s\"\nslide = \"1s\"\nallowed_lateness = \"100ms\"\nidle_timeout = \"300ms\"\n[privacy]\nk = 0\n",
-    )
-    .unwrap();
+    let cfg = crate::support::fast_bund_config(dir.path());
     let (child, addr) = crate::support::serving(crate::support::serve_command(
         &dir.path().join("data"),
         &["--config", cfg.to_str().unwrap()],

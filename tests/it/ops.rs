@@ -64,12 +64,7 @@ fn families(page: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_with_help_on_every_family_and_latencies_as_histograms() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("t.toml");
-    std::fs::write(
-        &cfg,
-        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1s\"\nslide = \"1s\"\nallowed_lateness = \"100ms\"\nidle_timeout = \"300ms\"\n[privacy]\nk = 0\n",
-    )
-    .unwrap();
+    let cfg = crate::support::fast_bund_config(dir.path());
     let (_child, addr, pg) = serving_pg(serve_command(
         &dir.path().join("data"),
         &["--config", cfg.to_str().unwrap()],

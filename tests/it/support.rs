@@ -210,6 +210,19 @@ fn serving_line(mut cmd: Command) -> (Child, std::net::SocketAddr, String) {
     };
     (child, addr.0, addr.1)
 }
+/// Writes `t.toml` into `dir`: the Bund with one-second windows that close within half a second
+/// of going idle, and no k-suppression, so a test that watches frames or metrics of a real
+/// `serve` sees them at once.
+pub fn fast_bund_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("t.toml");
+    std::fs::write(
+        &cfg,
+        "scenario = \"fixtures/bund\"\n[window]\nsize = \"1s\"\nslide = \"1s\"\nallowed_lateness = \"100ms\"\nidle_timeout = \"300ms\"\n[privacy]\nk = 0\n",
+    )
+    .expect("write the test config");
+    cfg
+}
+
 /// `throng serve` on an ephemeral loopback port with this data dir and extra arguments.
 pub fn serve_command(data: &std::path::Path, extra: &[&str]) -> Command {
     let args = serve_args(data, extra);
