@@ -4,7 +4,8 @@
 //! `cargo bench --bench pipeline` prints criterion's figures, then events/s for both and the ratio.
 //! With `PIPELINE_FEED=FILE` (an NDJSON feed of the Bund, e.g. `throng simulate`'s), it also
 //! measures the segment people's cost on that feed, under the Bund's config: the bench's own
-//! pings jump at random over 2 km², the worst case for every cache the segments keep.
+//! pings jump at random over 2 km² and mostly match no segment, while a crowd walking the streets
+//! is matched, and projected, in every window (it costs more: docs/PERFORMANCE.md).
 
 use std::hint::black_box;
 use std::sync::Arc;
