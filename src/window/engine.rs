@@ -892,10 +892,29 @@ impl Engine {
         }
         seen.reserve(first * 2);
         let mut zones_seen: FxHashSet<SensorIdx> = FxHashSet::default();
+        // Devices are taken a chunk at a time: first each one's look-ups in the set of counted
+        // devices and the presence table (independent cache misses the core overlaps), then the
+        // work that needs them. One at a time, each miss waited behind the last device's work.
+        let mut chunk: Vec<(&mut Seen, Option<&Carry>)> = Vec::with_capacity(CHUNK);
         // Newest pane first: a device's first sighting is its latest ping in the window.
         for (_, pane) in self.panes.range_mut(s..s + self.n).rev() {
-            for (dev, e) in pane.devices.iter_mut() {
-                if seen.insert(*dev) {
+            let mut devices = pane.devices.iter_mut();
+            loop {
+                chunk.clear();
+                for (dev, e) in devices.by_ref().take(CHUNK) {
+                    if seen.insert(*dev) {
+                        // A ping from the window's last seconds needs no projection (nor a look-up).
+                        let before = (attr.is_some() && end - e.ts > 5_000)
+                            .then(|| self.carry.get(dev))
+                            .flatten();
+                        chunk.push((e, before));
+                    }
+                }
+                if chunk.is_empty() && devices.len() == 0 {
+                    break;
+                }
+                for (e, before) in chunk.iter_mut() {
+                    let e: &mut Seen = e;
                     let row = cells.entry(e.cell).or_insert_with(|| HexRow {
                         cell: e.cell,
                         ..Default::default()
@@ -904,9 +923,8 @@ impl Engine {
                     row.lbs_devices += 1;
                     row.lbs_people += scale;
                     if let Some(a) = &mut attr {
-                        // A ping from the window's last seconds needs no projection (nor a look-up).
                         let at = if end - e.ts > 5_000 {
-                            ahead(e, self.carry.get(dev), end)
+                            ahead(e, *before, end)
                         } else {
                             *e
                         };
@@ -1121,6 +1139,9 @@ fn presence_limit(c: &Carry, profiles: &[DeviceProfile], p: Presence) -> i64 {
     ((interval as f64 * p.overdue_factor) as i64).min(p.max_ms)
 }
 
+/// Devices `Engine::build` looks up together before working on them.
+const CHUNK: usize = 32;
+
 /// The oldest sighting `ahead` projects from (ms).
 const AHEAD_REACH_MS: i64 = 180_000;
 
@@ -1145,11 +1166,7 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
     }
     let lag = (end - 1 - e.ts).clamp(0, AHEAD_MAX_MS) as f64;
     let (dlat, dlng) = ((p.lat_e6 - q.lat_e6) as f64, (p.lng_e6 - q.lng_e6) as f64);
-    // Metres per micro-degree, near enough for a speed check.
-    let m_lat = 0.111_32;
-    let m_lng = 0.111_32 * (p.lat_e6 as f64 * 1e-6).to_radians().cos();
-    let speed = (dlat * m_lat).hypot(dlng * m_lng) / (dt as f64 / 1000.0);
-    if speed > WALK_MAX_M_S {
+    if !is_walk(p.lat_e6, dlat, dlng, dt) {
         return *e;
     }
     let f = lag / dt as f64;
@@ -1163,6 +1180,33 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
     }));
     out.place = NO_PLACE;
     out
+}
+
+/// Whether a move of (`dlat`, `dlng`) micro-degrees at latitude `lat_e6` in `dt_ms` is a walk (at
+/// most `WALK_MAX_M_S`), in metres per micro-degree near enough for a speed check.
+fn is_walk(lat_e6: i32, dlat: f64, dlng: f64, dt_ms: i64) -> bool {
+    let m_lat = 0.111_32;
+    // libm's `cos` and `hypot` were a tenth of the segment cost here. A polynomial cosine (within
+    // 1e-6) and a plain square root settle every move whose speed is not within 1e-5 of the limit
+    // as the exact check would; the few that are, and the poles, take the exact path.
+    let lat = (lat_e6 as f64 * 1e-6).to_radians();
+    let dt_s = dt_ms as f64 / 1000.0;
+    if lat.abs() < 1.35 {
+        let m_lng = 0.111_32 * cos_near(lat);
+        let v = ((dlat * m_lat).powi(2) + (dlng * m_lng).powi(2)).sqrt() / dt_s;
+        if (v - WALK_MAX_M_S).abs() > WALK_MAX_M_S * 1e-5 {
+            return v <= WALK_MAX_M_S;
+        }
+    }
+    let m_lng = 0.111_32 * lat.cos();
+    (dlat * m_lat).hypot(dlng * m_lng) / dt_s <= WALK_MAX_M_S
+}
+
+/// cos(x) for |x| ≤ π/2 within 1e-6 (Taylor to x¹⁰; the first term left out is x¹²/12! ≤ 5e-7).
+#[inline]
+fn cos_near(x: f64) -> f64 {
+    let y = x * x;
+    1.0 - y / 2.0 * (1.0 - y / 12.0 * (1.0 - y / 30.0 * (1.0 - y / 56.0 * (1.0 - y / 90.0))))
 }
 
 /// Folds a sighting into a device's presence record (newer sightings only).
@@ -1354,6 +1398,63 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             resend_horizon: Duration::from_secs(120),
         }
+    }
+
+    #[test]
+    fn the_quick_walk_check_decides_every_move_as_the_exact_one() {
+        let exact = |lat_e6: i32, dlat: f64, dlng: f64, dt: i64| {
+            let m_lng = 0.111_32 * (lat_e6 as f64 * 1e-6).to_radians().cos();
+            (dlat * 0.111_32).hypot(dlng * m_lng) / (dt as f64 / 1000.0) <= WALK_MAX_M_S
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for x in [
+            -std::f64::consts::FRAC_PI_2,
+            -1.2,
+            -0.6,
+            0.0,
+            0.3,
+            0.54,
+            1.0,
+            std::f64::consts::FRAC_PI_2,
+        ] {
+            assert!((cos_near(x) - f64::cos(x)).abs() < 1e-6, "cos_near({x})");
+        }
+        let (mut walks, mut near) = (0, 0);
+        for i in 0..200_000 {
+            let lat_e6 = ((rnd() * 2.0 - 1.0) * 89.9e6) as i32;
+            let dt = 5_000 + (rnd() * 175_000.0) as i64;
+            let theta = rnd() * std::f64::consts::TAU;
+            // Every fourth move within a hair of the limit, the rest anywhere up to 4× it.
+            let speed = if i % 4 == 0 {
+                near += 1;
+                WALK_MAX_M_S * (1.0 + (rnd() - 0.5) * 4e-5)
+            } else {
+                rnd() * 4.0 * WALK_MAX_M_S
+            };
+            let m = speed * dt as f64 / 1000.0;
+            let m_lng = 0.111_32 * (lat_e6 as f64 * 1e-6).to_radians().cos();
+            let (dlat, dlng) = (
+                (m * theta.sin() / 0.111_32).round(),
+                (m * theta.cos() / m_lng).round(),
+            );
+            let quick = is_walk(lat_e6, dlat, dlng, dt);
+            assert_eq!(
+                quick,
+                exact(lat_e6, dlat, dlng, dt),
+                "lat {lat_e6} move {dlat},{dlng} in {dt} ms"
+            );
+            walks += quick as u32;
+        }
+        assert!(
+            walks > 50_000 && near == 50_000,
+            "the cases cover both answers: {walks} walks"
+        );
     }
 
     fn engine(size: u64, slide: u64) -> Engine {
