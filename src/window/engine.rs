@@ -12,6 +12,7 @@
 //! counted (per source), kept in the late list (for the `late_records` table), and still added to
 //! every window it belongs to that is open. Nothing is dropped silently.
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -96,6 +97,29 @@ impl Seen {
     fn pos(&self) -> Option<Position> {
         self.spot.get()
     }
+
+    /// The ping this sighting was taken from, when the sighting holds all of it (not when its
+    /// accuracy was clamped into the packing): the device table then stands for its idempotency key.
+    fn record(&self, device: DeviceId) -> Option<Record> {
+        (self.spot.accuracy_dm != NO_ACCURACY - 1).then(|| Record {
+            ts: EventTime(self.ts),
+            source: self.source,
+            cell: self.cell,
+            point: None,
+            body: Body::Ping {
+                device,
+                pos: self.pos(),
+            },
+        })
+    }
+}
+
+/// A record's idempotency key: the whole parsed record (device pseudonym or feed point, time, values).
+fn key_of(rec: &Record) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    rec.hash(&mut h);
+    h.finish()
 }
 
 /// `Seen` as checkpoints hold it (the form before packing, so older checkpoints still load).
@@ -281,8 +305,35 @@ struct Pane {
     flows: FxHashMap<CellId, Flows>,
     zones: FxHashMap<SensorIdx, Headcount>,
     points: FxHashMap<PointIdx, PointPane>,
-    /// Idempotency keys of the records in this pane.
+    /// Idempotency keys of the records in this pane that `devices` does not hold whole: every
+    /// record but each device's latest ping (whose key is its sighting's, see `Seen::record`).
+    /// Holding all of them cost 8 bytes a record and a hash-set insert per ping (issue 20).
     keys: FxHashSet<u64>,
+}
+
+impl Pane {
+    /// Whether a record identical to `rec` (key `key`) is already held.
+    fn holds(&self, rec: &Record, key: u64) -> bool {
+        if self.keys.contains(&key) {
+            return true;
+        }
+        match (&rec.body, rec.point) {
+            (Body::Ping { device, .. }, None) => self
+                .devices
+                .get(device)
+                .is_some_and(|s| s.ts == rec.ts.millis() && s.record(*device).as_ref() == Some(rec)),
+            _ => false,
+        }
+    }
+
+    /// Every record's key, sorted: what the pane leaves behind when it closes.
+    fn all_keys(&self) -> Vec<u64> {
+        let mut keys: Vec<u64> = self.keys.iter().copied().collect();
+        keys.extend((self.devices.iter()).filter_map(|(dev, s)| s.record(*dev).map(|r| key_of(&r))));
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
 }
 
 /// One feed point's totals over a window: what the segments stage uses for flow and staleness.
@@ -565,15 +616,9 @@ impl Engine {
             | Body::GateCumulative { .. } => ts - 1,
             _ => ts,
         };
-        // Idempotency key: the whole parsed record (device pseudonym or feed point, time, values).
-        let key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = rustc_hash::FxHasher::default();
-            rec.hash(&mut h);
-            h.finish()
-        };
+        let key = key_of(rec);
         let pane = at.div_euclid(self.slide);
-        if self.panes.get(&pane).is_some_and(|p| p.keys.contains(&key))
+        if self.panes.get(&pane).is_some_and(|p| p.holds(rec, key))
             || self
                 .closed_keys
                 .get(&pane)
@@ -666,7 +711,9 @@ impl Engine {
             }
         }
         let p = self.panes.entry(pane).or_default();
-        p.keys.insert(key);
+        if !matches!(rec.body, Body::Ping { .. }) {
+            p.keys.insert(key);
+        }
         if let Some(point) = rec.point {
             let pp = p.points.entry(point).or_default();
             pp.last_ts = pp.last_ts.max(ts);
@@ -683,14 +730,26 @@ impl Engine {
         match rec.body {
             Body::Ping { device, pos } => {
                 let seen = Seen::new(at, rec.cell, rec.source, pos);
-                p.devices
-                    .entry(device)
-                    .and_modify(|s| {
-                        if at >= s.ts {
-                            *s = seen
-                        }
-                    })
-                    .or_insert(seen);
+                // The device table keeps its latest ping; the key of any other goes to `keys`.
+                let displaced = match p.devices.entry(device) {
+                    Entry::Occupied(mut o) if at >= o.get().ts => {
+                        let old = std::mem::replace(o.get_mut(), seen);
+                        old.record(device).map(|r| key_of(&r))
+                    }
+                    Entry::Occupied(_) => Some(key),
+                    Entry::Vacant(v) => {
+                        v.insert(seen);
+                        None
+                    }
+                };
+                if let Some(k) = displaced {
+                    p.keys.insert(k);
+                }
+                // A sighting that does not hold its ping whole (or a ping with a feed point)
+                // keeps its key in `keys` from the start.
+                if seen.record(device).as_ref() != Some(rec) {
+                    p.keys.insert(key);
+                }
             }
             Body::Occupancy { sensor, people } => {
                 let h = Headcount {
@@ -761,15 +820,13 @@ impl Engine {
                     out.push(w);
                     self.stats.windows_closed += 1;
                     if let Some(p) = self.panes.remove(&s) {
+                        self.closed_keys.insert(s, p.all_keys());
                         // Presence only places devices on segments: without them it is not kept.
                         if self.segments.is_some() {
                             for (dev, seen) in p.devices {
                                 remember(&mut self.carry, dev, seen);
                             }
                         }
-                        let mut keys: Vec<u64> = p.keys.into_iter().collect();
-                        keys.sort_unstable();
-                        self.closed_keys.insert(s, keys);
                     }
                     if self.segments.is_some() {
                         self.forget_absent(s * self.slide + self.size);
@@ -1748,6 +1805,56 @@ mod tests {
         let w = &e.flush()[0];
         assert_eq!(w.rows[0].counter_in, 11);
         assert_eq!(e.stats().duplicates, 1);
+    }
+
+    #[test]
+    fn every_ping_resent_is_a_duplicate_though_a_pane_keeps_keys_only_for_pings_it_does_not_hold() {
+        let mut e = engine(10, 10);
+        let at = |ts: i64, lat: i32, acc: Option<u16>| Record {
+            ts: EventTime(T0 + ts),
+            source: SourceId(1),
+            cell: CellId(9),
+            point: None,
+            body: Body::Ping {
+                device: DeviceId(42),
+                pos: Some(Position {
+                    lat_e6: 31_240_000 + lat,
+                    lng_e6: 121_490_000,
+                    accuracy_dm: acc,
+                }),
+            },
+        };
+        // Out of order, and two whose accuracies the sighting's packing cannot tell apart.
+        let pings = [
+            at(2_000, 1, Some(50)),
+            at(3_000, 2, Some(50)),
+            at(1_000, 3, None),
+            at(4_000, 4, Some(u16::MAX)),
+            at(4_000, 4, Some(u16::MAX - 1)),
+            at(5_000, 5, Some(50)),
+        ];
+        for p in &pings {
+            assert!(e.ingest(p, 0), "{p:?} is new");
+        }
+        // The latest ping is held whole by the device table: five keys, not six.
+        let pane = &e.panes[&((T0 + 1_000).div_euclid(10_000))];
+        assert_eq!((pane.devices.len(), pane.keys.len()), (1, 5));
+        for p in &pings {
+            assert!(!e.ingest(p, 0), "{p:?} re-sent in an open pane");
+        }
+        assert_eq!(e.stats().duplicates, 6);
+        // Closed, the pane leaves every key behind.
+        let mut later = at(30_000, 0, None);
+        later.body = Body::Ping {
+            device: DeviceId(43),
+            pos: None,
+        };
+        assert!(e.ingest(&later, 0));
+        assert_eq!(e.advance(0).len(), 1);
+        for p in &pings {
+            assert!(!e.ingest(p, 0), "{p:?} re-sent after its window closed");
+        }
+        assert_eq!((e.stats().duplicates, e.stats().late), (12, 0));
     }
 
     #[test]
