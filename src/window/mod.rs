@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod engine;
+pub mod keys;
 pub mod registers;
 pub mod watermark;
 
