@@ -975,11 +975,8 @@ impl Engine {
                     row.lbs_devices += 1;
                     row.lbs_people += scale;
                     if let Some(a) = &mut attr {
-                        let at = if end - e.ts > 5_000 {
-                            ahead(e, *before, end)
-                        } else {
-                            *e
-                        };
+                        // With no sighting before (none looked up for a recent ping), the ping as it is.
+                        let at = ahead(e, *before, end);
                         // Its own position (not projected): the handle from an earlier window serves.
                         let own = at.spot == e.spot;
                         let mut place = if own && places.generation() == gen {
