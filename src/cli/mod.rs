@@ -101,10 +101,19 @@ impl ConfigArgs {
     /// Loads the config (or the defaults) and applies overrides.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut cfg = match &self.config {
-            Some(p) => Config::load(p)?,
+            Some(p) => Config::load_for(p, self.scenario.as_deref())?,
             None => Config::default(),
         };
         if let Some(s) = &self.scenario {
+            if !s.is_dir() {
+                return Err(ConfigError::Invalid {
+                    key: "--scenario".into(),
+                    reason: format!(
+                        "folder {} does not exist (it should hold segments.geojson, sensors.json, stations.json)",
+                        s.display()
+                    ),
+                });
+            }
             cfg.scenario = s.clone();
         }
         Ok(cfg)
@@ -181,8 +190,8 @@ pub struct ReplayArgs {
 pub fn scenario_config(scenario: &Path, config: Option<&Path>) -> Result<Config, ConfigError> {
     let own = scenario.join("throng.toml");
     let mut cfg = match config {
-        Some(p) => Config::load(p)?,
-        None if own.exists() => Config::load(&own)?,
+        Some(p) => Config::load_for(p, Some(scenario))?,
+        None if own.exists() => Config::load_for(&own, Some(scenario))?,
         None => Config::default(),
     };
     cfg.scenario = scenario.to_owned();

@@ -70,7 +70,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<u64> {
         anyhow::bail!("--devices must be positive and --duration at least 10 s");
     }
     let cfg = match &args.config {
-        Some(p) => crate::config::Config::load(p)?,
+        Some(p) => crate::config::Config::load_for(p, Some(&args.scenario))?,
         None => crate::config::Config::default(),
     };
     let start_ms = parse_start(args.start.as_deref())?;

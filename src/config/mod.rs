@@ -641,13 +641,32 @@ impl Config {
         h3o::Resolution::try_from(self.h3.resolution).unwrap_or(h3o::Resolution::Eleven)
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. A `scenario` it names is found (see `find_scenario`)
+    /// or the load fails: a server that silently ran without its segments would show no tiers
+    /// and raise no alerts.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_for(path, None)
+    }
+
+    /// `load`, for a run whose scenario folder is given apart (`--scenario`): the file's own is
+    /// then not looked for.
+    pub fn load_for(path: &Path, scenario: Option<&Path>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.to_owned(),
             source: e,
         })?;
-        Config::parse(&text).map_err(|e| e.in_file(path))
+        let mut cfg = Config::parse(&text).map_err(|e| e.in_file(path))?;
+        let names_scenario = text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("scenario"));
+        match scenario {
+            Some(s) => cfg.scenario = s.to_owned(),
+            None if names_scenario => {
+                cfg.scenario = find_scenario(&cfg.scenario, path).map_err(|e| e.in_file(path))?
+            }
+            None => {}
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates config text.
@@ -910,6 +929,42 @@ impl Config {
     }
 }
 
+/// Where a config file's `scenario` folder is: a relative path is looked for beside the config
+/// file first, then in the current directory (configs written relative to the folder they are run
+/// from, like the repository's `fixtures/bund/throng.toml`). A folder found in neither is an
+/// error that names both places.
+pub fn find_scenario(scenario: &Path, config: &Path) -> Result<PathBuf, ConfigError> {
+    let missing = |reason: String| ConfigError::Invalid {
+        key: "scenario".into(),
+        reason,
+    };
+    if scenario.is_absolute() {
+        return if scenario.is_dir() {
+            Ok(scenario.to_owned())
+        } else {
+            Err(missing(format!(
+                "folder {} does not exist (it should hold segments.geojson, sensors.json, stations.json)",
+                scenario.display()
+            )))
+        };
+    }
+    let beside = config.parent().unwrap_or(Path::new("")).join(scenario);
+    if beside.is_dir() {
+        return Ok(beside);
+    }
+    if scenario.is_dir() {
+        return Ok(scenario.to_owned());
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    Err(missing(format!(
+        "folder {:?} not found beside the config file ({}) nor in the current directory ({}): \
+         run from the folder it is relative to, make it relative to the config file, or pass --scenario",
+        scenario.display().to_string(),
+        beside.display(),
+        cwd.join(scenario).display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     fn mqtt(url: &str) -> MqttConfig {
@@ -935,6 +990,37 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_config_finds_its_scenario_beside_it_then_in_the_current_directory_or_says_where_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("night")).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        // Beside the config file, wherever it is run from.
+        let cfg = Config::load(&write("a.toml", "scenario = \"night\"\n")).unwrap();
+        assert_eq!(cfg.scenario, dir.path().join("night"));
+        // Relative to the current directory (tests run from the repository root).
+        let cfg = Config::load(&write("b.toml", "scenario = \"fixtures/bund\"\n")).unwrap();
+        assert_eq!(cfg.scenario, PathBuf::from("fixtures/bund"));
+        // Neither: an error naming the key and both places, not a server without segments.
+        let e = Config::load(&write("c.toml", "scenario = \"fixtures/bnud\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`scenario`") && e.contains("fixtures/bnud"), "{e}");
+        assert!(
+            e.contains(&dir.path().join("fixtures/bnud").display().to_string()),
+            "{e}"
+        );
+        let e = Config::load(&write("d.toml", "scenario = \"/no/such/scenario\"\n")).unwrap_err();
+        assert!(e.to_string().contains("/no/such/scenario does not exist"), "{e}");
+        // A config that names no scenario keeps the default, found or not, as before.
+        let cfg = Config::load(&write("e.toml", "[privacy]\nk = 0\n")).unwrap();
+        assert_eq!(cfg.scenario, Config::default().scenario);
+    }
 
     #[test]
     fn empty_file_gives_every_default() {
