@@ -289,8 +289,10 @@ impl Tile {
             if boundary.len() != 6 {
                 break 'fit refused;
             }
-            // The ideal hexagon's vertices: 1/√3 from the centre, at 30° + k·60°.
+            // The ideal hexagon's vertices: 1/√3 from the centre, at 30° + k·60°. Each of h3o's
+            // must lie near a different one (so its edges lie near the ideal edges, in order).
             let mut worst: f64 = 0.0;
+            let mut matched = 0u8;
             for v in boundary.iter() {
                 if (v.lng() - self.lng0).abs() > 1.0 {
                     break 'fit refused; // wraps the antimeridian
@@ -298,11 +300,12 @@ impl Tile {
                 let p = lat_lng(*v);
                 let (dx, dy) = (p.0 - c.0, p.1 - c.1);
                 let k = ((dy.atan2(dx) - std::f64::consts::FRAC_PI_6) / std::f64::consts::FRAC_PI_3).round();
+                matched |= 1 << (k.rem_euclid(6.0) as u8);
                 let ang = std::f64::consts::FRAC_PI_6 + k * std::f64::consts::FRAC_PI_3;
                 let r = 1.0 / SQRT3;
                 worst = worst.max((dx - r * ang.cos()).hypot(dy - r * ang.sin()));
             }
-            if worst > MAX_SLOT_ERROR {
+            if worst > MAX_SLOT_ERROR || matched != 0b11_1111 {
                 break 'fit refused;
             }
             Slot {
