@@ -1,5 +1,5 @@
 // throng command-centre dashboard: plain Canvas 2D, no libraries, works with no internet.
-// Data: /api/scenario (segments, basemap), /ws/live (heatmap, segments, alert and ack frames),
+// Data: /api/scenario (segments, ground, basemap), /ws/live (heatmap, segments, alert and ack frames),
 // /api/cells/boundaries (hexagon outlines), /api/health (watermark lag), /api/history/* (rewind,
 // drill-down charts), /api/segments/{id} (drill-down), /api/alerts (+ /ack).
 "use strict";
@@ -61,6 +61,14 @@ function draw() {
     ctx.fillStyle = densityColour(density); ctx.fill();
   }
   ctx.globalAlpha = 1;
+  // Ground no segment covers (junctions, kerbs): walkable, counted apart, drawn faint and dashed.
+  ctx.setLineDash([4 * devicePixelRatio, 4 * devicePixelRatio]);
+  for (const f of (state.scenario.ground && state.scenario.ground.features) || []) {
+    if (f.geometry.type !== "Polygon") continue;
+    ctx.beginPath(); path(ctx, P, f.geometry.coordinates[0]); ctx.closePath();
+    ctx.strokeStyle = "#6c7a86"; ctx.lineWidth = 1 * devicePixelRatio; ctx.stroke();
+  }
+  ctx.setLineDash([]);
   const shown = rw.on ? rw.segments : state.segments;
   state.paths = [];
   for (const f of state.scenario.segments.features || []) {

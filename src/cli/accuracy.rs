@@ -177,8 +177,8 @@ fn pct(x: f64) -> String {
 fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<5} {:<7} {:<12} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>8}  people per device (configured → in force, right)",
-        "seed", "panel", "error", "scale", "counted", "median", "worst", "total", "tiers", "crossings", "off-net", "ppd err", "settled"
+        "{:<5} {:<7} {:<12} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>11} {:>8} {:>8}  people per device (configured → in force, right)",
+        "seed", "panel", "error", "scale", "counted", "median", "worst", "total", "tiers", "crossings", "off-net", "ground", "ppd err", "settled"
     )?;
     for s in scores {
         let factors: Vec<String> = s
@@ -188,7 +188,7 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
             .collect();
         writeln!(
             out,
-            "{:<5} {:<7} {:<12} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>8}  {}",
+            "{:<5} {:<7} {:<12} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>11} {:>8} {:>8}  {}",
             s.seed,
             s.panel,
             s.error,
@@ -200,6 +200,7 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
             pct(s.tier_agreement),
             format!("{}/{}", s.crossings_on_time, s.crossings),
             s.off_network_devices,
+            format!("{:.0}/{:.0}", s.ground_people.0, s.ground_people.1),
             format!("{:+.1} %", s.factor_error * 100.0),
             s.factor_settled_s
                 .map_or("never".to_string(), |t| format!("{:.0} s", t)),

@@ -335,6 +335,7 @@ impl Merger {
             let s = h.window.segments;
             add_into(&mut seg.people, &s.people);
             add_into(&mut seg.carried, &s.carried);
+            add_into(&mut seg.ground, &s.ground);
             seg.off_network_devices += s.off_network_devices;
             seg.off_network_people += s.off_network_people;
             // Age of the positions placing a segment's devices: weighted by the people each

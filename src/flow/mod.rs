@@ -306,6 +306,9 @@ impl<O: Outputs> Flow<O> {
                 metrics::counter!("throng_lbs_off_network_devices_total")
                     .increment(w.segments.off_network_devices);
             }
+            if !w.segments.people.is_empty() {
+                metrics::gauge!("throng_lbs_ground_people").set(w.segments.ground.iter().sum::<f64>());
+            }
             self.evaluate(Arc::new(w), WindowKind::Data);
         }
     }

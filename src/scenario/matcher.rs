@@ -42,6 +42,9 @@ pub struct Matcher {
     m_lat: f64,
     m_lng: f64,
     shapes: Vec<Shape>,
+    /// How many of `shapes` are segments; the rest are ground no segment covers (walkable, matched
+    /// like a segment, counted apart).
+    segments: usize,
     tree: RTree<GeomWithData<Rectangle<[f64; 2]>, u32>>,
     max_match_m: f64,
     /// The shapes' bounding box in the local plane (min x, min y, max x, max y).
@@ -58,9 +61,16 @@ impl Matcher {
     /// An index over the segments' polygons (lng, lat; in segment order); matches reach at most
     /// `max_match_m`.
     pub fn new(polygons: &[&Polygon<f64>], max_match_m: f64) -> Matcher {
+        Matcher::with_ground(polygons, &[], max_match_m)
+    }
+
+    /// An index over the segments' polygons and, after them, the ground no segment covers: a ping
+    /// there is matched to that ground rather than to the nearest segment.
+    pub fn with_ground(segments: &[&Polygon<f64>], ground: &[&Polygon<f64>], max_match_m: f64) -> Matcher {
         use geo::BoundingRect;
+        let polygons: Vec<&Polygon<f64>> = segments.iter().chain(ground).copied().collect();
         let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
-        for s in polygons {
+        for s in &polygons {
             if let Some(r) = s.bounding_rect() {
                 b = [
                     b[0].min(r.min().x),
@@ -85,6 +95,7 @@ impl Matcher {
             m_lat,
             m_lng,
             shapes: Vec::new(),
+            segments: segments.len(),
             tree: RTree::new(),
             max_match_m,
             bounds: [0.0; 4],
@@ -152,6 +163,11 @@ impl Matcher {
         (accuracy_m / RADIUS68_PER_SIGMA).max(1.0)
     }
 
+    /// The farthest any ping may be matched (m).
+    pub fn max_match_m(&self) -> f64 {
+        self.max_match_m
+    }
+
     /// How far a ping with per-axis error `sigma` may be matched.
     pub fn reach(&self, sigma: f64) -> f64 {
         (MATCH_SIGMAS * sigma).min(self.max_match_m)
@@ -210,8 +226,13 @@ impl Matcher {
     }
 
     /// The segment a position is *in* (no error model): the smallest polygon containing it; None
-    /// off the network. What the simulator's truth uses.
+    /// off the network or on ground no segment covers. What the simulator's truth uses.
     pub fn segment_at(&self, lat: f64, lng: f64) -> Option<usize> {
+        self.place_at(lat, lng).filter(|&i| i < self.segments)
+    }
+
+    /// The place (segment, or ground after them) a position is in: the smallest containing it.
+    pub fn place_at(&self, lat: f64, lng: f64) -> Option<usize> {
         let p = self.local(lat, lng);
         let env = AABB::from_point(p);
         let mut inside: Option<(f64, usize)> = None;
@@ -227,9 +248,19 @@ impl Matcher {
         inside.map(|(_, i)| i)
     }
 
-    /// Number of segments indexed.
+    /// Number of places indexed: segments, then ground.
     pub fn len(&self) -> usize {
         self.shapes.len()
+    }
+
+    /// Number of segments (places `0..segments()`; ground follows).
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// A place's area in the local plane, m².
+    pub fn area(&self, i: usize) -> f64 {
+        self.shapes[i].area
     }
 
     /// True without segments.

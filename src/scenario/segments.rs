@@ -78,9 +78,27 @@ pub struct SegmentMap {
     shares: FxHashMap<CellId, Vec<(usize, f64)>>,
     /// For each segment: (cell, overlap m²).
     overlaps: Vec<Vec<(CellId, f64)>>,
+    /// Walkable ground no segment covers (`ground.geojson` beside the segments file).
+    ground: Vec<Ground>,
     /// Positions → segments.
     matcher: Matcher,
 }
+
+/// Walkable ground that is no segment — a junction between two streets, a crossing's kerb — drawn
+/// so that a ping there is matched to it rather than handed to the nearest segment. Its people are
+/// counted apart (published as a total), never folded into a segment.
+#[derive(Debug, Clone)]
+pub struct Ground {
+    /// Its id (the GeoJSON `id` property).
+    pub id: String,
+    /// The part of the drawn polygon no segment covers (lng, lat degrees); one place per piece.
+    pub pieces: Vec<Polygon<f64>>,
+    /// Its walkable area, m² (geodesic, after the segments are taken out).
+    pub area_m2: f64,
+}
+
+/// The file of ground no segment covers, looked for beside the segments file.
+pub const GROUND_FILE: &str = "ground.geojson";
 
 /// A segments file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +143,120 @@ impl SegmentMap {
             entry: "the file".into(),
             problem: format!("cannot read: {e}"),
         })?;
-        SegmentMap::parse(&text, &file, res)
+        let mut map = SegmentMap::parse(&text, &file, res)?;
+        let ground = path.with_file_name(GROUND_FILE);
+        if ground.exists() {
+            let gfile = ground.display().to_string();
+            let text = std::fs::read_to_string(&ground).map_err(|e| SegmentError {
+                file: gfile.clone(),
+                entry: "the file".into(),
+                problem: format!("cannot read: {e}"),
+            })?;
+            map.add_ground(&text, &gfile)?;
+        }
+        Ok(map)
+    }
+
+    /// Adds walkable ground no segment covers from a GeoJSON FeatureCollection of polygons (each
+    /// with an `id`); the segments are taken out of each, so it may be drawn over their ends.
+    pub fn add_ground(&mut self, text: &str, file: &str) -> Result<(), SegmentError> {
+        let whole = |problem: String| SegmentError {
+            file: file.to_owned(),
+            entry: "the file".into(),
+            problem,
+        };
+        let gj: geojson::GeoJson = text.parse().map_err(|e| whole(format!("not GeoJSON: {e}")))?;
+        let geojson::GeoJson::FeatureCollection(fc) = gj else {
+            return Err(whole("expected a FeatureCollection".into()));
+        };
+        let taken = MultiPolygon::new(self.segments.iter().map(|s| s.polygon.clone()).collect());
+        let mut ground = Vec::new();
+        for (i, f) in fc.features.into_iter().enumerate() {
+            let props = f.properties.clone().unwrap_or_default();
+            let id = props.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+            let entry = match &id {
+                Some(id) => format!("feature {i} (id {id:?})"),
+                None => format!("feature {i}"),
+            };
+            let err = |problem: String| SegmentError {
+                file: file.to_owned(),
+                entry: entry.clone(),
+                problem,
+            };
+            let id = id
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| err("property `id` (a string) is missing".into()))?;
+            if ground.iter().any(|g: &Ground| g.id == id) || self.by_id.contains_key(&id) {
+                return Err(err(format!(
+                    "id {id:?} is already a segment's or another ground's"
+                )));
+            }
+            let geometry = f.geometry.ok_or_else(|| err("has no geometry".into()))?;
+            if let geojson::GeometryValue::Polygon { coordinates: rings } = &geometry.value {
+                if rings.iter().flatten().any(|pos| pos.len() < 2) {
+                    return Err(err(
+                        "a position has fewer than 2 numbers; a position is [lng, lat]".into(),
+                    ));
+                }
+            }
+            let polygon: Polygon<f64> = Polygon::try_from(&geometry.value)
+                .map_err(|_| err("geometry must be a Polygon (lng, lat in WGS-84)".into()))?;
+            // The same checks as a segment's (coordinates, span, area), with a neutral kind.
+            let mut checked = props.clone();
+            checked.insert("kind".into(), "street".into());
+            checked.insert("effective_width_m".into(), 1.into());
+            Segment::new(id.clone(), &checked, polygon.clone()).map_err(err)?;
+            let pieces: Vec<Polygon<f64>> = MultiPolygon::new(vec![polygon])
+                .difference(&taken)
+                .0
+                .into_iter()
+                .filter(|p| geodesic_area_m2(p) >= 1.0)
+                .collect();
+            if pieces.is_empty() {
+                return Err(err(
+                    "lies wholly under segments: ground is walkable area no segment covers".into(),
+                ));
+            }
+            let mine = MultiPolygon::new(pieces.clone());
+            for g in &ground {
+                let shared: f64 = MultiPolygon::new(g.pieces.clone())
+                    .intersection(&mine)
+                    .0
+                    .iter()
+                    .map(geodesic_area_m2)
+                    .sum();
+                if shared >= 1.0 {
+                    return Err(err(format!(
+                        "overlaps ground {:?} by {shared:.0} m²: ground features must not overlap",
+                        g.id
+                    )));
+                }
+            }
+            let area_m2 = pieces.iter().map(geodesic_area_m2).sum();
+            ground.push(Ground { id, pieces, area_m2 });
+        }
+        self.ground = ground;
+        self.rebuild_matcher(self.matcher.max_match_m());
+        Ok(())
+    }
+
+    /// Ground no segment covers, in file order.
+    pub fn ground(&self) -> &[Ground] {
+        &self.ground
+    }
+
+    /// Per ground place (matcher places after the segments): its ground's index.
+    pub fn ground_places(&self) -> impl Iterator<Item = usize> + '_ {
+        self.ground
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| std::iter::repeat_n(i, g.pieces.len()))
+    }
+
+    fn rebuild_matcher(&mut self, max_match_m: f64) {
+        let polygons: Vec<&Polygon<f64>> = self.segments.iter().map(|s| &s.polygon).collect();
+        let ground: Vec<&Polygon<f64>> = self.ground.iter().flat_map(|g| &g.pieces).collect();
+        self.matcher = Matcher::with_ground(&polygons, &ground, max_match_m);
     }
 
     /// [`load`](SegmentMap::load) from the file's text; errors name `file`.
@@ -219,6 +350,7 @@ impl SegmentMap {
             by_id,
             shares,
             overlaps,
+            ground: Vec::new(),
             matcher,
         })
     }
@@ -230,8 +362,7 @@ impl SegmentMap {
 
     /// Sets how far (m) a ping outside every segment may still be matched to one.
     pub fn set_max_match(&mut self, max_match_m: f64) {
-        let polygons: Vec<&Polygon<f64>> = self.segments.iter().map(|s| &s.polygon).collect();
-        self.matcher = Matcher::new(&polygons, max_match_m);
+        self.rebuild_matcher(max_match_m);
     }
 
     /// All segments, in file order.
@@ -449,5 +580,94 @@ mod tests {
           {"type":"Feature","properties":{"id":"a"},"geometry":{"type":"Polygon","coordinates":[[[121.4,31.2],[121.41,31.2],[121.41,31.21],[121.4,31.2]]]}}]}"#).unwrap();
         let e = SegmentMap::load(&p, Resolution::Eleven).unwrap_err().to_string();
         assert!(e.contains("effective_width_m"), "{e}");
+    }
+
+    #[test]
+    fn the_bunds_ground_covers_no_segment_and_no_other_ground() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bund/segments.geojson");
+        let map = SegmentMap::load(&dir, Resolution::Eleven).unwrap();
+        assert!(map.ground().len() >= 5, "the Bund's ground.geojson is loaded");
+        let m = map.matcher();
+        assert_eq!(m.segments(), map.segments().len());
+        assert_eq!(m.len(), map.segments().len() + map.ground_places().count());
+        // Every point of a fine grid over the scenario lies in at most one place, and a ping's
+        // Gaussian mass over all places is at most its whole (places do not overlap).
+        let b = map.bbox().unwrap();
+        let (mut inside, mut ground, mut worst) = (0, 0, 0.0f64);
+        let mut masses = Vec::new();
+        for i in 0..400 {
+            for j in 0..400 {
+                let lng = b[0] + (b[2] - b[0]) * (i as f64 + 0.5) / 400.0;
+                let lat = b[1] + (b[3] - b[1]) * (j as f64 + 0.5) / 400.0;
+                let p = m.local(lat, lng);
+                let n = (0..m.len()).filter(|&k| m.distance(k, p) == 0.0).count();
+                assert!(n <= 1, "({lng}, {lat}) lies in {n} places");
+                let on_ground = m.place_at(lat, lng).is_some_and(|k| k >= m.segments());
+                assert_eq!(m.segment_at(lat, lng).is_some() as usize + on_ground as usize, n);
+                inside += n;
+                ground += on_ground as usize;
+                for sigma in [1.0, 4.0, 20.0] {
+                    m.masses(p, sigma, &mut masses);
+                    let total: f64 = masses.iter().map(|&(_, x)| x as f64).sum();
+                    worst = worst.max(total);
+                }
+            }
+        }
+        assert!(worst < 1.0 + 1e-3, "a ping's masses sum to {worst}");
+        assert!(
+            ground > 100 && inside > ground,
+            "{ground} of {inside} points on ground"
+        );
+    }
+
+    #[test]
+    fn ground_that_overlaps_other_ground_or_lies_under_segments_is_refused_by_name() {
+        let mut map = SegmentMap::build(vec![seg("a", polygon![(x: 121.40, y: 31.20), (x: 121.401, y: 31.20), (x: 121.401, y: 31.201), (x: 121.40, y: 31.201)])], Resolution::Eleven).unwrap();
+        let feature = |id: &str, w: f64, e: f64| {
+            format!(
+                r#"{{"type":"Feature","properties":{{"id":"{id}"}},"geometry":{{"type":"Polygon","coordinates":[[[{w},31.20],[{e},31.20],[{e},31.201],[{w},31.201],[{w},31.20]]]}}}}"#
+            )
+        };
+        let fc = |f: Vec<String>| format!(r#"{{"type":"FeatureCollection","features":[{}]}}"#, f.join(","));
+        let e = map
+            .add_ground(&fc(vec![feature("under", 121.4002, 121.4008)]), "g.geojson")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("g.geojson") && e.contains("\"under\"") && e.contains("wholly under segments"),
+            "{e}"
+        );
+        let e = map
+            .add_ground(
+                &fc(vec![
+                    feature("g1", 121.4005, 121.403),
+                    feature("g2", 121.402, 121.404),
+                ]),
+                "g.geojson",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"g2\"") && e.contains("overlaps ground \"g1\""),
+            "{e}"
+        );
+        let e = map
+            .add_ground(&fc(vec![feature("a", 121.4005, 121.403)]), "g.geojson")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already a segment"), "{e}");
+        // Drawn over the segment's end, the ground keeps only what the segment does not cover.
+        map.add_ground(&fc(vec![feature("g1", 121.4005, 121.403)]), "g.geojson")
+            .unwrap();
+        let g = &map.ground()[0];
+        let want = geodesic_area_m2(
+            &polygon![(x: 121.401, y: 31.20), (x: 121.403, y: 31.20), (x: 121.403, y: 31.201), (x: 121.401, y: 31.201)],
+        );
+        assert!((g.area_m2 - want).abs() < 1.0, "{} vs {want}", g.area_m2);
+        let m = map.matcher();
+        assert_eq!((m.segments(), m.len()), (1, 2));
+        assert_eq!(m.segment_at(31.2005, 121.4007), Some(0));
+        assert_eq!(m.segment_at(31.2005, 121.402), None);
+        assert_eq!(m.place_at(31.2005, 121.402), Some(1));
     }
 }

@@ -112,6 +112,7 @@ pub const CATALOGUE: &[Metric] = &[
     counter("throng_windows_closed_total", &[], "Event-time windows closed and published."),
     counter("throng_register_resets_total", &[], "Register directions (entries, exits, in, out) that reset, ran backwards or jumped and were re-based alone (the other direction still counts)."),
     counter("throng_register_out_of_order_total", &[], "Counter or gate readings older than the newest reading of their register."),
+    gauge("throng_lbs_ground_people", Unit::Count, &[], "People the last closed window placed on walkable ground no segment covers (the scenario's ground.geojson): in no segment's count."),
     counter("throng_lbs_off_network_devices_total", &[], "Device positions farther from every walkable segment than their accuracy allows (counted, not assigned)."),
     counter("throng_calibration_rejected_total", &["reason"], "Zone headcounts calibration ignored: implausible (density or capacity), stuck (unchanged while the phones there changed), disagrees (outside risk.calibration.max_ratio of the phones)."),
     counter("throng_alerts_total", &[], "Segment alerts raised (a tier rising to high or critical)."),

@@ -266,6 +266,10 @@ pub struct SegmentPeople {
     pub off_network_devices: u64,
     /// The people they stand for.
     pub off_network_people: f64,
+    /// People on ground no segment covers (`ground.geojson`), per ground place (matcher places
+    /// after the segments): walkable, matched like a segment, counted in no segment.
+    #[serde(default)]
+    pub ground: Vec<f64>,
     /// Devices (not people) per segment, by source id: what calibration compares with counts.
     pub devices_by_source: Vec<Vec<f64>>,
     /// Per segment: how old, on average, the positions placing its devices are at the window's
@@ -496,6 +500,13 @@ fn default_resend_ms() -> i64 {
 
 /// A segment's prior density never falls below this (p/m²), so an empty segment can fill again.
 const PRIOR_FLOOR: f64 = 0.05;
+/// Ground no segment covers has this fixed prior (p/m²), never one learnt from its own people: a
+/// junction or kerb beside a dense street receives that street's scattered pings, and a learnt
+/// prior then pulls in more, window after window (the Bund's streets read 4–6 % low in total with
+/// it). Low, ground takes a ping where the geometry points to it clearly — deep inside it, or
+/// beyond every segment's error — and leaves an ambiguous one to the crowd on the segments. 0.02
+/// was the best of 0.01–0.05 and learnt on the Bund's nights (docs/ACCURACY.md).
+const GROUND_PRIOR: f64 = 0.02;
 
 impl Engine {
     /// An engine for the given window and register settings; `scales` gives people per device by source.
@@ -541,13 +552,16 @@ impl Engine {
             self.segments = None;
             return;
         }
-        if self.prior.len() != map.segments().len()
-            || !self.segments.as_ref().is_some_and(|m| Arc::ptr_eq(m, &map))
-        {
+        // One prior per place: segments, then ground no segment covers.
+        let places = map.matcher().len();
+        if self.prior.len() != places || !self.segments.as_ref().is_some_and(|m| Arc::ptr_eq(m, &map)) {
             self.places.clear();
         }
-        if self.prior.len() != map.segments().len() {
-            self.prior = vec![PRIOR_FLOOR; map.segments().len()];
+        if self.prior.len() != places {
+            let segments = map.segments().len();
+            self.prior = (0..places)
+                .map(|i| if i < segments { PRIOR_FLOOR } else { GROUND_PRIOR })
+                .collect();
         }
         self.segments = Some(map);
     }
@@ -890,12 +904,15 @@ impl Engine {
                 }
             }
         }
+        let m = map.matcher();
+        // Ground keeps a fixed prior: see `GROUND_PRIOR`.
         self.prior = map
             .segments()
             .iter()
             .zip(&w.segments.people)
             .zip(&counted)
             .map(|((seg, p), c)| (p.max(c.unwrap_or(0.0)) / seg.area_m2).max(PRIOR_FLOOR))
+            .chain((m.segments()..m.len()).map(|_| GROUND_PRIOR))
             .collect();
     }
 
@@ -1340,9 +1357,17 @@ const FIXED: f64 = 1e9;
 
 impl Attribution {
     fn new(map: Arc<SegmentMap>, prior: &[f64], end: i64) -> Attribution {
-        let n = map.segments().len();
+        // Every place is attributed alike; `finish` splits the ground off the segments.
+        let n = map.matcher().len();
         let prior = (0..n)
-            .map(|i| prior.get(i).copied().unwrap_or(PRIOR_FLOOR))
+            .map(|i| {
+                let floor = if i < map.segments().len() {
+                    PRIOR_FLOOR
+                } else {
+                    GROUND_PRIOR
+                };
+                prior.get(i).copied().unwrap_or(floor)
+            })
             .collect();
         Attribution {
             map,
@@ -1359,14 +1384,15 @@ impl Attribution {
 
     /// The window's segment people.
     fn finish(self) -> SegmentPeople {
-        let back = |v: Vec<i64>| v.into_iter().map(|x| x as f64 / FIXED).collect();
+        let n = self.map.segments().len();
+        let back = |v: &[i64]| v.iter().map(|&x| x as f64 / FIXED).collect::<Vec<f64>>();
         SegmentPeople {
-            people: back(self.people),
-            carried: back(self.carried),
+            people: back(&self.people[..n]),
+            carried: back(&self.carried[..n]),
+            ground: back(&self.people[n..]),
             off_network_people: self.off_network as f64 / FIXED,
-            devices_by_source: self.devices.into_iter().map(back).collect(),
-            device_age_s: self
-                .age
+            devices_by_source: self.devices.iter().map(|d| back(&d[..n])).collect(),
+            device_age_s: self.age[..n]
                 .iter()
                 .map(|&(a, w)| if w > 0 { a as f64 / w as f64 / 1000.0 } else { 0.0 })
                 .collect(),
@@ -1421,7 +1447,18 @@ impl Attribution {
             }
             Place::Many(c) => c,
         };
-        let total: f64 = c.iter().map(|&(j, m)| self.prior[j as usize] * m as f64).sum();
+        // Ground is where people pass, not where they stay: a device not heard from since it was
+        // there is placed on the segments within its reach (when there are any).
+        let segments = self.people.len().min(self.map.segments().len()) as u32;
+        let pass = carried && c.iter().any(|&(j, _)| j < segments) && c.iter().any(|&(j, _)| j >= segments);
+        let weight = |j: u32, m: f32| {
+            if pass && j >= segments {
+                0.0
+            } else {
+                self.prior[j as usize] * m as f64
+            }
+        };
+        let total: f64 = c.iter().map(|&(j, m)| weight(j, m)).sum();
         if total <= 0.0 {
             return false;
         }
@@ -1430,7 +1467,10 @@ impl Attribution {
             self.devices.resize_with(src + 1, || vec![0; self.people.len()]);
         }
         for &(j, m) in c {
-            let share = self.prior[j as usize] * m as f64 / total;
+            let share = weight(j, m) / total;
+            if share == 0.0 {
+                continue;
+            }
             let w = round_i64(scale * share * FIXED);
             self.people[j as usize] += w;
             let d = round_i64(share * FIXED);
@@ -2073,6 +2113,76 @@ mod tests {
                 .filter(|s| s.place != NO_PLACE)
                 .count();
             assert!(held > 0, "no sighting kept its place");
+        }
+
+        /// Two streets 40 m apart (north and south), and with `ground` the plaza between them drawn
+        /// over their edges (the streets are taken out).
+        fn streets_and_plaza(ground: bool) -> Arc<SegmentMap> {
+            let mut map = SegmentMap::build(
+                vec![street("north", 20.0, 8.0), street("south", -20.0, 8.0)],
+                h3o::Resolution::Nine,
+            )
+            .unwrap();
+            if ground {
+                let (lat, lng) = centre();
+                let (y0, y1) = (lat - 18.0 / M_LAT, lat + 18.0 / M_LAT);
+                let (x0, x1) = (lng - 50.0 / M_LNG, lng + 50.0 / M_LNG);
+                let text = format!(
+                    r#"{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{"id":"plaza"}},"geometry":{{"type":"Polygon","coordinates":[[[{x0},{y0}],[{x1},{y0}],[{x1},{y1}],[{x0},{y1}],[{x0},{y0}]]]}}}}]}}"#
+                );
+                map.add_ground(&text, "ground.geojson").unwrap();
+            }
+            Arc::new(map)
+        }
+
+        #[test]
+        fn pings_on_ground_between_two_streets_are_counted_on_the_ground_not_handed_to_the_nearer_street() {
+            let run = |ground: bool| {
+                let mut e = engine(60, 60);
+                e.set_segments(streets_and_plaza(ground));
+                // 30 people on the north street, 20 on the plaza 6 m from its kerb (σ 3.3 m: the
+                // street is within reach, and without ground it is their only candidate).
+                for d in 0..30 {
+                    e.ingest(&at(T0 + 1_000, d, 20.0, d as f64 * 3.0 - 45.0, 1.0), 0);
+                }
+                for d in 30..50 {
+                    e.ingest(&at(T0 + 1_000, d, 10.0, d as f64 * 3.0 - 105.0, 5.0), 0);
+                }
+                e.flush().remove(0).segments
+            };
+            let without = run(false);
+            assert!((without.people[0] - 50.0).abs() < 0.01, "{:?}", without.people);
+            assert!(without.ground.is_empty());
+            let with = run(true);
+            // Each plaza ping keeps ~5 % on the street: its Gaussian's tail times the street's prior.
+            assert!((30.0..32.0).contains(&with.people[0]), "{:?}", with.people);
+            assert!(with.people[1] < 0.01, "{:?}", with.people);
+            assert_eq!(with.ground.len(), 1);
+            assert!((18.0..20.0).contains(&with.ground[0]), "{:?}", with.ground);
+            assert_eq!(with.off_network_devices, 0);
+            let all = with.people.iter().sum::<f64>() + with.ground.iter().sum::<f64>();
+            assert!((all - 50.0).abs() < 1e-6, "every person is somewhere: {all}");
+        }
+
+        #[test]
+        fn a_silent_device_last_seen_on_ground_is_carried_on_the_street_within_its_reach() {
+            let (mut e, _) = engine_over(vec![], 60, 60);
+            e.set_segments(streets_and_plaza(true));
+            // Window 1: device 1 on the plaza 6 m from the north kerb, device 2 in its middle (16 m
+            // from either street: beyond its reach). Both then fall silent (3-minute pingers).
+            e.ingest(&at(T0 + 50_000, 1, 10.0, 0.0, 5.0), 0);
+            e.ingest(&at(T0 + 50_000, 2, 0.0, 0.0, 5.0), 0);
+            e.ingest(&at(T0 + 70_000, 3, 20.0, 30.0, 1.0), 0);
+            let mut out = e.advance(T0 + 130_000);
+            out.extend(e.flush());
+            let w1 = &out[0].segments;
+            assert!((w1.ground[0] - 2.0).abs() < 0.1 && w1.people[0] < 0.1, "{w1:?}");
+            let w2 = &out[1].segments;
+            // Ground is where people pass: the carried device nearer the street is placed on it,
+            // the one no street reaches stays on the ground.
+            assert!((w2.people[0] - 2.0).abs() < 1e-6, "{w2:?}");
+            assert!((w2.ground[0] - 1.0).abs() < 1e-6, "{w2:?}");
+            assert!((w2.carried[0] - 1.0).abs() < 1e-6, "{w2:?}");
         }
 
         #[test]

@@ -2,16 +2,21 @@
 //! segment people close to its ground truth (`throng accuracy`).
 
 // Bounds at CI scale (6,000 people, 20 minutes, seed 4; docs/ACCURACY.md has the full-scale
-// figures). The run is deterministic for a seed, so each bound is the figure measured on
-// 2026-12-02 plus about a fifth: a change that makes the counting worse by more fails here, one
-// that makes it better should lower the bound. Issue 15's targets (every segment with ≥ 50 true
-// people within 5 % MAPE, total within ±2 %) are not reached at this scale; the figures are:
+// figures). The run is deterministic for a seed, so each bound is the figure measured plus about
+// a fifth: a change that makes the counting worse by more fails here, one that makes it better
+// should lower the bound. Issue 15's targets (every segment with ≥ 50 true people within 5 % MAPE,
+// total within ±2 %) are not reached at this scale. Measured on 2026-12-07, with the scenario's
+// ground (`fixtures/bund/ground.geojson`; before it, 2026-12-02, in brackets):
 //
-// | panel / error | median | worst | total  | tiers  | main streets | steps |
-// | bund / panel  | 6.0 %  | 39 %  | +2.2 % | 97.2 % | 5.4–6.0 %    | 31 %  |
-// | bund / 30 m   | 9.0 %  | 63 %  | +4.1 % | 100 %  | 4.6–9.0 %    | 30 %  |
-// | sparse / panel| 16.9 % | 49 %  | −1.5 % | 97.5 % | 15–17 %      | 49 %  |
-// | sparse / 30 m | 16.2 % | 69 %  | −0.4 % | 98.1 % | 14–16 %      | 69 %  |
+// | panel / error | median       | worst       | total         | tiers  | main streets      | steps       |
+// | bund / panel  | 7.2 (6.0) %  | 24 (39) %   | −2.6 (+2.2) % | 100 %  | 4.2–4.6 (5.4–6.0) | 24 (31) %   |
+// | bund / 30 m   | 10.8 (9.0) % | 41 (63) %   | −0.8 (+4.1) % | 100 %  | 2.6–5.0 (4.6–9.0) | 29 (30) %   |
+// | sparse / panel| 18.0 (16.9) %| 40 (49) %   | −4.5 (−1.5) % | 97.6 % | 16–21 (15–17) %   | 40 (49) %   |
+// | sparse / 30 m | 20.2 (16.2) %| 56 (69) %   | −3.4 (−0.4) % | 98.1 % | 16–20 (14–16) %   | 56 (69) %   |
+//
+// The ground takes the walkers crossing junctions out of the streets beside them (the truth puts
+// them on no segment): the worst segment and the steps improve, while at this small scale the
+// sparse panel's streets, which those walkers' stale pings had propped up, read lower.
 //
 // Cell shares (the design positions replaced) read the steps 77 % low and the total −13 %.
 
@@ -20,23 +25,23 @@ const BOUNDS: [(&str, Bounds); 2] = [
     (
         "bund",
         Bounds {
-            median: 0.11,
-            worst: 0.75,
-            street: 0.11,
-            steps: 0.37,
+            median: 0.13,
+            worst: 0.49,
+            street: 0.06,
+            steps: 0.35,
         },
     ),
     (
         "sparse",
         Bounds {
-            median: 0.20,
-            worst: 0.82,
-            street: 0.20,
-            steps: 0.82,
+            median: 0.24,
+            worst: 0.67,
+            street: 0.25,
+            steps: 0.67,
         },
     ),
 ];
-const TOTAL_BOUND: f64 = 0.05;
+const TOTAL_BOUND: f64 = 0.055;
 const TIER_BOUND: f64 = 0.95;
 
 struct Bounds {
@@ -131,25 +136,24 @@ fn throng_accuracy_scores_the_engine_within_its_bounds() {
 }
 
 /// With perfect data (`--panels oracle`: everyone carries a phone pinging every 2–4 s with 1 m
-/// error) what error is left is the method's own: matching, prior, presence, projection. Seeds 4–6
-/// measured on 2026-12-06: median 1.4–1.5 %, total +1.3 %, every segment ≤ 4.2 % but the two
-/// beside ground the scenario leaves to no segment (the steps 15–16 %, the Jiujiang crossing
-/// ~10 %; docs/ACCURACY.md "The method's own error").
+/// error) what error is left is the method's own: matching, prior, presence, projection. Seed 4
+/// measured on 2026-12-07: median 0.9 %, total −0.1 %, every segment ≤ 3.1 % but the steps, 6.9 %
+/// (before the scenario drew its ground, 2026-12-06: median 1.4–1.5 %, the steps 15–16 % and the
+/// Jiujiang crossing ~10 %, both beside ground then left to no segment; docs/ACCURACY.md).
 #[test]
 fn with_perfect_data_the_method_counts_every_segment_within_a_few_percent() {
     let text = accuracy_at_ci_scale("oracle", "panel");
     let s: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let f = |k: &str| s[k].as_f64().unwrap();
-    assert!(f("median_mape") < 0.025, "{s}");
-    assert!(f("total_error").abs() < 0.025, "{s}");
+    assert!(f("median_mape") < 0.015, "{s}");
+    assert!(f("total_error").abs() < 0.015, "{s}");
     assert!(f("tier_agreement") > 0.99, "{s}");
-    let beside_gaps = [STEPS, "zhongshan-crossing-jiujiang"];
     let mut scored = 0;
     for g in s["segments"].as_array().unwrap() {
         let Some(m) = g["mape"].as_f64() else { continue };
         scored += 1;
         let id = g["segment_id"].as_str().unwrap();
-        let bound = if beside_gaps.contains(&id) { 0.22 } else { 0.06 };
+        let bound = if id == STEPS { 0.085 } else { 0.04 };
         assert!(m < bound, "{id}: MAPE {:.1} % with perfect data", m * 100.0);
     }
     assert!(scored >= 12, "too few segments scored: {s}");

@@ -193,6 +193,7 @@ pub async fn scenario(
     };
     Ok(Json(json!({
         "segments": read("segments.geojson"),
+        "ground": read(crate::scenario::segments::GROUND_FILE),
         "basemap": read("basemap.geojson"),
         "bbox": h.picture.segments().bbox(),
         "res": h.config.h3.resolution,

@@ -868,10 +868,10 @@ mod tests {
                 total += 1;
                 let i = a.leg(t);
                 let next = a.path.get(i + 1).map_or(usize::MAX, |b| b.seg as usize);
-                // Crossing a junction the scenario leaves out (between two segments that do not
-                // touch) is the one place a walker is off the network; the truth counts it nowhere.
-                let crossing = next != usize::MAX && next != a.path[i].seg as usize;
-                if d > 0.5 && !crossing {
+                // The scenario's ground (junctions, kerbs, a landing) covers where a walker passes
+                // between two segments that do not touch: every position is on a segment or on it
+                // (but for a few glides across a bend of the promenade; without the ground, 5 %).
+                if d > 0.5 {
                     off += 1;
                     let key = (a.path[i].seg as usize, next);
                     let e = worst.entry(key).or_default();
@@ -894,8 +894,8 @@ mod tests {
             eprintln!("{} → {}: {n} samples off, up to {d:.1} m", name(*a), name(*b));
         }
         assert!(
-            (off as f64) < 0.005 * total as f64,
-            "{off} of {total} positions are off every segment, away from a junction crossing"
+            (off as f64) < 1e-3 * total as f64,
+            "{off} of {total} positions are off every segment and the ground between them"
         );
     }
 }

@@ -402,6 +402,32 @@ impl<'w> Emitter<'w> {
         }
     }
 
+    /// True people on the scenario's ground (walkable, no segment) per window: (window end, people).
+    pub fn truth_on_ground(&self, size_ms: i64, slide_ms: i64) -> Vec<(i64, u64)> {
+        let cfg = &self.world.cfg;
+        let m = self.world.scenario.map.matcher();
+        let first = cfg.ts(0.0).div_euclid(slide_ms) * slide_ms - size_ms + slide_ms;
+        let last = cfg.ts(cfg.duration_s);
+        let to_s = |ms: i64| (ms - cfg.start_ms) as f64 * cfg.speed / 1000.0;
+        let mut rows = Vec::new();
+        let mut ws = first;
+        while ws < last {
+            let (s0, s1) = (to_s(ws), to_s(ws + size_ms));
+            let mut n = 0;
+            for a in &self.world.agents {
+                let (arr, lv) = (a.arrive(), a.leave());
+                if lv < s0 || arr >= s1 || arr >= cfg.duration_s {
+                    continue;
+                }
+                let (lng, lat) = a.position((s1 - 1e-3).min(lv).min(cfg.duration_s - 1e-3));
+                n += m.place_at(lat, lng).is_some_and(|p| p >= m.segments()) as u64;
+            }
+            rows.push((ws + size_ms, n));
+            ws += slide_ms;
+        }
+        rows
+    }
+
     /// True people per segment per window (event-time windows aligned to the epoch).
     pub fn truth(&self, size_ms: i64, slide_ms: i64) -> Vec<TruthRow> {
         let cfg = &self.world.cfg;

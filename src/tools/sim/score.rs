@@ -101,6 +101,9 @@ pub struct Score {
     pub segment_windows: u64,
     /// Devices matched to no segment, summed over windows.
     pub off_network_devices: u64,
+    /// People on the scenario's ground (walkable, no segment) per scored window, on average:
+    /// (estimate, truth).
+    pub ground_people: (f64, f64),
 }
 
 /// What the flow's outputs keep: per (window end, segment index) the estimate and both tiers.
@@ -110,6 +113,8 @@ struct Collect {
     /// (window end, segment) → (people, tier, truth tier).
     rows: HashMap<(i64, usize), (f64, Shown, Shown)>,
     off_network: u64,
+    /// Per window end: the engine's people on ground no segment covers.
+    ground: HashMap<i64, f64>,
     /// The newest window's people per device.
     factors: Vec<(String, f64, f64)>,
     /// Each provider's share of the people (by source name).
@@ -136,6 +141,7 @@ impl Outputs for Collect {
             .sum();
         self.factor_track.push((w.end.0, people));
         self.off_network += w.segments.off_network_devices;
+        self.ground.insert(w.end.0, w.segments.ground.iter().sum());
         let n = c.statuses.len();
         let mut t = w.clone();
         t.segments.people = (0..n)
@@ -242,6 +248,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         .into_iter()
         .filter_map(|r| Some(((r.window_end, *index.get(r.segment_id.as_str())?), r.people)))
         .collect();
+    let ground_truth = em.truth_on_ground(size, slide);
     let pipe = Pipeline::from_config(&cfg).map_err(|e| e.to_string())?;
     let store = || ThresholdStore::open(None).map_err(|e| e.to_string());
     let risk = |store| {
@@ -258,6 +265,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         truth_risk: risk(store()?),
         rows: HashMap::new(),
         off_network: 0,
+        ground: HashMap::new(),
         factors: Vec::new(),
         mix: trial
             .panel
@@ -399,6 +407,21 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         crossings_on_time: on_time,
         segment_windows: n,
         off_network_devices: out.off_network,
+        ground_people: {
+            let scored: Vec<&(i64, u64)> = ground_truth
+                .iter()
+                .filter(|(end, _)| (first_end..=last_end).contains(end))
+                .collect();
+            let k = scored.len().max(1) as f64;
+            (
+                scored
+                    .iter()
+                    .map(|(end, _)| out.ground.get(end).copied().unwrap_or(0.0))
+                    .sum::<f64>()
+                    / k,
+                scored.iter().map(|(_, t)| *t as f64).sum::<f64>() / k,
+            )
+        },
     })
 }
 
