@@ -515,6 +515,17 @@ fn targets() -> Vec<Target> {
             .to_string()
             .into_bytes()
     };
+    let ground = read("fixtures/bund/ground.geojson");
+    // Ground is cut out of segments by polygon boolean operations: mutated ground goes through
+    // them against the Bund's own segments.
+    let bund = std::sync::Arc::new(
+        throng::scenario::SegmentMap::parse(
+            &String::from_utf8_lossy(&segments),
+            "segments.geojson",
+            h3o::Resolution::Eleven,
+        )
+        .unwrap(),
+    );
     let sensors = read("fixtures/bund/sensors.json");
     let stations = read("fixtures/bund/stations.json");
     let mta_units = read("fixtures/real/mta_turnstile/remote_unit_stations.json");
@@ -609,6 +620,16 @@ fn targets() -> Vec<Target> {
                     "segments.geojson",
                     h3o::Resolution::Eleven,
                 );
+            }),
+        ),
+        mutated(
+            "ground GeoJSON",
+            40,
+            vec![ground],
+            GEOJSON_DICT,
+            Box::new(move |b| {
+                let mut map = (*bund).clone();
+                let _ = map.add_ground(&text(b), "ground.geojson");
             }),
         ),
         mutated(
