@@ -167,3 +167,90 @@ fn off_network_pings_are_visible_in_sql_and_on_no_segment() {
         "only the square's three are on segments: {v}"
     );
 }
+
+/// Ten phones on the Henan Road junction, 6 m past the end of East Nanjing Road's west block
+/// (accuracy 5 m): with the scenario's ground (`ground.geojson`) they stand on no segment, as they
+/// do; with the ground file taken away they are handed whole to the street, the only segment
+/// within their reach.
+#[test]
+fn pings_on_a_junction_the_scenario_draws_as_ground_are_on_no_segment() {
+    let run = |ground: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = dir.path().join("scenario");
+        std::fs::create_dir(&scenario).unwrap();
+        let mut files = vec!["segments.geojson", "sensors.json", "stations.json"];
+        if ground {
+            files.push("ground.geojson");
+        }
+        for f in files {
+            std::fs::copy(
+                crate::support::root().join("fixtures/bund").join(f),
+                scenario.join(f),
+            )
+            .unwrap();
+        }
+        let cfg = dir.path().join("throng.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "scenario = {scenario:?}\n[window]\nsize = \"10s\"\nslide = \"10s\"\nallowed_lateness = \"1s\"\n[privacy]\nk = 1\n"
+            ),
+        )
+        .unwrap();
+        let t = 1_767_196_800_000i64;
+        let feed: String = (0..10)
+            .map(|i| {
+                format!(
+                    "{{\"kind\":\"lbs\",\"ts\":{},\"device\":\"junction-{i}\",\"lat\":{},\"lng\":121.485763,\"accuracy_m\":5}}\n",
+                    t + 1000 + i,
+                    31.24093 + i as f64 * 0.000004
+                )
+            })
+            .collect();
+        let file = dir.path().join("feed.ndjson");
+        std::fs::write(&file, feed).unwrap();
+        let data = dir.path().join("data");
+        let o = crate::support::throng(&[
+            "replay",
+            file.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v = crate::history::query_json(
+            &data,
+            &cfg,
+            "SELECT sum(lbs_off_network) AS off, sum(lbs_devices) AS devices FROM hex_windows",
+        );
+        assert_eq!(
+            (v[0]["off"].as_i64(), v[0]["devices"].as_i64()),
+            (Some(0), Some(10)),
+            "{v}"
+        );
+        let v = crate::history::query_json(
+            &data,
+            &cfg,
+            "SELECT segment_id, sum(people) AS people FROM segment_windows GROUP BY segment_id HAVING sum(people) > 0.001",
+        );
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["segment_id"].as_str().unwrap().to_owned(),
+                    r["people"].as_f64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let without = run(false);
+    assert_eq!(without.len(), 1, "{without:?}");
+    assert_eq!(without[0].0, "enr-xizang-henan");
+    assert!((without[0].1 - 10.0).abs() < 1e-6, "{without:?}");
+    let with = run(true);
+    let on_segments: f64 = with.iter().map(|(_, p)| p).sum();
+    eprintln!("with the ground, on segments: {with:?}");
+    assert!(on_segments < 1.5, "the junction's phones leak into {with:?}");
+}
