@@ -129,6 +129,75 @@ pub fn geodesic_area_m2(p: &Polygon<f64>) -> f64 {
     p.orient(Direction::Default).geodesic_area_unsigned()
 }
 
+/// One polygon feature of a GeoJSON FeatureCollection, with its `id` and properties.
+struct PolygonFeature {
+    /// `feature 3 (id "x")`, for errors.
+    entry: String,
+    id: String,
+    props: serde_json::Map<String, serde_json::Value>,
+    polygon: Polygon<f64>,
+}
+
+impl PolygonFeature {
+    fn error(&self, file: &str, problem: String) -> SegmentError {
+        SegmentError {
+            file: file.to_owned(),
+            entry: self.entry.clone(),
+            problem,
+        }
+    }
+}
+
+/// The features of a FeatureCollection of polygons that each carry a string `id`; errors name the
+/// file and the feature.
+fn polygon_features(text: &str, file: &str) -> Result<Vec<PolygonFeature>, SegmentError> {
+    let whole = |problem: String| SegmentError {
+        file: file.to_owned(),
+        entry: "the file".into(),
+        problem,
+    };
+    let gj: geojson::GeoJson = text.parse().map_err(|e| whole(format!("not GeoJSON: {e}")))?;
+    let geojson::GeoJson::FeatureCollection(fc) = gj else {
+        return Err(whole("expected a FeatureCollection".into()));
+    };
+    let mut out = Vec::with_capacity(fc.features.len());
+    for (i, f) in fc.features.into_iter().enumerate() {
+        let props = f.properties.clone().unwrap_or_default();
+        let id = props.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+        let entry = match &id {
+            Some(id) => format!("feature {i} (id {id:?})"),
+            None => format!("feature {i}"),
+        };
+        let err = |problem: String| SegmentError {
+            file: file.to_owned(),
+            entry: entry.clone(),
+            problem,
+        };
+        let id = id.ok_or_else(|| err("property `id` (a string) is missing".into()))?;
+        let geometry = f.geometry.ok_or_else(|| err("has no geometry".into()))?;
+        // geojson's conversion indexes [0] and [1] of each position: a short one panics it.
+        if let geojson::GeometryValue::Polygon { coordinates: rings } = &geometry.value {
+            for (r, ring) in rings.iter().enumerate() {
+                if let Some(p) = ring.iter().position(|pos| pos.len() < 2) {
+                    return Err(err(format!(
+                        "position {p} of ring {r} has {} number(s); a position is [lng, lat]",
+                        ring[p].len()
+                    )));
+                }
+            }
+        }
+        let polygon: Polygon<f64> = Polygon::try_from(&geometry.value)
+            .map_err(|_| err("geometry must be a Polygon (lng, lat in WGS-84)".into()))?;
+        out.push(PolygonFeature {
+            entry,
+            id,
+            props,
+            polygon,
+        });
+    }
+    Ok(out)
+}
+
 /// Largest segment accepted (m²): the whole Bund waterfront is about 0.3 km².
 pub const MAX_SEGMENT_AREA_M2: f64 = 4_000_000.0;
 /// Widest segment accepted, in degrees of latitude or longitude.
@@ -160,47 +229,16 @@ impl SegmentMap {
     /// Adds walkable ground no segment covers from a GeoJSON FeatureCollection of polygons (each
     /// with an `id`); the segments are taken out of each, so it may be drawn over their ends.
     pub fn add_ground(&mut self, text: &str, file: &str) -> Result<(), SegmentError> {
-        let whole = |problem: String| SegmentError {
-            file: file.to_owned(),
-            entry: "the file".into(),
-            problem,
-        };
-        let gj: geojson::GeoJson = text.parse().map_err(|e| whole(format!("not GeoJSON: {e}")))?;
-        let geojson::GeoJson::FeatureCollection(fc) = gj else {
-            return Err(whole("expected a FeatureCollection".into()));
-        };
         let taken = MultiPolygon::new(self.segments.iter().map(|s| s.polygon.clone()).collect());
         let mut ground = Vec::new();
-        for (i, f) in fc.features.into_iter().enumerate() {
-            let props = f.properties.clone().unwrap_or_default();
-            let id = props.get("id").and_then(|v| v.as_str()).map(str::to_owned);
-            let entry = match &id {
-                Some(id) => format!("feature {i} (id {id:?})"),
-                None => format!("feature {i}"),
-            };
-            let err = |problem: String| SegmentError {
-                file: file.to_owned(),
-                entry: entry.clone(),
-                problem,
-            };
-            let id = id
-                .filter(|s| !s.trim().is_empty())
-                .ok_or_else(|| err("property `id` (a string) is missing".into()))?;
+        for f in polygon_features(text, file)? {
+            let err = |problem: String| f.error(file, problem);
+            let (id, props, polygon) = (f.id.clone(), &f.props, f.polygon.clone());
             if ground.iter().any(|g: &Ground| g.id == id) || self.by_id.contains_key(&id) {
                 return Err(err(format!(
                     "id {id:?} is already a segment's or another ground's"
                 )));
             }
-            let geometry = f.geometry.ok_or_else(|| err("has no geometry".into()))?;
-            if let geojson::GeometryValue::Polygon { coordinates: rings } = &geometry.value {
-                if rings.iter().flatten().any(|pos| pos.len() < 2) {
-                    return Err(err(
-                        "a position has fewer than 2 numbers; a position is [lng, lat]".into(),
-                    ));
-                }
-            }
-            let polygon: Polygon<f64> = Polygon::try_from(&geometry.value)
-                .map_err(|_| err("geometry must be a Polygon (lng, lat in WGS-84)".into()))?;
             // The same checks as a segment's (coordinates, span, area), with a neutral kind.
             let mut checked = props.clone();
             checked.insert("kind".into(), "street".into());
@@ -261,49 +299,15 @@ impl SegmentMap {
 
     /// [`load`](SegmentMap::load) from the file's text; errors name `file`.
     pub fn parse(text: &str, file: &str, res: Resolution) -> Result<SegmentMap, SegmentError> {
-        let file = file.to_owned();
-        let whole = |problem: String| SegmentError {
-            file: file.clone(),
-            entry: "the file".into(),
-            problem,
-        };
-        let gj: geojson::GeoJson = text.parse().map_err(|e| whole(format!("not GeoJSON: {e}")))?;
-        let geojson::GeoJson::FeatureCollection(fc) = gj else {
-            return Err(whole("expected a FeatureCollection".into()));
-        };
         let mut segments = Vec::new();
-        for (i, f) in fc.features.into_iter().enumerate() {
-            let props = f.properties.clone().unwrap_or_default();
-            let id = props.get("id").and_then(|v| v.as_str()).map(str::to_owned);
-            let entry = match &id {
-                Some(id) => format!("feature {i} (id {id:?})"),
-                None => format!("feature {i}"),
-            };
-            let err = |problem: String| SegmentError {
-                file: file.clone(),
-                entry: entry.clone(),
-                problem,
-            };
-            let id = id.ok_or_else(|| err("property `id` (a string) is missing".into()))?;
-            let geometry = f.geometry.ok_or_else(|| err("has no geometry".into()))?;
-            // geojson's conversion indexes [0] and [1] of each position: a short one panics it.
-            if let geojson::GeometryValue::Polygon { coordinates: rings } = &geometry.value {
-                for (r, ring) in rings.iter().enumerate() {
-                    if let Some(p) = ring.iter().position(|pos| pos.len() < 2) {
-                        return Err(err(format!(
-                            "position {p} of ring {r} has {} number(s); a position is [lng, lat]",
-                            ring[p].len()
-                        )));
-                    }
-                }
-            }
-            let polygon: Polygon<f64> = Polygon::try_from(&geometry.value)
-                .map_err(|_| err("geometry must be a Polygon (lng, lat in WGS-84)".into()))?;
-            let seg = Segment::new(id, &props, polygon).map_err(err)?;
+        for f in polygon_features(text, file)? {
+            let err = |problem: String| f.error(file, problem);
+            let (id, props, polygon) = (f.id.clone(), &f.props, f.polygon.clone());
+            let seg = Segment::new(id, props, polygon).map_err(err)?;
             segments.push(seg);
         }
         SegmentMap::build(segments, res).map_err(|(i, problem)| SegmentError {
-            file: file.clone(),
+            file: file.to_owned(),
             entry: format!("feature {i}"),
             problem,
         })

@@ -402,55 +402,57 @@ impl<'w> Emitter<'w> {
         }
     }
 
-    /// True people on the scenario's ground (walkable, no segment) per window: (window end, people).
-    pub fn truth_on_ground(&self, size_ms: i64, slide_ms: i64) -> Vec<(i64, u64)> {
+    /// The starts of the event-time windows (aligned to the epoch) the night touches.
+    fn window_starts(&self, size_ms: i64, slide_ms: i64) -> impl Iterator<Item = i64> {
         let cfg = &self.world.cfg;
-        let m = self.world.scenario.map.matcher();
         let first = cfg.ts(0.0).div_euclid(slide_ms) * slide_ms - size_ms + slide_ms;
         let last = cfg.ts(cfg.duration_s);
-        let to_s = |ms: i64| (ms - cfg.start_ms) as f64 * cfg.speed / 1000.0;
-        let mut rows = Vec::new();
-        let mut ws = first;
-        while ws < last {
-            let (s0, s1) = (to_s(ws), to_s(ws + size_ms));
-            let mut n = 0;
-            for a in &self.world.agents {
-                let (arr, lv) = (a.arrive(), a.leave());
-                if lv < s0 || arr >= s1 || arr >= cfg.duration_s {
-                    continue;
-                }
-                let (lng, lat) = a.position((s1 - 1e-3).min(lv).min(cfg.duration_s - 1e-3));
-                n += m.place_at(lat, lng).is_some_and(|p| p >= m.segments()) as u64;
-            }
-            rows.push((ws + size_ms, n));
-            ws += slide_ms;
-        }
-        rows
+        (0..)
+            .map(move |k| first + k * slide_ms)
+            .take_while(move |ws| *ws < last)
     }
 
-    /// True people per segment per window (event-time windows aligned to the epoch).
-    pub fn truth(&self, size_ms: i64, slide_ms: i64) -> Vec<TruthRow> {
+    /// Each person present in window [ws, ws + size): their place at its end (the matcher's: a
+    /// segment, ground after the segments, or none).
+    fn places_at_end(&self, ws: i64, size_ms: i64) -> impl Iterator<Item = Option<usize>> + '_ {
         let cfg = &self.world.cfg;
-        let map = &self.world.scenario.map;
-        let first = cfg.ts(0.0).div_euclid(slide_ms) * slide_ms - size_ms + slide_ms;
-        let last = cfg.ts(cfg.duration_s);
+        let m = self.world.scenario.map.matcher();
         let to_s = |ms: i64| (ms - cfg.start_ms) as f64 * cfg.speed / 1000.0;
+        let (s0, s1) = (to_s(ws), to_s(ws + size_ms));
+        self.world.agents.iter().filter_map(move |a| {
+            let (arr, lv) = (a.arrive(), a.leave());
+            if lv < s0 || arr >= s1 || arr >= cfg.duration_s {
+                return None;
+            }
+            let (lng, lat) = a.position((s1 - 1e-3).min(lv).min(cfg.duration_s - 1e-3));
+            Some(m.place_at(lat, lng))
+        })
+    }
+
+    /// True people on the scenario's ground (walkable, no segment) per window: (window end, people).
+    pub fn truth_on_ground(&self, size_ms: i64, slide_ms: i64) -> Vec<(i64, u64)> {
+        let segments = self.world.scenario.map.segments().len();
+        self.window_starts(size_ms, slide_ms)
+            .map(|ws| {
+                let n = self
+                    .places_at_end(ws, size_ms)
+                    .filter(|p| p.is_some_and(|p| p >= segments))
+                    .count();
+                (ws + size_ms, n as u64)
+            })
+            .collect()
+    }
+
+    /// True people per segment per window (event-time windows aligned to the epoch). Crossing
+    /// ground no segment covers, people are on no segment.
+    pub fn truth(&self, size_ms: i64, slide_ms: i64) -> Vec<TruthRow> {
+        let map = &self.world.scenario.map;
+        let n = map.segments().len();
         let mut rows = Vec::new();
-        let mut ws = first;
-        while ws < last {
-            let (s0, s1) = (to_s(ws), to_s(ws + size_ms));
-            let mut counts = vec![0u64; map.segments().len()];
-            for a in &self.world.agents {
-                let (arr, lv) = (a.arrive(), a.leave());
-                if lv < s0 || arr >= s1 || arr >= cfg.duration_s {
-                    continue;
-                }
-                let at = (s1 - 1e-3).min(lv).min(cfg.duration_s - 1e-3);
-                let (lng, lat) = a.position(at);
-                // Crossing ground no segment covers, they are on no segment (off-network).
-                if let Some(seg) = map.matcher().segment_at(lat, lng) {
-                    counts[seg] += 1;
-                }
+        for ws in self.window_starts(size_ms, slide_ms) {
+            let mut counts = vec![0u64; n];
+            for seg in self.places_at_end(ws, size_ms).flatten().filter(|&p| p < n) {
+                counts[seg] += 1;
             }
             for (i, seg) in map.segments().iter().enumerate() {
                 rows.push(TruthRow {
@@ -460,7 +462,6 @@ impl<'w> Emitter<'w> {
                     people: counts[i],
                 });
             }
-            ws += slide_ms;
         }
         rows
     }
