@@ -405,6 +405,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_runaway_query_is_cancelled_at_the_time_limit_and_the_error_names_it() {
+        // With room to spare in memory (512 MiB), only the time limit can stop it.
+        let dir = tempfile::tempdir().unwrap();
+        let h = Arc::new(History::open(dir.path(), 0, Duration::ZERO).unwrap());
+        let cfg = SqlConfig {
+            timeout: Duration::from_millis(500),
+            ..SqlConfig::default()
+        };
+        let engine = SqlEngine::new(h, dir.path(), cfg, 0);
+        let started = std::time::Instant::now();
+        let e = engine
+            .query("SELECT sum(value % 7) FROM generate_series(1, 100000000000)")
+            .await
+            .err()
+            .expect("a runaway query fails");
+        assert!(matches!(e, SqlError::Timeout(_)), "{e}");
+        assert!(e.to_string().contains("sql.timeout"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn footers_are_cached_across_queries_but_a_file_written_again_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let h = Arc::new(History::open(dir.path(), 0, Duration::ZERO).unwrap());

@@ -510,7 +510,14 @@ async fn sql_over_http_and_psql_sees_memory_and_files_with_roles_and_limits() {
     )
     .await;
     assert_eq!(status, 422, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("sql.timeout"), "{v}");
+    // A runaway query is stopped by the time limit. On a loaded 2-core machine DataFusion's
+    // round-robin repartition can buffer a starved partition's batches past the 16 MiB first (seen
+    // once in CI, 2026-12-07): then the memory limit stops it, which is also a limit doing its job.
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("sql.timeout") || e.contains("sql.memory_limit_mb"),
+        "{v}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(9),
         "the time limit did not stop it"
