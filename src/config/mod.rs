@@ -161,7 +161,7 @@ pub struct LbsConfig {
     pub default_scale: f64,
     /// Error assumed for pings without `accuracy_m` (a 68 % radius, metres), unless the source says.
     pub default_accuracy_m: f64,
-    /// A ping outside every segment is matched to one within 3σ of it, but never farther than this
+    /// A ping outside every segment is matched to one within 3.41σ of it (99.7 % of its error), but never farther than this
     /// (metres); beyond, it is off-network (counted apart).
     pub max_match_m: f64,
     /// A device's typical ping interval before its own has been observed, unless the source says.

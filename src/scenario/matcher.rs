@@ -5,7 +5,7 @@
 //! 68 % radius, σ = accuracy / 1.515) came from segment `j` with probability
 //! ∝ ρⱼ · Mⱼ(z), where Mⱼ is the mass of a Gaussian N(z, σ²) that falls inside segment j's polygon
 //! and ρⱼ the crowd density there (the caller's prior: the last closed window's density). Only
-//! segments within 3σ of `z` (at most `max_match_m`) are candidates; a ping with none is
+//! segments within 3.41σ of `z` (99.7 % of a 2-D error) (at most `max_match_m`) are candidates; a ping with none is
 //! *off-network* — counted apart, never folded into a street. Inside a wide square the mass is ~1
 //! and the square takes the person whole; at a junction, or for a ping scattered off a narrow
 //! street into the building beside it, the split follows the geometry and the crowd.
@@ -22,8 +22,10 @@ use geo::Polygon;
 
 /// Per-axis σ for a 68 % horizontal radius (√(−2 ln 0.32)).
 pub const RADIUS68_PER_SIGMA: f64 = 1.515;
-/// Candidates are segments within this many σ of the ping.
-pub const MATCH_SIGMAS: f64 = 3.0;
+/// Candidates are segments within this many σ of the ping: the radius that holds 99.7 % of a
+/// 2-D Gaussian, √(−2 ln 0.003). The 1-D rule, 3σ, left 1.1 % of pings (e^−4.5) beyond every
+/// segment's reach however near their street, and so off-network.
+pub const MATCH_SIGMAS: f64 = 3.41;
 
 type Ring = Vec<[f64; 2]>;
 
@@ -874,6 +876,30 @@ mod tests {
         let mut rev = r.clone();
         rev.reverse();
         assert!((ring_mass(&rev, [1.0, 1.0], 3.0) + ring_mass(&r, [1.0, 1.0], 3.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_ping_is_matched_out_to_the_radius_holding_99_7_percent_of_a_two_dimensional_error() {
+        // 1 − e^(−k²/2) is the share of a 2-D Gaussian within k σ: 3σ, the 1-D rule, holds 98.9 %.
+        assert!(1.0 - (-MATCH_SIGMAS * MATCH_SIGMAS / 2.0).exp() >= 0.997);
+        let poly = geo::Polygon::new(
+            geo::LineString::from(vec![
+                (121.49, 31.24),
+                (121.4901, 31.24),
+                (121.4901, 31.2401),
+                (121.49, 31.2401),
+            ]),
+            vec![],
+        );
+        let m = Matcher::new(&[&poly], 100.0);
+        let (east, mid) = (m.bounds[2], (m.bounds[1] + m.bounds[3]) / 2.0);
+        let mut out = Vec::new();
+        // σ 10 m: a person on the street's edge whose fix lands 33 m out is still the street's…
+        m.masses([east + 33.0, mid], 10.0, &mut out);
+        assert_eq!(out.len(), 1, "3.3σ out");
+        // …one 35 m out is beyond 99.7 % of such errors: off-network.
+        m.masses([east + 35.0, mid], 10.0, &mut out);
+        assert!(out.is_empty(), "3.5σ out: {out:?}");
     }
 
     #[test]

@@ -262,7 +262,7 @@ pub struct SegmentPeople {
     pub people: Vec<f64>,
     /// The part of `people` carried from before the window (devices present but not pinging).
     pub carried: Vec<f64>,
-    /// Devices in the window matched to no segment (beyond `lbs.max_match_m` / 3σ of all).
+    /// Devices in the window matched to no segment (beyond `lbs.max_match_m` / 3.41σ of all).
     pub off_network_devices: u64,
     /// The people they stand for.
     pub off_network_people: f64,
@@ -2251,7 +2251,7 @@ mod tests {
         #[test]
         fn pings_scattered_into_a_building_beside_a_10_m_street_are_matched_to_the_street() {
             let (mut e, _) = engine_over(vec![street("street", 0.0, 10.0)], 60, 60);
-            // 12 m north of the centre line: 7 m into the building, well within 3σ of a 15 m fix.
+            // 12 m north of the centre line: 7 m into the building, well within 3.41σ of a 15 m fix.
             for d in 0..20 {
                 e.ingest(&at(T0 + 1_000, d, 12.0, d as f64 * 4.0 - 40.0, 15.0), 0);
             }
@@ -2264,7 +2264,7 @@ mod tests {
         fn off_network_pings_are_counted_not_lost() {
             let (mut e, _) = engine_over(vec![street("street", 0.0, 10.0)], 60, 60);
             e.ingest(&at(T0 + 1_000, 1, 0.0, 0.0, 5.0), 0);
-            // 150 m away with a 5 m fix: no segment within 3σ.
+            // 150 m away with a 5 m fix: no segment within 3.41σ.
             for d in 2..9 {
                 e.ingest(&at(T0 + 2_000, d, 150.0, 0.0, 5.0), 0);
             }
