@@ -178,20 +178,56 @@ impl Matcher {
     /// Candidate segments for a ping at local `p` with per-axis error `sigma`: (segment index, mass
     /// of its Gaussian inside the segment). Empty: off-network.
     pub fn masses(&self, p: [f64; 2], sigma: f64, out: &mut Vec<(u32, f32)>) {
+        self.collect(p, sigma, out, false);
+    }
+
+    /// `masses`, but a lone candidate's mass is not computed (given as 1): it takes the ping whole
+    /// whatever its mass, and its integral was most of the cost of a raster point the cache had
+    /// not seen.
+    pub fn candidates(&self, p: [f64; 2], sigma: f64, out: &mut Vec<(u32, f32)>) {
+        self.collect(p, sigma, out, true);
+    }
+
+    fn collect(&self, p: [f64; 2], sigma: f64, out: &mut Vec<(u32, f32)>, lone_whole: bool) {
         out.clear();
         let r = self.reach(sigma);
         let env = AABB::from_corners([p[0] - r, p[1] - r], [p[0] + r, p[1] + r]);
-        for g in self.tree.locate_in_envelope_intersecting(&env) {
-            let i = g.data as usize;
+        let within = |i: usize| -> Option<(bool, f64)> {
             let s = &self.shapes[i];
             let inside = self.contains_local(i, p);
             let mut edge = ring_distance(&s.exterior, p);
             for h in &s.holes {
                 edge = edge.min(ring_distance(h, p));
             }
-            if !inside && edge > r {
-                continue;
+            (inside || edge <= r).then_some((inside, edge))
+        };
+        if lone_whole {
+            let mut lone = None;
+            let mut n = 0;
+            for g in self.tree.locate_in_envelope_intersecting(&env) {
+                if within(g.data as usize).is_some() {
+                    n += 1;
+                    lone = Some(g.data);
+                    if n > 1 {
+                        break;
+                    }
+                }
             }
+            match (n, lone) {
+                (0, _) => return,
+                (1, Some(i)) => {
+                    out.push((i, 1.0));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        for g in self.tree.locate_in_envelope_intersecting(&env) {
+            let i = g.data as usize;
+            let s = &self.shapes[i];
+            let Some((inside, edge)) = within(i) else {
+                continue;
+            };
             // Deep inside, the Gaussian lies wholly in the polygon: no integral needed.
             let mut m = if inside && edge >= 4.0 * sigma {
                 1.0
@@ -309,9 +345,11 @@ fn ring_distance(r: &[[f64; 2]], p: [f64; 2]) -> f64 {
             0.0
         };
         let q = [a[0] + t * d[0] - p[0], a[1] + t * d[1] - p[1]];
-        best = best.min(q[0].hypot(q[1]));
+        // Squared, with one root at the end: libm's `hypot` per edge was a tenth of a new raster
+        // point's cost.
+        best = best.min(q[0] * q[0] + q[1] * q[1]);
     }
-    best
+    best.sqrt()
 }
 
 /// Gauss–Legendre nodes and weights on [−1, 1], 12 points.
@@ -674,7 +712,8 @@ const CACHE_CAP: usize = 1 << 21;
 
 impl PlaceCache {
     /// Candidate segments with their masses for a ping at `lat, lng` with per-axis error `sigma`
-    /// (see `Matcher::masses`), computed at the centre of its raster point (a quarter σ across).
+    /// (see `Matcher::candidates`: a lone one's mass is given as 1), computed at the centre of its
+    /// raster point (a quarter σ across).
     pub fn masses(&mut self, m: &Matcher, lat: f64, lng: f64, sigma: f64) -> &[(u32, f32)] {
         let r = self.raster(m, lat, lng, sigma);
         let Some(key) = r.key else { return &[] };
@@ -785,7 +824,7 @@ impl PlaceCache {
         if self.index.len() >= CACHE_CAP {
             self.clear();
         }
-        m.masses(r.centre, r.s, &mut self.scratch);
+        m.candidates(r.centre, r.s, &mut self.scratch);
         self.scratch.truncate(u8::MAX as usize);
         let v = match self.scratch[..] {
             [(seg, mass)] if seg & ONE == 0 => (seg | ONE, mass.to_bits()),
@@ -979,7 +1018,7 @@ mod bund {
                 ((p[0] / step).floor() + 0.5) * step,
                 ((p[1] / step).floor() + 0.5) * step,
             ];
-            m.masses(centre, s, &mut want);
+            m.candidates(centre, s, &mut want);
             let got = cache.masses(m, lat, lng, sigma);
             assert_eq!(got, &want[..], "ping {lat},{lng} σ {sigma}");
             if want.is_empty() {
@@ -1005,6 +1044,32 @@ mod bund {
     /// A place (and the handle kept for it) is the matcher's answer: off-network when it has no
     /// candidate, one segment inline when it has one, the candidates with their masses otherwise;
     /// asked again, from the index or through the handle, the same.
+    #[test]
+    fn candidates_are_the_masses_but_a_lone_one_is_not_integrated() {
+        let map = the_bund();
+        let m = map.matcher();
+        let b = map.bbox().unwrap();
+        let mut rnd = uniform(0x5eed_cafe);
+        let (mut lone, mut several) = (0, 0);
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        for n in 0..20_000 {
+            let lat = b[1] - 0.001 + rnd() * (b[3] - b[1] + 0.002);
+            let lng = b[0] - 0.001 + rnd() * (b[2] - b[0] + 0.002);
+            let sigma = [1.0, 5.0, 15.0, 30.0][n % 4];
+            let p = m.local(lat, lng);
+            m.masses(p, sigma, &mut want);
+            m.candidates(p, sigma, &mut got);
+            if want.len() == 1 {
+                lone += 1;
+                assert_eq!(got, [(want[0].0, 1.0)], "{lat},{lng} σ {sigma}");
+            } else {
+                several += (want.len() > 1) as usize;
+                assert_eq!(got, want, "{lat},{lng} σ {sigma}");
+            }
+        }
+        assert!(lone > 1_000 && several > 1_000, "{lone} lone, {several} several");
+    }
+
     #[test]
     fn places_and_their_handles_are_the_matchers_answers() {
         use super::Place;
@@ -1083,7 +1148,7 @@ mod bund {
             ((p[0] / 4.0).floor() + 0.5) * 4.0,
             ((p[1] / 4.0).floor() + 0.5) * 4.0,
         ];
-        m.masses(centre, 16.0, &mut want);
+        m.candidates(centre, 16.0, &mut want);
         assert!(!want.is_empty());
         assert_eq!(cache.masses(&m, lat, lng, 16.0), &want[..]);
         assert_eq!(cache.len(), 1);
