@@ -137,8 +137,13 @@ fn invert_from(lat: f64, lng: f64, start: (f64, f64)) -> (f64, f64) {
 /// `GRID_CAP` grid cells (about 650 km²) and then starts afresh.
 #[derive(Debug, Default)]
 pub struct GcjGrid {
-    cells: rustc_hash::FxHashMap<(i64, i64), [(f64, f64); 4]>,
+    cells: rustc_hash::FxHashMap<(i64, i64), Corners>,
+    /// The cell asked last: the inverse asks three times about points a few metres apart.
+    last: Option<((i64, i64), Corners)>,
 }
+
+/// A grid cell's offsets at its four corners.
+type Corners = [(f64, f64); 4];
 
 const GRID_CAP: usize = 1 << 16;
 
@@ -156,17 +161,24 @@ impl GcjGrid {
         let (fi, fj) = (lat / Self::STEP, lng / Self::STEP);
         let (i, j) = (fi.floor() as i64, fj.floor() as i64);
         let (u, v) = (fi - i as f64, fj - j as f64);
-        if self.cells.len() >= GRID_CAP {
-            self.cells.clear();
-        }
-        let [a, b, c, d] = *self.cells.entry((i, j)).or_insert_with(|| {
-            [
-                Self::node(i, j),
-                Self::node(i + 1, j),
-                Self::node(i, j + 1),
-                Self::node(i + 1, j + 1),
-            ]
-        });
+        let [a, b, c, d] = match self.last {
+            Some((at, corners)) if at == (i, j) => corners,
+            _ => {
+                if self.cells.len() >= GRID_CAP {
+                    self.cells.clear();
+                }
+                let corners = *self.cells.entry((i, j)).or_insert_with(|| {
+                    [
+                        Self::node(i, j),
+                        Self::node(i + 1, j),
+                        Self::node(i, j + 1),
+                        Self::node(i + 1, j + 1),
+                    ]
+                });
+                self.last = Some(((i, j), corners));
+                corners
+            }
+        };
         let mix = |p: f64, q: f64, r: f64, s: f64| {
             (p * (1.0 - u) + q * u) * (1.0 - v) + (r * (1.0 - u) + s * u) * v
         };
@@ -249,6 +261,21 @@ mod tests {
                 "{lat},{lng}"
             );
         }
+    }
+
+    #[test]
+    fn the_grid_answers_alike_from_its_last_cell_and_from_its_map() {
+        let mut g = GcjGrid::default();
+        for k in 0..2_000 {
+            // Runs of points in one cell, then a jump to another, and back.
+            let (lat, lng) = (
+                31.2305 + (k / 7 % 3) as f64 * 0.001,
+                121.4705 + (k % 7) as f64 * 1e-5,
+            );
+            let fresh = GcjGrid::default().offset(lat, lng);
+            assert_eq!(g.offset(lat, lng), fresh, "{lat},{lng}");
+        }
+        assert_eq!(g.cells.len(), 3);
     }
 
     #[test]
