@@ -230,17 +230,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_inverse_from_the_grid_meets_the_same_tolerance_as_from_the_input() {
-        // From scratch (the input as the start), as the inverse was before the grid.
-        let plain = |lat: f64, lng: f64| invert_from(lat, lng, (lat, lng));
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rnd = move || {
+    /// Uniform numbers in [0, 1) from a seed (xorshift: the same points every run).
+    fn uniform(seed: u64) -> impl FnMut() -> f64 {
+        let mut x = seed;
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (x >> 11) as f64 / (1u64 << 53) as f64
-        };
+        }
+    }
+
+    #[test]
+    fn the_inverse_from_the_grid_meets_the_same_tolerance_as_from_the_input() {
+        // From scratch (the input as the start), as the inverse was before the grid.
+        let plain = |lat: f64, lng: f64| invert_from(lat, lng, (lat, lng));
+        let mut rnd = uniform(0x2545_f491_4f6c_dd1d);
         for k in 0..20_000 {
             // A crowd on the Bund, then all of China (grid nodes, cell edges and all).
             let (lat, lng) = if k < 10_000 {
@@ -280,13 +285,7 @@ mod tests {
 
     #[test]
     fn offset_changes_no_faster_than_its_bound() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = uniform(0x9e37_79b9_7f4a_7c15);
         let mut worst: f64 = 0.0;
         for _ in 0..200_000 {
             let (lat, lng) = (0.83 + rnd() * 55.0, 72.0 + rnd() * 65.8);
