@@ -1034,10 +1034,9 @@ impl Engine {
             // Devices not seen in the window stay where they were until overdue by their own rhythm.
             let p = self.presence;
             for (dev, c) in &self.carry {
-                if seen.contains(dev) {
-                    continue;
-                }
-                if end - c.ts <= presence_limit(c, profiles, p) {
+                // The record at hand decides first; the set of counted devices is a probe into
+                // memory, and a table kept for the projection's reach holds many overdue devices.
+                if end - c.ts <= presence_limit(c, profiles, p) && !seen.contains(dev) {
                     let scale = self.scales.get(c.source.0 as usize).copied().unwrap_or(1.0);
                     let mut place = NO_PLACE;
                     a.add(places, profiles, &c.seen(), scale, true, &mut place);
