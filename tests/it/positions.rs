@@ -144,18 +144,7 @@ fn off_network_pings_are_visible_in_sql_and_on_no_segment() {
             t + 2000 + i
         );
     }
-    let file = dir.path().join("feed.ndjson");
-    std::fs::write(&file, feed).unwrap();
-    let data = dir.path().join("data");
-    let o = crate::support::throng(&[
-        "replay",
-        file.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = replay_into_history(dir.path(), &feed, &cfg);
     let q = |sql: &str| crate::history::query_json(&data, &cfg, sql);
     let v = q("SELECT sum(lbs_off_network) AS off, sum(lbs_devices) AS devices FROM hex_windows");
     assert_eq!(v[0]["off"], 5, "{v}");
@@ -207,18 +196,7 @@ fn pings_on_a_junction_the_scenario_draws_as_ground_are_on_no_segment() {
                 )
             })
             .collect();
-        let file = dir.path().join("feed.ndjson");
-        std::fs::write(&file, feed).unwrap();
-        let data = dir.path().join("data");
-        let o = crate::support::throng(&[
-            "replay",
-            file.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let data = replay_into_history(dir.path(), &feed, &cfg);
         let v = crate::history::query_json(
             &data,
             &cfg,
@@ -253,4 +231,22 @@ fn pings_on_a_junction_the_scenario_draws_as_ground_are_on_no_segment() {
     let on_segments: f64 = with.iter().map(|(_, p)| p).sum();
     eprintln!("with the ground, on segments: {with:?}");
     assert!(on_segments < 1.5, "the junction's phones leak into {with:?}");
+}
+
+/// Writes `feed` to a file in `dir` and replays it under `cfg` into a data dir there, as a user
+/// would: the data dir, for SQL.
+fn replay_into_history(dir: &std::path::Path, feed: &str, cfg: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("feed.ndjson");
+    std::fs::write(&file, feed).unwrap();
+    let data = dir.join("data");
+    let o = crate::support::throng(&[
+        "replay",
+        file.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    data
 }
