@@ -993,7 +993,7 @@ impl Engine {
                     row.lbs_people += scale;
                     if let Some(a) = &mut attr {
                         // With no sighting before (none looked up for a recent ping), the ping as it is.
-                        let at = ahead(e, *before, end);
+                        let at = ahead(e, *before, end, profiles);
                         // Its own position (not projected): the handle from an earlier window serves.
                         let own = at.spot == e.spot;
                         let mut place = if own && places.generation() == gen {
@@ -1212,9 +1212,9 @@ const WALK_MAX_M_S: f64 = 2.5;
 
 /// The device's position projected to the window's end along its walk: a segment's people are
 /// those there at the end of the window, and a walker's latest ping can be a minute old. Uses
-/// the sighting before (from closed panes) when it is recent and the implied speed is a walk;
-/// otherwise the ping as it is.
-fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
+/// the sighting before (from closed panes) when it is recent and the implied speed is a walk,
+/// and carries it at most one of the device's ping intervals; otherwise the ping as it is.
+fn ahead(e: &Seen, before: Option<&Carry>, end: i64, profiles: &[DeviceProfile]) -> Seen {
     let (Some(p), Some(b)) = (e.pos(), before) else {
         return *e;
     };
@@ -1225,7 +1225,20 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64) -> Seen {
     if !(5_000..=AHEAD_REACH_MS).contains(&dt) {
         return *e;
     }
-    let lag = (end - 1 - e.ts).clamp(0, AHEAD_MAX_MS) as f64;
+    // Carried no further than the device's own rhythm (its source's usual interval or its own,
+    // whichever is shorter): past it the device should have spoken again, and one that has not
+    // has most likely stopped (into the metro, a building) where its walk ended. Carried the full
+    // minute, the crowd tapping into the station at the night's end was walked past the gates:
+    // with perfect data exit 7's last window read 41 % low.
+    let usual = profiles
+        .get(e.source.0 as usize)
+        .map_or(AHEAD_MAX_MS, |p| p.ping_interval_ms);
+    let own = match b.interval_ms() {
+        0 => dt,
+        i => i,
+    };
+    let cap = AHEAD_MAX_MS.min(usual).min(own);
+    let lag = (end - 1 - e.ts).clamp(0, cap) as f64;
     let (dlat, dlng) = ((p.lat_e6 - q.lat_e6) as f64, (p.lng_e6 - q.lng_e6) as f64);
     if !is_walk(p.lat_e6, dlat, dlng, dt) {
         return *e;
@@ -2362,6 +2375,34 @@ mod tests {
             );
             assert!(held.iter().all(|(age, h)| !h || *age <= 180_000), "{held:?}");
             assert!(e.carry.contains_key(&DeviceId(2)), "the witness stays");
+        }
+
+        #[test]
+        fn a_walker_that_fell_silent_is_not_carried_past_where_its_walk_ended() {
+            let run = |ping_interval_ms: i64| {
+                let (mut e, _) = engine_over(vec![street("south", -20.0, 8.0)], 60, 10);
+                e.set_profiles(vec![
+                    DeviceProfile {
+                        accuracy_m: 10.0,
+                        ping_interval_ms,
+                    };
+                    4
+                ]);
+                // East along the street at 1.2 m/s, a ping every 3 s, the last 10 m short of
+                // its end (a station entrance, say); then nothing.
+                for k in 0..10 {
+                    let east = 40.0 - 1.2 * (27 - 3 * k) as f64;
+                    e.ingest(&at(T0 + 3_000 * k + 500, 1, -20.0, east, 3.0), 0);
+                }
+                let ws = e.flush();
+                // The window 20–80 s: its last ping 52 s before the end, its sighting before at 18 s.
+                let w = ws.iter().find(|w| w.start.0 == T0 + 20_000).unwrap();
+                (w.segments.people[0], w.segments.off_network_devices)
+            };
+            assert_eq!(run(3_000), (1.0, 0), "carried 3 s at most: still on the street");
+            // The source's usual interval a minute, but its own 9 s (between the sightings the
+            // engine kept): carried 9 s, not 52, so 0.8 m past the street's end, within its reach.
+            assert_eq!(run(60_000), (1.0, 0), "carried its own interval at most");
         }
 
         #[test]
