@@ -1237,7 +1237,8 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64, profiles: &[DeviceProfile])
         0 => dt,
         i => i,
     };
-    let cap = AHEAD_MAX_MS.min(usual).min(own);
+    // Never below zero, whatever a config's interval says (`clamp` would panic).
+    let cap = AHEAD_MAX_MS.min(usual).min(own).max(0);
     let lag = (end - 1 - e.ts).clamp(0, cap) as f64;
     let (dlat, dlng) = ((p.lat_e6 - q.lat_e6) as f64, (p.lng_e6 - q.lng_e6) as f64);
     if !is_walk(p.lat_e6, dlat, dlng, dt) {
