@@ -3,8 +3,9 @@
 //! Sources drive the watermark and carry the LBS scale factor (people per device). Provider names come
 //! from input, so the table is capped: past `MAX_SOURCES` new names share one `lbs/(other)` entry.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use rustc_hash::FxHashMap;
@@ -56,6 +57,19 @@ pub struct Sources {
     default_scale: f64,
     default_profile: DeviceProfile,
     configured: HashMap<String, Configured>,
+    /// This table's own number, so a thread's cache of its last answer (see `lbs`) is never
+    /// read for another table.
+    instance: u64,
+}
+
+/// Numbers tables for `Sources::instance`.
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The last provider a thread looked up: (table, provider, id). Feeds send runs of records of
+    /// one provider, and the lock and hash of a look-up were 2 % of a replay (issue 20). An id,
+    /// once given to a name, never changes, so the cached answer stays right.
+    static LAST_LBS: RefCell<(u64, String, SourceId)> = const { RefCell::new((0, String::new(), SourceId(0))) };
 }
 
 impl Sources {
@@ -81,6 +95,7 @@ impl Sources {
         inner.profiles = vec![default_profile; 2];
         let s = Sources {
             len: AtomicUsize::new(inner.names.len()),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             inner: RwLock::new(inner),
             default_scale: cfg.default_scale,
             default_profile,
@@ -146,6 +161,25 @@ impl Sources {
     /// The source id of an LBS provider (the `source` field; absent = `lbs`).
     pub fn lbs(&self, provider: Option<&str>) -> SourceId {
         let provider = provider.unwrap_or("");
+        let cached = LAST_LBS.with(|c| {
+            let c = c.borrow();
+            (c.0 == self.instance && c.1 == provider).then_some(c.2)
+        });
+        if let Some(id) = cached {
+            return id;
+        }
+        let id = self.lbs_uncached(provider);
+        LAST_LBS.with(|c| {
+            let mut c = c.borrow_mut();
+            c.0 = self.instance;
+            c.1.clear();
+            c.1.push_str(provider);
+            c.2 = id;
+        });
+        id
+    }
+
+    fn lbs_uncached(&self, provider: &str) -> SourceId {
         if let Some(id) = self.read().index.get(provider) {
             return *id;
         }
@@ -222,6 +256,33 @@ impl Sources {
 mod tests {
     use super::*;
     use crate::config::LbsSourceConfig;
+
+    #[test]
+    fn a_thread_asking_two_tables_in_turn_gets_each_tables_own_id() {
+        // The same provider numbered differently by two tables: the thread's cache of the last
+        // answer must never hand one table's id to the other.
+        let cfg = LbsConfig::default();
+        let (a, b) = (Sources::new(&cfg), Sources::new(&cfg));
+        let a_x = a.lbs(Some("x"));
+        let b_y = b.lbs(Some("y"));
+        let b_x = b.lbs(Some("x"));
+        assert_ne!(a_x, b_x, "x came first to a, second to b");
+        for _ in 0..3 {
+            assert_eq!(a.lbs(Some("x")), a_x);
+            assert_eq!(b.lbs(Some("x")), b_x);
+            assert_eq!(b.lbs(Some("y")), b_y);
+            assert_eq!(a.lbs(Some("x")), a_x);
+            assert_eq!(a.lbs(None), a.lbs(None));
+        }
+        let a_y = a.lbs(Some("y"));
+        assert_eq!(a.names()[a_y.0 as usize], "lbs/y");
+        assert_eq!(b.names()[b_x.0 as usize], "lbs/x");
+        // A table made after another is dropped never reads the old one's answers.
+        drop(a);
+        let c = Sources::new(&cfg);
+        let c_z = c.lbs(Some("z"));
+        assert_eq!(c.lbs(Some("x")).0, c_z.0 + 1);
+    }
 
     #[test]
     fn a_resumed_table_gives_known_providers_their_old_ids_whatever_arrives_first() {

@@ -317,18 +317,19 @@ struct Pane {
 }
 
 impl Pane {
-    /// Whether a record identical to `rec` (key `key`) is already held.
-    fn holds(&self, rec: &Record, key: u64) -> bool {
-        if self.keys.contains(&key) {
-            return true;
-        }
-        match (&rec.body, rec.point) {
-            (Body::Ping { device, .. }, None) => self
-                .devices
-                .get(device)
-                .is_some_and(|s| s.ts == rec.ts.millis() && s.record(*device).as_ref() == Some(rec)),
-            _ => false,
-        }
+    /// Whether a record identical to `rec` (its key given by `key`) is already held.
+    fn holds(&self, rec: &Record, key: impl Fn() -> u64) -> bool {
+        let in_keys = || !self.keys.is_empty() && self.keys.contains(&key());
+        let Body::Ping { device, .. } = &rec.body else {
+            return in_keys();
+        };
+        // Every ping the pane took left its device in `devices`: from a device not there, nothing
+        // has come, and the record's key (a hash of all of it) need not be computed.
+        let Some(s) = self.devices.get(device) else {
+            return false;
+        };
+        (rec.point.is_none() && s.ts == rec.ts.millis() && s.record(*device).as_ref() == Some(rec))
+            || in_keys()
     }
 
     /// Every record's key, sorted: what the pane leaves behind when it closes.
@@ -492,6 +493,9 @@ pub struct Engine {
     closed_keys: BTreeMap<i64, ClosedKeys>,
     #[serde(default = "default_resend_ms")]
     resend_ms: i64,
+    /// Devices in the pane closed last: the size a new pane's device table starts at.
+    #[serde(skip)]
+    pane_devices_hint: usize,
 }
 
 fn default_resend_ms() -> i64 {
@@ -537,6 +541,7 @@ impl Engine {
             handles_gen: 0,
             closed_keys: BTreeMap::new(),
             resend_ms: w.resend_horizon.as_millis() as i64,
+            pane_devices_hint: 0,
         }
     }
 
@@ -631,10 +636,12 @@ impl Engine {
             | Body::GateCumulative { .. } => ts - 1,
             _ => ts,
         };
-        let key = key_of(rec);
+        // Computed only when asked: a ping new to its pane (most of them) never needs it.
+        let key_cell = std::cell::OnceCell::new();
+        let key = || *key_cell.get_or_init(|| key_of(rec));
         let pane = at.div_euclid(self.slide);
         if self.panes.get(&pane).is_some_and(|p| p.holds(rec, key))
-            || self.closed_keys.get(&pane).is_some_and(|k| k.contains(key))
+            || self.closed_keys.get(&pane).is_some_and(|k| k.contains(key()))
         {
             self.stats.duplicates += 1;
             return false;
@@ -706,7 +713,7 @@ impl Engine {
                 self.stats.late_unwindowed += 1;
                 // Sent again, it is the same late record, not another one.
                 if self.within_resend_horizon(pane) {
-                    self.closed_keys.entry(pane).or_default().insert(key);
+                    self.closed_keys.entry(pane).or_default().insert(key());
                 }
                 // Too late for any window, but still where the device was: presence keeps it.
                 if let (Body::Ping { device, pos }, true) = (&rec.body, self.segments.is_some()) {
@@ -719,9 +726,15 @@ impl Engine {
                 return true;
             }
         }
-        let p = self.panes.entry(pane).or_default();
+        // A new pane's device table starts at the size the last closed one reached: grown from
+        // empty it was rehashed a dozen times over, 2 % of a replay (issue 20).
+        let hint = self.pane_devices_hint;
+        let p = self.panes.entry(pane).or_insert_with(|| Pane {
+            devices: FxHashMap::with_capacity_and_hasher(hint, Default::default()),
+            ..Default::default()
+        });
         if !matches!(rec.body, Body::Ping { .. }) {
-            p.keys.insert(key);
+            p.keys.insert(key());
         }
         if let Some(point) = rec.point {
             let pp = p.points.entry(point).or_default();
@@ -745,7 +758,7 @@ impl Engine {
                         let old = std::mem::replace(o.get_mut(), seen);
                         old.record(device).map(|r| key_of(&r))
                     }
-                    Entry::Occupied(_) => Some(key),
+                    Entry::Occupied(_) => Some(key()),
                     Entry::Vacant(v) => {
                         v.insert(seen);
                         None
@@ -757,7 +770,7 @@ impl Engine {
                 // A sighting that does not hold its ping whole (or a ping with a feed point)
                 // keeps its key in `keys` from the start.
                 if seen.record(device).as_ref() != Some(rec) {
-                    p.keys.insert(key);
+                    p.keys.insert(key());
                 }
             }
             Body::Occupancy { sensor, people } => {
@@ -829,6 +842,7 @@ impl Engine {
                     out.push(w);
                     self.stats.windows_closed += 1;
                     if let Some(p) = self.panes.remove(&s) {
+                        self.pane_devices_hint = p.devices.len();
                         self.closed_keys.insert(s, ClosedKeys::new(&p.all_keys()));
                         // Presence only places devices on segments: without them it is not kept.
                         if self.segments.is_some() {
@@ -945,7 +959,10 @@ impl Engine {
         }
         let places = &mut self.places;
         let profiles = &self.profiles;
-        let mut cells: FxHashMap<CellId, HexRow> = FxHashMap::default();
+        // Each row with its people in `FIXED` units: integers add to the same sum in any order, and
+        // the devices' order is the tables' (another after a restart or a resized table), so a float
+        // sum of unequal scale factors could change in its last digit (as `Attribution` says).
+        let mut cells: FxHashMap<CellId, (HexRow, i64)> = FxHashMap::default();
         let first = self
             .panes
             .range(s..s + self.n)
@@ -984,13 +1001,18 @@ impl Engine {
                 }
                 for (e, before) in chunk.iter_mut() {
                     let e: &mut Seen = e;
-                    let row = cells.entry(e.cell).or_insert_with(|| HexRow {
-                        cell: e.cell,
-                        ..Default::default()
+                    let (row, people) = cells.entry(e.cell).or_insert_with(|| {
+                        (
+                            HexRow {
+                                cell: e.cell,
+                                ..Default::default()
+                            },
+                            0,
+                        )
                     });
                     let scale = self.scales.get(e.source.0 as usize).copied().unwrap_or(1.0);
                     row.lbs_devices += 1;
-                    row.lbs_people += scale;
+                    *people += round_i64(scale * FIXED);
                     if let Some(a) = &mut attr {
                         // With no sighting before (none looked up for a recent ping), the ping as it is.
                         let at = ahead(e, *before, end, profiles);
@@ -1012,17 +1034,27 @@ impl Engine {
             }
             for (sensor, z) in &pane.zones {
                 if zones_seen.insert(*sensor) {
-                    let row = cells.entry(z.cell).or_insert_with(|| HexRow {
-                        cell: z.cell,
-                        ..Default::default()
+                    let (row, _) = cells.entry(z.cell).or_insert_with(|| {
+                        (
+                            HexRow {
+                                cell: z.cell,
+                                ..Default::default()
+                            },
+                            0,
+                        )
                     });
                     *row.occupancy.get_or_insert(0) += z.people as u64;
                 }
             }
             for (cell, f) in &pane.flows {
-                let row = cells.entry(*cell).or_insert_with(|| HexRow {
-                    cell: *cell,
-                    ..Default::default()
+                let (row, _) = cells.entry(*cell).or_insert_with(|| {
+                    (
+                        HexRow {
+                            cell: *cell,
+                            ..Default::default()
+                        },
+                        0,
+                    )
                 });
                 row.counter_in += f.counter_in;
                 row.counter_out += f.counter_out;
@@ -1043,7 +1075,13 @@ impl Engine {
                 }
             }
         }
-        let mut rows: Vec<HexRow> = cells.into_values().collect();
+        let mut rows: Vec<HexRow> = cells
+            .into_values()
+            .map(|(mut row, people)| {
+                row.lbs_people = people as f64 / FIXED;
+                row
+            })
+            .collect();
         rows.sort_unstable_by_key(|r| r.cell);
         let mut points: BTreeMap<PointIdx, (PointWindow, i64)> = BTreeMap::new();
         for (_, pane) in self.panes.range(s..s + self.n) {
@@ -1997,6 +2035,57 @@ mod tests {
             "idempotency keys survive"
         );
         assert_eq!(back.flush(), e.flush());
+    }
+
+    #[test]
+    fn a_cells_people_do_not_depend_on_the_order_its_devices_are_held_in() {
+        // Scale factors a float sum rounds differently in different orders (calibration gives
+        // such numbers). The same pings into two engines whose device tables hold them in other
+        // orders — other sizes (an earlier crowd of another size), the reverse order, and a
+        // checkpoint's round trip — must make the same windows.
+        let scales = vec![1.0, 1.0, 1.1, 1.3, 1.7, 0.1];
+        let new = |earlier: u64| {
+            let mut e = Engine::new(&cfg(60, 10), &RegisterConfig::default(), scales.clone());
+            let t = T0 - 300_000;
+            for d in 0..earlier {
+                e.ingest(&ping(t, 1 << 40 | d, 9, 2), 0);
+            }
+            e.ingest(&ping(T0 - 100_000, 1 << 41, 9, 2), 0);
+            let closed = e.advance(0);
+            assert!(!closed.is_empty());
+            e
+        };
+        let pings: Vec<Record> = (0..3_000u64)
+            .map(|i| {
+                let dev = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7;
+                ping(T0 + (i % 60) as i64 * 1_000, dev, 7 + i % 2, 2 + (i % 4) as u16)
+            })
+            .collect();
+        let mut a = new(10);
+        for p in &pings {
+            a.ingest(p, 0);
+        }
+        let mut b = new(40_000);
+        for p in pings.iter().rev() {
+            b.ingest(p, 0);
+        }
+        let mut b: Engine = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        let at = |w: Vec<HexWindow>| -> Vec<HexWindow> {
+            w.into_iter().filter(|w| w.start.0 >= T0 - 60_000).collect()
+        };
+        let (wa, wb) = (at(a.flush()), at(b.flush()));
+        assert!(wa.len() >= 6);
+        assert!(wa.iter().flat_map(|w| &w.rows).any(|r| r.lbs_devices > 700));
+        assert_eq!(wa, wb);
+        // The sum is exact to a billionth, whatever the order: ten devices of 0.1 people each are
+        // one person (a float sum gives 0.9999999999999999).
+        let mut e = Engine::new(&cfg(60, 10), &RegisterConfig::default(), scales.clone());
+        for d in 0..10 {
+            e.ingest(&ping(T0, 100 + d, 5, 5), 0);
+        }
+        let w = e.flush();
+        assert_eq!(w[0].rows[0].lbs_devices, 10);
+        assert_eq!(w[0].rows[0].lbs_people, 1.0);
     }
 
     mod positions {
