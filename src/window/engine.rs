@@ -332,12 +332,11 @@ impl Pane {
             || in_keys()
     }
 
-    /// Every record's key, sorted: what the pane leaves behind when it closes.
+    /// Every record's key, in no order: what the pane leaves behind when it closes.
     fn all_keys(&self) -> Vec<u64> {
-        let mut keys: Vec<u64> = self.keys.iter().copied().collect();
+        let mut keys: Vec<u64> = Vec::with_capacity(self.keys.len() + self.devices.len());
+        keys.extend(self.keys.iter().copied());
         keys.extend((self.devices.iter()).filter_map(|(dev, s)| s.record(*dev).map(|r| key_of(&r))));
-        keys.sort_unstable();
-        keys.dedup();
         keys
     }
 }
@@ -843,7 +842,7 @@ impl Engine {
                     self.stats.windows_closed += 1;
                     if let Some(p) = self.panes.remove(&s) {
                         self.pane_devices_hint = p.devices.len();
-                        self.closed_keys.insert(s, ClosedKeys::new(&p.all_keys()));
+                        self.closed_keys.insert(s, ClosedKeys::from_keys(p.all_keys()));
                         // Presence only places devices on segments: without them it is not kept.
                         if self.segments.is_some() {
                             for (dev, seen) in p.devices {

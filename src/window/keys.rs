@@ -38,6 +38,51 @@ impl ClosedKeys {
         ClosedKeys::with_bits(bits, keys.iter().copied())
     }
 
+    /// Holds `keys` in any order (a closing pane's): bucketed by a counting pass and each bucket's
+    /// ~16 sorted alone, not the whole list sorted (2 % of a replay, issue 20). The same as `new`
+    /// of the sorted keys; a key given twice is held once.
+    pub fn from_keys(keys: Vec<u64>) -> ClosedKeys {
+        let bits = (keys.len() / PER_BUCKET).max(1).ilog2().min(31);
+        let buckets = 1usize << bits;
+        let mut starts = vec![0u32; buckets + 1];
+        for &k in &keys {
+            starts[split(bits, k).0 + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut low = vec![0u32; keys.len()];
+        let mut next: Vec<u32> = starts[..buckets].to_vec();
+        for &k in &keys {
+            let (b, l) = split(bits, k);
+            low[next[b] as usize] = l;
+            next[b] += 1;
+        }
+        // Sort each bucket; drop repeats, closing the gaps they leave.
+        let mut w = 0usize;
+        for b in 0..buckets {
+            let (from, to) = (starts[b] as usize, starts[b + 1] as usize);
+            low[from..to].sort_unstable();
+            starts[b] = w as u32;
+            let mut last = None;
+            for r in from..to {
+                if last != Some(low[r]) {
+                    last = Some(low[r]);
+                    low[w] = low[r];
+                    w += 1;
+                }
+            }
+        }
+        starts[buckets] = w as u32;
+        low.truncate(w);
+        ClosedKeys {
+            bits,
+            starts,
+            low,
+            extra: Vec::new(),
+        }
+    }
+
     fn with_bits(bits: u32, sorted: impl Iterator<Item = u64>) -> ClosedKeys {
         let mut starts = vec![0u32; (1usize << bits) + 1];
         let mut low = Vec::with_capacity(sorted.size_hint().0);
@@ -170,6 +215,32 @@ mod tests {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn keys_in_any_order_make_the_same_fingerprints_as_sorted_ones() {
+        for n in [0, 1, 15, 16, 17, 1_000, 100_000] {
+            let sorted = keys(n, 0x2545_f491_4f6c_dd1d);
+            let mut shuffled = sorted.clone();
+            // A fixed shuffle: reverse, then swap by a stride.
+            shuffled.reverse();
+            for i in (0..n).step_by(7) {
+                shuffled.swap(i, (i * 31 + 3) % n.max(1));
+            }
+            assert_eq!(
+                ClosedKeys::from_keys(shuffled),
+                ClosedKeys::new(&sorted),
+                "{n} keys"
+            );
+        }
+        // A key given twice is held once, and every key is still found.
+        let held = keys(5_000, 7);
+        let mut twice = held.clone();
+        twice.extend_from_slice(&held[..100]);
+        twice.reverse();
+        let k = ClosedKeys::from_keys(twice);
+        assert_eq!(k.len(), 5_000);
+        assert!(held.iter().all(|&x| k.contains(x)));
     }
 
     #[test]
