@@ -256,8 +256,10 @@ fn produce(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
     let mut replay = Replay::open(&args.files, pipe.parser.clone(), cfg.ingest.max_line_bytes)?;
     let mut sink = crate::transport::kafka::KafkaSink::new(target, keys).map_err(anyhow::Error::msg)?;
     let mut summary = ReplaySummary::default();
-    while let Some((rec, line)) = replay.next_line()? {
+    let mut line = Vec::with_capacity(512);
+    while let Some(rec) = replay.next_line_into(&mut line)? {
         sink.send_parsed(&line, rec.cell).map_err(anyhow::Error::msg)?;
+        line.clear();
         summary.accepted += 1;
     }
     report_bad(&mut replay, &mut summary);
@@ -297,19 +299,25 @@ fn send(args: &ReplayArgs, target: &str) -> anyhow::Result<ReplaySummary> {
     let mut in_batch = 0;
     let mut summary = ReplaySummary::default();
     let mut last_flush = std::time::Instant::now();
-    while let Some((rec, line)) = replay.next_line()? {
+    loop {
+        // The line goes straight into the batch; the record only says when it falls due.
+        let at = batch.len();
+        let Some(rec) = replay.next_line_into(&mut batch)? else {
+            break;
+        };
         if let Some(x) = args.speed {
             // Hold each record until its event time, scaled, has come.
             let t0 = *first_ts.get_or_insert(rec.ts.millis());
             let due = std::time::Duration::from_millis(((rec.ts.millis() - t0).max(0) as f64 / x) as u64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
-                sender.send(std::mem::take(&mut batch))?;
+                // What came before this record goes now; it waits for its time in the next batch.
+                let line = batch.split_off(at);
+                sender.send(std::mem::replace(&mut batch, line))?;
                 in_batch = 0;
                 last_flush = std::time::Instant::now();
                 std::thread::sleep(wait);
             }
         }
-        batch.extend_from_slice(&line);
         batch.push(b'\n');
         in_batch += 1;
         summary.accepted += 1;

@@ -151,16 +151,17 @@ impl Replay {
         Ok(rec)
     }
 
-    /// The next record and its original line, in event-time order (for sending it on unchanged).
-    pub fn next_line(&mut self) -> std::io::Result<Option<(Record, Vec<u8>)>> {
+    /// The next record in event-time order, its original line appended to `out` (for sending it
+    /// on unchanged: no allocation per line).
+    pub fn next_line_into(&mut self, out: &mut Vec<u8>) -> std::io::Result<Option<Record>> {
         let Some(i) = self.next_file() else {
             return Ok(None);
         };
         let rec = self.pending[i].take();
         let f = &self.files[i];
-        let line = f.buf[..f.line_len].to_vec();
+        out.extend_from_slice(&f.buf[..f.line_len]);
         self.refill(i)?;
-        Ok(rec.map(|r| (r, line)))
+        Ok(rec)
     }
 
     /// Takes the bad lines met so far.
@@ -221,8 +222,12 @@ mod tests {
         // Two files: one stream in time order, each record with the line it came from.
         let mut r = Replay::open(&[pa.clone(), pb], parser(), 1 << 16).unwrap();
         let mut got = Vec::new();
-        while let Some((rec, line)) = r.next_line().unwrap() {
-            got.push((rec.ts.millis(), String::from_utf8(line).unwrap()));
+        let mut line = Vec::new();
+        while let Some(rec) = r.next_line_into(&mut line).unwrap() {
+            got.push((
+                rec.ts.millis(),
+                String::from_utf8(std::mem::take(&mut line)).unwrap(),
+            ));
         }
         assert_eq!(got.len(), 100);
         assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "in event-time order");
