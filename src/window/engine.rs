@@ -2031,9 +2031,10 @@ mod tests {
     #[test]
     fn a_cells_people_do_not_depend_on_the_order_its_devices_are_held_in() {
         // Scale factors a float sum rounds differently in different orders (calibration gives
-        // such numbers). The same pings into two engines whose device tables hold them in other
-        // orders — other sizes (an earlier crowd of another size), the reverse order, and a
-        // checkpoint's round trip — must make the same windows.
+        // such numbers). The same pings into two engines with other histories (an earlier crowd
+        // of another size, the reverse order, a checkpoint's round trip) make the same windows;
+        // and the sum is exact to a billionth, which a float sum is not (the part that fails
+        // with one).
         let scales = vec![1.0, 1.0, 1.1, 1.3, 1.7, 0.1];
         let new = |earlier: u64| {
             let mut e = Engine::new(&cfg(60, 10), &RegisterConfig::default(), scales.clone());
