@@ -328,3 +328,37 @@ fn late_records_are_counted_and_kept_in_the_late_file() {
     assert_eq!(rows[0]["source"], "lbs/carrier-a");
     assert_eq!(rows[0]["windows_missed"], 6);
 }
+
+#[test]
+fn a_line_far_over_the_limit_is_reported_and_the_records_around_it_are_kept() {
+    // 64 MB of one line between two pings: reported with its place and length, the pings on
+    // either side counted. (That the line is never held whole is the unit test of `Lines`.)
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.ndjson");
+    let ping = |ts: i64, dev: &str| {
+        format!(r#"{{"kind":"lbs","ts":{ts},"device":"{dev}","lat":31.2405,"lng":121.4832}}"#)
+    };
+    let mut text = ping(1_767_196_800_000, "a");
+    text.push('\n');
+    text.push_str(r#"{"kind":"lbs","ts":1767196801000,"device":""#);
+    text.push_str(&"x".repeat(64 << 20));
+    text.push_str("\"}\n");
+    text.push_str(&ping(1_767_196_802_000, "b"));
+    text.push('\n');
+    std::fs::write(&feed, text).unwrap();
+    let out = throng(&["replay", &feed.display().to_string(), "--print"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("feed.ndjson:2: line is 67108909 bytes, over the 65536-byte limit"),
+        "{stderr}"
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter().any(|r| r["lbs_devices"] == 2),
+        "both pings counted: {rows:?}"
+    );
+}
