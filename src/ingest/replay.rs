@@ -104,7 +104,11 @@ impl Lines {
             if self.end == self.buf.len() {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
-            let n = self.reader.read(&mut self.buf[self.end..])?;
+            // A read a signal interrupted is tried again (as `BufRead::read_until` did).
+            let n = match self.reader.read(&mut self.buf[self.end..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
             if n == 0 {
                 self.eof = true;
             }
@@ -337,6 +341,27 @@ mod tests {
         assert_eq!(lines(&long, 64, 20_000), vec![Ok(long.clone())]);
         assert!(lines(b"", 16, 100).is_empty());
         assert_eq!(lines(b"\n", 16, 100), vec![Ok(Vec::new())]);
+    }
+
+    #[test]
+    fn a_read_a_signal_interrupted_is_tried_again() {
+        struct Interrupting(bool, std::io::Cursor<Vec<u8>>);
+        impl Read for Interrupting {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0 = !self.0;
+                if self.0 {
+                    return Err(std::io::ErrorKind::Interrupted.into());
+                }
+                self.1.read(buf)
+            }
+        }
+        let reader = Interrupting(false, std::io::Cursor::new(b"one\ntwo\n".to_vec()));
+        let mut l = Lines::new(Box::new(reader), 2);
+        let mut got = Vec::new();
+        while let Some(Line::At(r)) = l.next(100).unwrap() {
+            got.push(l.get(r).to_vec());
+        }
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
     }
 
     #[test]
