@@ -992,15 +992,7 @@ impl Engine {
                 }
                 for (e, before) in chunk.iter_mut() {
                     let e: &mut Seen = e;
-                    let (row, people) = cells.entry(e.cell).or_insert_with(|| {
-                        (
-                            HexRow {
-                                cell: e.cell,
-                                ..Default::default()
-                            },
-                            0,
-                        )
-                    });
+                    let (row, people) = cells.entry(e.cell).or_insert_with(|| empty_row(e.cell));
                     let scale = self.scales.get(e.source.0 as usize).copied().unwrap_or(1.0);
                     row.lbs_devices += 1;
                     *people += round_i64(scale * FIXED);
@@ -1025,28 +1017,12 @@ impl Engine {
             }
             for (sensor, z) in &pane.zones {
                 if zones_seen.insert(*sensor) {
-                    let (row, _) = cells.entry(z.cell).or_insert_with(|| {
-                        (
-                            HexRow {
-                                cell: z.cell,
-                                ..Default::default()
-                            },
-                            0,
-                        )
-                    });
+                    let (row, _) = cells.entry(z.cell).or_insert_with(|| empty_row(z.cell));
                     *row.occupancy.get_or_insert(0) += z.people as u64;
                 }
             }
             for (cell, f) in &pane.flows {
-                let (row, _) = cells.entry(*cell).or_insert_with(|| {
-                    (
-                        HexRow {
-                            cell: *cell,
-                            ..Default::default()
-                        },
-                        0,
-                    )
-                });
+                let (row, _) = cells.entry(*cell).or_insert_with(|| empty_row(*cell));
                 row.counter_in += f.counter_in;
                 row.counter_out += f.counter_out;
                 row.gate_entries += f.gate_entries;
@@ -1372,6 +1348,17 @@ fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
             );
         }
     }
+}
+
+/// A cell's row before anything is added, with its people (in `FIXED` units) beside it.
+fn empty_row(cell: CellId) -> (HexRow, i64) {
+    (
+        HexRow {
+            cell,
+            ..Default::default()
+        },
+        0,
+    )
 }
 
 /// Splits devices over segments by position: each one's weight goes to the segments its ping may
