@@ -210,6 +210,24 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
     if scores.iter().any(|s| !s.calibration) {
         writeln!(out, "(* calibration off: the configured factors stay in force)")?;
     }
+    // A late crossing is what a commander would have missed: name each one.
+    let late: Vec<String> = scores
+        .iter()
+        .flat_map(|s| {
+            s.late_crossings
+                .iter()
+                .map(move |c| format!("seed {} {}/{}: {c}", s.seed, s.panel, s.error))
+        })
+        .collect();
+    if !late.is_empty() {
+        writeln!(
+            out,
+            "\ncrossings reported late (more than one slide after the truth's):"
+        )?;
+        for l in &late {
+            writeln!(out, "  {l}")?;
+        }
+    }
     // Per segment: the worst MAPE over all nights.
     writeln!(
         out,

@@ -1366,6 +1366,8 @@ fn empty_row(cell: CellId) -> (HexRow, i64) {
 struct Attribution {
     map: Arc<SegmentMap>,
     prior: Vec<f64>,
+    /// ln of `prior`, so a tempered prior (`prior_exponent`) costs one `exp`.
+    ln_prior: Vec<f64>,
     out: SegmentPeople,
     /// People and carried people per segment in units of `FIXED` (integers add in any order to
     /// the same sum; floats do not, and device maps iterate in another order after a restart, so
@@ -1384,6 +1386,21 @@ struct Attribution {
 /// Fixed-point unit of attributed people: a billionth of a person.
 const FIXED: f64 = 1e9;
 
+/// The distance (m) over which a crowd's density can change. The prior is each segment's mean
+/// density, constant up to its edges; a real crowd's is not: at a bottleneck the queue on the
+/// square presses on the steps' edge as densely as the steps hold. So a ping whose error is small
+/// against this distance is decided by the side of the edge it fell on, and one whose error is
+/// large by the crowds of the segments it may have come from. 4 m was the best of 2–8 m on the
+/// Bund's nights (docs/ACCURACY.md, "A prior tempered by the ping's error").
+const PRIOR_SCALE_M: f64 = 4.0;
+
+/// The power a segment's prior density is raised to for a ping with per-axis error `sigma`:
+/// σ² / (σ² + L²), from ~0 (the geometry alone decides) to ~1 (the density prior in full).
+fn prior_exponent(sigma: f64) -> f64 {
+    let s2 = sigma * sigma;
+    s2 / (s2 + PRIOR_SCALE_M * PRIOR_SCALE_M)
+}
+
 impl Attribution {
     fn new(map: Arc<SegmentMap>, prior: &[f64], end: i64) -> Attribution {
         // Every place is attributed alike; `finish` splits the ground off the segments.
@@ -1397,9 +1414,10 @@ impl Attribution {
                 };
                 prior.get(i).copied().unwrap_or(floor)
             })
-            .collect();
+            .collect::<Vec<f64>>();
         Attribution {
             map,
+            ln_prior: prior.iter().map(|p| p.ln()).collect(),
             prior,
             out: SegmentPeople::default(),
             people: vec![0; n],
@@ -1491,12 +1509,38 @@ impl Attribution {
         if total <= 0.0 {
             return false;
         }
+        // Between ground and the network the crowd decides as it always did (ground's prior is a
+        // fixed low one, not a density); among the segments, by their densities tempered with the
+        // ping's error (`prior_exponent`).
+        let on_segments: f64 = c
+            .iter()
+            .filter(|&&(j, _)| j < segments)
+            .map(|&(j, m)| weight(j, m))
+            .sum();
+        let rivals = c.iter().filter(|&&(j, _)| j < segments).count() > 1;
+        let power = prior_exponent(Matcher::sigma(acc));
+        let tempered = |j: u32, m: f32| (power * self.ln_prior[j as usize]).exp() * m as f64;
+        let tempered_total: f64 = if rivals {
+            c.iter()
+                .filter(|&&(j, _)| j < segments)
+                .map(|&(j, m)| tempered(j, m))
+                .sum()
+        } else {
+            0.0
+        };
+        let share_of = |j: u32, m: f32| -> f64 {
+            if j >= segments || !rivals || tempered_total <= 0.0 {
+                weight(j, m) / total
+            } else {
+                on_segments / total * tempered(j, m) / tempered_total
+            }
+        };
         let src = e.source.0 as usize;
         if self.devices.len() <= src {
             self.devices.resize_with(src + 1, || vec![0; self.people.len()]);
         }
         for &(j, m) in c {
-            let share = weight(j, m) / total;
+            let share = share_of(j, m);
             if share == 0.0 {
                 continue;
             }
@@ -2327,6 +2371,40 @@ mod tests {
                 floored > 0.7 && floored - plain > 0.15,
                 "the counted crowd keeps more of the ambiguous ping: {floored} against {plain}"
             );
+        }
+
+        #[test]
+        fn a_precise_ping_beside_a_dense_segment_stays_on_its_side_and_a_vague_one_follows_the_crowd() {
+            // Share of the dense segment in a ping 1.5 m outside it, with accuracy `acc`.
+            let run = |acc: f64| {
+                let (mut e, _) = engine_over(
+                    vec![street("steps", 4.0, 8.0), street("square", -10.0, 20.0)],
+                    60,
+                    60,
+                );
+                // First window: the steps hold 0.2 p/m², the square 0.02 (its prior floored at 0.05).
+                for d in 0..160 {
+                    e.ingest(&at(T0 + 1_000, d, 4.0, d as f64 * 0.6 - 48.0, 1.0), 0);
+                }
+                for d in 0..40 {
+                    e.ingest(&at(T0 + 1_000, 1_000 + d, -10.0, d as f64 * 2.4 - 48.0, 1.0), 0);
+                }
+                e.ingest(&at(T0 + 61_000, 5_000, -1.5, 0.0, acc), 0);
+                let w = e.flush();
+                let s = &w.last().unwrap().segments;
+                let fresh = |i: usize| s.people[i] - s.carried[i];
+                fresh(0) / (fresh(0) + fresh(1))
+            };
+            // σ 1.3 m: the untempered prior (4 : 1) would give the steps 37 % of a ping that fell
+            // on the square; the crowd's density does not jump at a drawn edge, so the side decides.
+            let precise = run(2.0);
+            assert!(
+                precise < 0.2,
+                "a 2 m fix on the square stays on the square: {precise}"
+            );
+            // σ 20 m: the steps hold 30 % of its error's mass beside the square; the crowd decides.
+            let vague = run(30.0);
+            assert!(vague > 0.55, "a 30 m fix goes with the crowd: {vague}");
         }
 
         #[test]

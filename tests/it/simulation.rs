@@ -14,6 +14,14 @@
 // | sparse / panel| 18.0 (16.9) %| 40 (49) %   | −4.5 (−1.5) % | 97.6 % | 16–21 (15–17) %   | 40 (49) %   |
 // | sparse / 30 m | 20.2 (16.2) %| 56 (69) %   | −3.4 (−0.4) % | 98.1 % | 16–20 (14–16) %   | 56 (69) %   |
 //
+// With the prior tempered by each ping's error (stop 47, later on 2026-12-07; `PRIOR_SCALE_M`):
+//
+// | panel / error | median | worst | total  | tiers  | main streets | steps |
+// | bund / panel  | 7.3 %  | 19 %  | −2.0 % | 100 %  | 3.8–4.6 %    | 13 %  |
+// | bund / 30 m   | 10.4 % | 40 %  | −0.5 % | 100 %  | 2.6–4.9 %    | 28 %  |
+// | sparse / panel| 18.5 % | 38 %  | −3.9 % | 97.6 % | 16–21 %      | 27 %  |
+// | sparse / 30 m | 20.1 % | 47 %  | −3.3 % | 98.2 % | 16–20 %      | 47 %  |
+//
 // The ground takes the walkers crossing junctions out of the streets beside them (the truth puts
 // them on no segment): the worst segment and the steps improve, while at this small scale the
 // sparse panel's streets, which those walkers' stale pings had propped up, read lower.
@@ -28,16 +36,16 @@ const BOUNDS: [(&str, Bounds); 2] = [
             median: 0.13,
             worst: 0.49,
             street: 0.06,
-            steps: 0.35,
+            steps: 0.33,
         },
     ),
     (
         "sparse",
         Bounds {
             median: 0.24,
-            worst: 0.67,
+            worst: 0.56,
             street: 0.25,
-            steps: 0.67,
+            steps: 0.56,
         },
     ),
 ];
@@ -137,10 +145,9 @@ fn throng_accuracy_scores_the_engine_within_its_bounds() {
 
 /// With perfect data (`--panels oracle`: everyone carries a phone pinging every 2–4 s with 1 m
 /// error) what error is left is the method's own: matching, prior, presence, projection. Seed 4
-/// measured on 2026-12-07: median 0.9 %, total −0.1 %, every segment ≤ 3.1 % but the steps, 6.9 %;
-/// 14 devices off the network (before the scenario drew its ground, 2026-12-06: median 1.4–1.5 %,
-/// the steps 15–16 % and the Jiujiang crossing ~10 %, both beside ground then left to no segment;
-/// docs/ACCURACY.md).
+/// measured on 2026-12-07: median 0.9 %, total −0.1 %, every segment ≤ 3.7 % (the steps; 7.0 %
+/// before the prior was tempered by the ping's error, when a precise ping beside the steps went
+/// to them for their density alone); 14 devices off the network (docs/ACCURACY.md).
 #[test]
 fn with_perfect_data_the_method_counts_every_segment_within_a_few_percent() {
     let text = accuracy_at_ci_scale("oracle", "panel");
@@ -157,8 +164,8 @@ fn with_perfect_data_the_method_counts_every_segment_within_a_few_percent() {
         let Some(m) = g["mape"].as_f64() else { continue };
         scored += 1;
         let id = g["segment_id"].as_str().unwrap();
-        let bound = if id == STEPS { 0.085 } else { 0.04 };
-        assert!(m < bound, "{id}: MAPE {:.1} % with perfect data", m * 100.0);
+        // The bound, on every segment, the small packed ones included.
+        assert!(m < 0.05, "{id}: MAPE {:.1} % with perfect data", m * 100.0);
     }
     assert!(scored >= 12, "too few segments scored: {s}");
 }

@@ -97,6 +97,8 @@ pub struct Score {
     pub crossings: u32,
     /// Of those, reported (the estimate at that tier or above) within one slide.
     pub crossings_on_time: u32,
+    /// The crossings reported late: segment id, the tier and the window end (s into the night).
+    pub late_crossings: Vec<String>,
     /// Segment-windows compared.
     pub segment_windows: u64,
     /// Devices matched to no segment, summed over windows.
@@ -316,6 +318,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
     }
     // Crossings: the truth tier rises into high or critical; the estimate must be there within a slide.
     let (mut crossings, mut on_time) = (0u32, 0u32);
+    let mut late_crossings = Vec::new();
     for i in 0..map.segments().len() {
         let mut prev = Shown::Low;
         let mut end = first_end;
@@ -327,6 +330,14 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
                         .iter()
                         .any(|e| out.rows.get(&(*e, i)).is_some_and(|r| rank(r.1) >= rank(tt)));
                     on_time += seen as u32;
+                    if !seen {
+                        late_crossings.push(format!(
+                            "{} {:?} at {} s",
+                            map.segments()[i].id.0,
+                            tt,
+                            (end - start_ms) / 1000
+                        ));
+                    }
                 }
                 prev = tt;
             }
@@ -405,6 +416,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         tier_agreement: if n > 0 { agree as f64 / n as f64 } else { 1.0 },
         crossings,
         crossings_on_time: on_time,
+        late_crossings,
         segment_windows: n,
         off_network_devices: out.off_network,
         ground_people: {
