@@ -1362,7 +1362,8 @@ fn empty_row(cell: CellId) -> (HexRow, i64) {
 }
 
 /// Splits devices over segments by position: each one's weight goes to the segments its ping may
-/// lie in, in proportion to prior density × the ping's likelihood there (`scenario::matcher`).
+/// lie in, in proportion to prior density × the ping's likelihood there (`scenario::matcher`),
+/// the density tempered by the ping's error between segments (`prior_exponent`).
 struct Attribution {
     map: Arc<SegmentMap>,
     prior: Vec<f64>,
@@ -2395,7 +2396,7 @@ mod tests {
                 let fresh = |i: usize| s.people[i] - s.carried[i];
                 fresh(0) / (fresh(0) + fresh(1))
             };
-            // σ 1.3 m: the untempered prior (4 : 1) would give the steps 37 % of a ping that fell
+            // σ 1.3 m: the untempered prior (4 : 1) gives the steps 33 % of a ping that fell
             // on the square; the crowd's density does not jump at a drawn edge, so the side decides.
             let precise = run(2.0);
             assert!(
