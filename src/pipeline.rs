@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::ingest::{Parser, Pseudonymiser, Sources};
 use crate::scenario::Registry;
-use crate::window::{Engine, HexWindow, Presence};
+use crate::window::{Engine, HexWindow};
 
 /// A parser and the engine it feeds, built from one configuration.
 pub struct Pipeline {
@@ -56,7 +56,7 @@ impl Pipeline {
             cfg.ingest.max_future.as_millis() as i64,
         );
         let mut engine = Engine::new(&cfg.window, &cfg.registers, sources.scales());
-        engine.set_presence(Presence::from_config(&cfg.lbs));
+        engine.apply_lbs(&cfg.lbs);
         engine.set_profiles(sources.profiles());
         Pipeline {
             parser,

@@ -284,8 +284,7 @@ impl Partition {
                 return Err(PartitionError::Window(cp));
             }
             pipe.engine = s.engine;
-            pipe.engine
-                .set_presence(crate::window::Presence::from_config(&cfg.lbs));
+            pipe.engine.apply_lbs(&cfg.lbs);
             pipe.engine.set_resend_horizon(&cfg.window);
             (flow_state, mark, next_offset, clock) = (s.flow, s.recorder, s.next_offset, s.clock);
         }

@@ -172,6 +172,10 @@ pub struct LbsConfig {
     /// ... and never longer than this.
     #[serde(with = "humantime_serde")]
     pub max_presence: Duration,
+    /// The distance (metres) over which a crowd's density can change: between two segments a
+    /// ping's split follows their crowds' densities as far as its error is large against it, and
+    /// the side of the edge it fell on as far as its error is small (0: the densities in full).
+    pub prior_scale_m: f64,
     /// Per-provider settings, by the `source` field of the pings.
     pub sources: BTreeMap<String, LbsSourceConfig>,
 }
@@ -186,6 +190,7 @@ impl Default for LbsConfig {
             ping_interval: Duration::from_secs(60),
             overdue_factor: 2.0,
             max_presence: Duration::from_secs(600),
+            prior_scale_m: 4.0,
             sources: BTreeMap::new(),
         }
     }
@@ -748,6 +753,12 @@ impl Config {
                 return bad(key, "must be a positive number".into());
             }
         }
+        if !(self.lbs.prior_scale_m.is_finite() && self.lbs.prior_scale_m >= 0.0) {
+            return bad(
+                "lbs.prior_scale_m",
+                "must be a number of metres, 0 or more (4 is the default)".into(),
+            );
+        }
         if self.lbs.ping_interval.is_zero() || self.lbs.max_presence < self.lbs.ping_interval {
             return bad(
                 "lbs.max_presence",
@@ -1118,6 +1129,22 @@ token = "abcdefghij"
             .unwrap_err()
             .to_string();
         assert!(e.contains("window.size"), "{e}");
+    }
+
+    #[test]
+    fn the_prior_scale_is_metres_zero_or_more() {
+        let e = Config::parse("[lbs]\nprior_scale_m = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lbs.prior_scale_m") && e.contains("0 or more"), "{e}");
+        assert_eq!(Config::parse("").unwrap().lbs.prior_scale_m, 4.0);
+        assert_eq!(
+            Config::parse("[lbs]\nprior_scale_m = 0\n")
+                .unwrap()
+                .lbs
+                .prior_scale_m,
+            0.0
+        );
     }
 
     #[test]

@@ -240,8 +240,7 @@ pub async fn start_on(cfg: Config, listen: Listeners, data_dir: &Path) -> anyhow
         }
         pipe.engine = engine;
         // The config in force now decides presence, not the one the checkpoint was taken under.
-        pipe.engine
-            .set_presence(crate::window::Presence::from_config(&cfg.lbs));
+        pipe.engine.apply_lbs(&cfg.lbs);
         pipe.engine.set_resend_horizon(&cfg.window);
     }
     pipe.refresh_scales();

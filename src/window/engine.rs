@@ -492,10 +492,17 @@ pub struct Engine {
     closed_keys: BTreeMap<i64, ClosedKeys>,
     #[serde(default = "default_resend_ms")]
     resend_ms: i64,
+    /// `lbs.prior_scale_m`: see `prior_exponent` (config, not state).
+    #[serde(skip, default = "default_prior_scale")]
+    prior_scale_m: f64,
 }
 
 fn default_resend_ms() -> i64 {
     600_000
+}
+
+fn default_prior_scale() -> f64 {
+    LbsConfig::default().prior_scale_m
 }
 
 /// A segment's prior density never falls below this (p/m²), so an empty segment can fill again.
@@ -529,6 +536,7 @@ impl Engine {
             stats: EngineStats::default(),
             carry: FxHashMap::default(),
             presence: Presence::default(),
+            prior_scale_m: default_prior_scale(),
             prior: Vec::new(),
             zone_segments: Vec::new(),
             profiles: Vec::new(),
@@ -575,6 +583,13 @@ impl Engine {
     /// Sets how long a device stays present between pings.
     pub fn set_presence(&mut self, p: Presence) {
         self.presence = p;
+    }
+
+    /// Takes the `[lbs]` settings in force now (a checkpoint's are not kept): presence and the
+    /// prior's scale.
+    pub fn apply_lbs(&mut self, lbs: &LbsConfig) {
+        self.set_presence(Presence::from_config(lbs));
+        self.prior_scale_m = lbs.prior_scale_m;
     }
 
     /// Sets each source's device profile (error, typical ping interval), indexed by source id.
@@ -938,7 +953,7 @@ impl Engine {
         let end = s * self.slide + self.size;
         // Provisional snapshots feed the heatmap only: segments are evaluated on closed windows.
         let mut attr = match &self.segments {
-            Some(m) if is_final => Some(Attribution::new(m.clone(), &self.prior, end)),
+            Some(m) if is_final => Some(Attribution::new(m.clone(), &self.prior, self.prior_scale_m, end)),
             _ => None,
         };
         // Place handles stay valid while the cache's generation does (it starts over when full,
@@ -1369,6 +1384,8 @@ struct Attribution {
     prior: Vec<f64>,
     /// ln of `prior`, so a tempered prior (`prior_exponent`) costs one `exp`.
     ln_prior: Vec<f64>,
+    /// `lbs.prior_scale_m`.
+    prior_scale_m: f64,
     out: SegmentPeople,
     /// People and carried people per segment in units of `FIXED` (integers add in any order to
     /// the same sum; floats do not, and device maps iterate in another order after a restart, so
@@ -1387,23 +1404,22 @@ struct Attribution {
 /// Fixed-point unit of attributed people: a billionth of a person.
 const FIXED: f64 = 1e9;
 
-/// The distance (m) over which a crowd's density can change. The prior is each segment's mean
-/// density, constant up to its edges; a real crowd's is not: at a bottleneck the queue on the
-/// square presses on the steps' edge as densely as the steps hold. So a ping whose error is small
-/// against this distance is decided by the side of the edge it fell on, and one whose error is
-/// large by the crowds of the segments it may have come from. 4 m was the best of 2–8 m on the
-/// Bund's nights (docs/ACCURACY.md, "A prior tempered by the ping's error").
-const PRIOR_SCALE_M: f64 = 4.0;
-
 /// The power a segment's prior density is raised to for a ping with per-axis error `sigma`:
-/// σ² / (σ² + L²), from ~0 (the geometry alone decides) to ~1 (the density prior in full).
-fn prior_exponent(sigma: f64) -> f64 {
+/// σ² / (σ² + L²), from ~0 (the geometry alone decides) to ~1 (the density prior in full). L
+/// (`lbs.prior_scale_m`, 4 m) is the distance over which a crowd's density can change. The prior
+/// is each segment's mean density, constant up to its edges; a real crowd's is not: at a
+/// bottleneck the queue on the square presses on the steps' edge as densely as the steps hold. So
+/// a ping whose error is small against L is decided by the side of the edge it fell on, and one
+/// whose error is large by the crowds of the segments it may have come from. 4 m was the best of
+/// 2–8 m on the Bund's nights (docs/ACCURACY.md, "A prior tempered by the ping's error"); 0 gives
+/// the density prior in full at every error.
+fn prior_exponent(sigma: f64, scale_m: f64) -> f64 {
     let s2 = sigma * sigma;
-    s2 / (s2 + PRIOR_SCALE_M * PRIOR_SCALE_M)
+    s2 / (s2 + scale_m * scale_m)
 }
 
 impl Attribution {
-    fn new(map: Arc<SegmentMap>, prior: &[f64], end: i64) -> Attribution {
+    fn new(map: Arc<SegmentMap>, prior: &[f64], prior_scale_m: f64, end: i64) -> Attribution {
         // Every place is attributed alike; `finish` splits the ground off the segments.
         let n = map.matcher().len();
         let prior = (0..n)
@@ -1420,6 +1436,7 @@ impl Attribution {
             map,
             ln_prior: prior.iter().map(|p| p.ln()).collect(),
             prior,
+            prior_scale_m,
             out: SegmentPeople::default(),
             people: vec![0; n],
             carried: vec![0; n],
@@ -1519,7 +1536,7 @@ impl Attribution {
             .map(|&(j, m)| weight(j, m))
             .sum();
         let rivals = c.iter().filter(|&&(j, _)| j < segments).count() > 1;
-        let power = prior_exponent(Matcher::sigma(acc));
+        let power = prior_exponent(Matcher::sigma(acc), self.prior_scale_m);
         let tempered = |j: u32, m: f32| (power * self.ln_prior[j as usize]).exp() * m as f64;
         let tempered_total: f64 = if rivals {
             c.iter()
@@ -2376,13 +2393,18 @@ mod tests {
 
         #[test]
         fn a_precise_ping_beside_a_dense_segment_stays_on_its_side_and_a_vague_one_follows_the_crowd() {
-            // Share of the dense segment in a ping 1.5 m outside it, with accuracy `acc`.
-            let run = |acc: f64| {
+            // Share of the dense segment in a ping 1.5 m outside it, with accuracy `acc`, under
+            // `lbs.prior_scale_m` = `scale`.
+            let run_at = |acc: f64, scale: f64| {
                 let (mut e, _) = engine_over(
                     vec![street("steps", 4.0, 8.0), street("square", -10.0, 20.0)],
                     60,
                     60,
                 );
+                e.apply_lbs(&LbsConfig {
+                    prior_scale_m: scale,
+                    ..LbsConfig::default()
+                });
                 // First window: the steps hold 0.2 p/m², the square 0.02 (its prior floored at 0.05).
                 for d in 0..160 {
                     e.ingest(&at(T0 + 1_000, d, 4.0, d as f64 * 0.6 - 48.0, 1.0), 0);
@@ -2396,6 +2418,7 @@ mod tests {
                 let fresh = |i: usize| s.people[i] - s.carried[i];
                 fresh(0) / (fresh(0) + fresh(1))
             };
+            let run = |acc: f64| run_at(acc, LbsConfig::default().prior_scale_m);
             // σ 1.3 m: the untempered prior (4 : 1) gives the steps 33 % of a ping that fell
             // on the square; the crowd's density does not jump at a drawn edge, so the side decides.
             let precise = run(2.0);
@@ -2406,6 +2429,12 @@ mod tests {
             // σ 20 m: the steps hold 30 % of its error's mass beside the square; the crowd decides.
             let vague = run(30.0);
             assert!(vague > 0.55, "a 30 m fix goes with the crowd: {vague}");
+            // `lbs.prior_scale_m = 0`: the densities in full at every error, as before stop 47.
+            let untempered = run_at(2.0, 0.0);
+            assert!(
+                (0.3..0.4).contains(&untempered),
+                "with the scale at 0 the 2 m fix follows the 4 : 1 densities: {untempered}"
+            );
         }
 
         #[test]

@@ -14,7 +14,7 @@
 // | sparse / panel| 18.0 (16.9) %| 40 (49) %   | −4.5 (−1.5) % | 97.6 % | 16–21 (15–17) %   | 40 (49) %   |
 // | sparse / 30 m | 20.2 (16.2) %| 56 (69) %   | −3.4 (−0.4) % | 98.1 % | 16–20 (14–16) %   | 56 (69) %   |
 //
-// With the prior tempered by each ping's error (stop 47, later on 2026-12-07; `PRIOR_SCALE_M`):
+// With the prior tempered by each ping's error (stop 47, later on 2026-12-07; `lbs.prior_scale_m` = 4 m):
 //
 // | panel / error | median | worst | total  | tiers  | main streets | steps |
 // | bund / panel  | 7.3 %  | 19 %  | −2.0 % | 100 %  | 3.8–4.6 %    | 13 %  |
