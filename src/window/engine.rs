@@ -1530,27 +1530,22 @@ impl Attribution {
         // Between ground and the network the crowd decides as it always did (ground's prior is a
         // fixed low one, not a density); among the segments, by their densities tempered with the
         // ping's error (`prior_exponent`).
-        let on_segments: f64 = c
-            .iter()
-            .filter(|&&(j, _)| j < segments)
-            .map(|&(j, m)| weight(j, m))
-            .sum();
         let rivals = c.iter().filter(|&&(j, _)| j < segments).count() > 1;
         let power = prior_exponent(Matcher::sigma(acc), self.prior_scale_m);
         let tempered = |j: u32, m: f32| (power * self.ln_prior[j as usize]).exp() * m as f64;
-        let tempered_total: f64 = if rivals {
-            c.iter()
-                .filter(|&&(j, _)| j < segments)
-                .map(|&(j, m)| tempered(j, m))
-                .sum()
-        } else {
-            0.0
-        };
+        // With two or more segments among the candidates: the segments' share together, and the
+        // sum of their tempered weights it is split by.
+        let split = rivals.then(|| {
+            let on = c.iter().filter(|&&(j, _)| j < segments);
+            let on_segments: f64 = on.clone().map(|&(j, m)| weight(j, m)).sum();
+            (on_segments / total, on.map(|&(j, m)| tempered(j, m)).sum::<f64>())
+        });
         let share_of = |j: u32, m: f32| -> f64 {
-            if j >= segments || !rivals || tempered_total <= 0.0 {
-                weight(j, m) / total
-            } else {
-                on_segments / total * tempered(j, m) / tempered_total
+            match split {
+                Some((together, t_total)) if j < segments && t_total > 0.0 => {
+                    together * tempered(j, m) / t_total
+                }
+                _ => weight(j, m) / total,
             }
         };
         let src = e.source.0 as usize;
