@@ -31,7 +31,10 @@ pub struct AccuracyArgs {
     pub seeds: Vec<u64>,
     /// Panel mixes: `bund` (50 % carrier-a every 20–90 s, 30 % app every 5–30 s) and `sparse`
     /// (35 % every 1–5 min, 15 % every 10–60 s); `oracle` (everyone, every 2–4 s, 1 m error: the
-    /// method's own error, with no sampling or scatter).
+    /// method's own error, with no sampling or scatter). To see which part of the Bund panel's error
+    /// is whose: `sampled` (the oracle's phones in 80 % of pockets: sampling alone) and `lagged`
+    /// (the Bund panel's rhythms and errors in every pocket: no sampling; with `--errors 1`, lag
+    /// alone).
     #[arg(long, value_delimiter = ',', default_value = "bund,sparse")]
     pub panels: Vec<String>,
     /// GPS error models: `panel` (each provider's own σ), a number (every ping σ metres), or a
@@ -61,7 +64,9 @@ fn panel(name: &str) -> anyhow::Result<Panel> {
         "bund" => Ok(Panel::bund()),
         "sparse" => Ok(Panel::sparse()),
         "oracle" => Ok(Panel::oracle()),
-        _ => anyhow::bail!("--panels: unknown panel {name:?} (bund, sparse or oracle)"),
+        "sampled" => Ok(Panel::oracle().covering(Panel::bund().coverage())),
+        "lagged" => Ok(Panel::bund().covering(1.0)),
+        _ => anyhow::bail!("--panels: unknown panel {name:?} (bund, sparse, oracle, sampled or lagged)"),
     }
 }
 

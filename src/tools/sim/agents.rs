@@ -482,6 +482,17 @@ impl Panel {
         self
     }
 
+    /// The same panel covering `share` of people, its providers in the same proportions.
+    pub fn covering(mut self, share: f64) -> Panel {
+        let now = self.coverage();
+        if now > 0.0 {
+            for p in &mut self.providers {
+                p.share *= share / now;
+            }
+        }
+        self
+    }
+
     /// The share of people any panel covers (at the start of the night).
     pub fn coverage(&self) -> f64 {
         self.providers.iter().map(|p| p.share).sum()
@@ -851,6 +862,24 @@ mod tests {
                 changes: Default::default(),
             },
         )
+    }
+
+    #[test]
+    fn a_panel_covering_everyone_keeps_its_providers_in_proportion() {
+        let all = Panel::bund().covering(1.0);
+        assert!((all.coverage() - 1.0).abs() < 1e-12);
+        assert!(
+            (all.providers[0].share - 0.625).abs() < 1e-12,
+            "{:?}",
+            all.providers[0]
+        );
+        let sampled = Panel::oracle().covering(0.8);
+        assert!((sampled.coverage() - 0.8).abs() < 1e-12);
+        assert_eq!(
+            sampled.providers[0].interval_s,
+            (2.0, 4.0),
+            "the oracle's rhythm kept"
+        );
     }
 
     #[test]
