@@ -176,6 +176,11 @@ pub struct LbsConfig {
     /// ping's split follows their crowds' densities as far as its error is large against it, and
     /// the side of the edge it fell on as far as its error is small (0: the densities in full).
     pub prior_scale_m: f64,
+    /// How far (metres) a walker is taken to keep its heading: a position projected to the
+    /// window's end along a walk of s metres goes D·(1 − e^(−s/D)), so a short walk is carried
+    /// whole and a long one no further than D, since people turn at corners and stop where they
+    /// were going (0: no projection).
+    pub heading_persistence_m: f64,
     /// Per-provider settings, by the `source` field of the pings.
     pub sources: BTreeMap<String, LbsSourceConfig>,
 }
@@ -190,7 +195,8 @@ impl Default for LbsConfig {
             ping_interval: Duration::from_secs(60),
             overdue_factor: 2.0,
             max_presence: Duration::from_secs(600),
-            prior_scale_m: 4.0,
+            prior_scale_m: 6.0,
+            heading_persistence_m: 10.0,
             sources: BTreeMap::new(),
         }
     }
@@ -756,7 +762,14 @@ impl Config {
         if !(self.lbs.prior_scale_m.is_finite() && self.lbs.prior_scale_m >= 0.0) {
             return bad(
                 "lbs.prior_scale_m",
-                "must be a number of metres, 0 or more (4 is the default)".into(),
+                "must be a number of metres, 0 or more (6 is the default)".into(),
+            );
+        }
+        if !(self.lbs.heading_persistence_m.is_finite() && self.lbs.heading_persistence_m >= 0.0) {
+            return bad(
+                "lbs.heading_persistence_m",
+                "must be a number of metres, 0 or more (10 is the default; 0 turns the projection off)"
+                    .into(),
             );
         }
         if self.lbs.ping_interval.is_zero() || self.lbs.max_presence < self.lbs.ping_interval {
@@ -1132,12 +1145,24 @@ token = "abcdefghij"
     }
 
     #[test]
+    fn the_heading_persistence_is_metres_zero_or_more() {
+        let e = Config::parse("[lbs]\nheading_persistence_m = -3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lbs.heading_persistence_m") && e.contains("0 or more"),
+            "{e}"
+        );
+        assert_eq!(Config::parse("").unwrap().lbs.heading_persistence_m, 10.0);
+    }
+
+    #[test]
     fn the_prior_scale_is_metres_zero_or_more() {
         let e = Config::parse("[lbs]\nprior_scale_m = -1\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("lbs.prior_scale_m") && e.contains("0 or more"), "{e}");
-        assert_eq!(Config::parse("").unwrap().lbs.prior_scale_m, 4.0);
+        assert_eq!(Config::parse("").unwrap().lbs.prior_scale_m, 6.0);
         assert_eq!(
             Config::parse("[lbs]\nprior_scale_m = 0\n")
                 .unwrap()

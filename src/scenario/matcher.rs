@@ -8,7 +8,7 @@
 //! segments within 3.41σ of `z` (99.7 % of a 2-D error; at most `max_match_m`) are candidates; a
 //! ping with none is *off-network* — counted apart, never folded into a street. Between two
 //! segments the caller tempers the prior by the ping's error (ρⱼ^(σ²/(σ²+L²)), L =
-//! `lbs.prior_scale_m`, 4 m: a crowd's density does not jump at a drawn edge, so a precise ping's
+//! `lbs.prior_scale_m`, 6 m: a crowd's density does not jump at a drawn edge, so a precise ping's
 //! side of the edge decides; see `window::engine::prior_exponent`). Inside a wide square the mass is ~1
 //! and the square takes the person whole; at a junction, or for a ping scattered off a narrow
 //! street into the building beside it, the split follows the geometry and the crowd.

@@ -495,6 +495,9 @@ pub struct Engine {
     /// `lbs.prior_scale_m`: see `prior_exponent` (config, not state).
     #[serde(skip, default = "default_prior_scale")]
     prior_scale_m: f64,
+    /// `lbs.heading_persistence_m`: see `ahead` (config, not state).
+    #[serde(skip, default = "default_heading")]
+    heading_m: f64,
 }
 
 fn default_resend_ms() -> i64 {
@@ -503,6 +506,10 @@ fn default_resend_ms() -> i64 {
 
 fn default_prior_scale() -> f64 {
     LbsConfig::default().prior_scale_m
+}
+
+fn default_heading() -> f64 {
+    LbsConfig::default().heading_persistence_m
 }
 
 /// A segment's prior density never falls below this (p/m²), so an empty segment can fill again.
@@ -537,6 +544,7 @@ impl Engine {
             carry: FxHashMap::default(),
             presence: Presence::default(),
             prior_scale_m: default_prior_scale(),
+            heading_m: default_heading(),
             prior: Vec::new(),
             zone_segments: Vec::new(),
             profiles: Vec::new(),
@@ -585,11 +593,12 @@ impl Engine {
         self.presence = p;
     }
 
-    /// Takes the `[lbs]` settings in force now (a checkpoint's are not kept): presence and the
-    /// prior's scale.
+    /// Takes the `[lbs]` settings in force now (a checkpoint's are not kept): presence, the
+    /// prior's scale and how far a walker keeps its heading.
     pub fn apply_lbs(&mut self, lbs: &LbsConfig) {
         self.set_presence(Presence::from_config(lbs));
         self.prior_scale_m = lbs.prior_scale_m;
+        self.heading_m = lbs.heading_persistence_m;
     }
 
     /// Sets each source's device profile (error, typical ping interval), indexed by source id.
@@ -965,6 +974,7 @@ impl Engine {
         }
         let places = &mut self.places;
         let profiles = &self.profiles;
+        let heading_m = self.heading_m;
         // Each row with its people in `FIXED` units: integers add to the same sum in any order, and
         // the devices' order is the tables' (another after a restart or a resized table), so a float
         // sum of unequal scale factors could change in its last digit (as `Attribution` says).
@@ -1013,7 +1023,7 @@ impl Engine {
                     *people += round_i64(scale * FIXED);
                     if let Some(a) = &mut attr {
                         // With no sighting before (none looked up for a recent ping), the ping as it is.
-                        let at = ahead(e, *before, end, profiles);
+                        let at = ahead(e, *before, end, profiles, heading_m);
                         // Its own position (not projected): the handle from an earlier window serves.
                         let own = at.spot == e.spot;
                         let mut place = if own && places.generation() == gen {
@@ -1234,10 +1244,19 @@ const WALK_MAX_M_S: f64 = 2.5;
 /// those there at the end of the window, and a walker's latest ping can be a minute old. Uses
 /// the sighting before (from closed panes) when it is recent and the implied speed is a walk,
 /// and carries it at most one of the device's ping intervals; otherwise the ping as it is.
-fn ahead(e: &Seen, before: Option<&Carry>, end: i64, profiles: &[DeviceProfile]) -> Seen {
+///
+/// A walk of s metres at that heading is carried D·(1 − e^(−s/D)), D = `heading_m`
+/// (`lbs.heading_persistence_m`): the expected way forward of a walker who keeps its heading for
+/// ~D metres before turning or stopping. Carried in a straight line, walkers crossing the Chen Yi
+/// square towards the steps were carried past them along the square's diagonal, and those on the
+/// steps far beyond their top: with 1 m error the steps read 40 % low (docs/ACCURACY.md).
+fn ahead(e: &Seen, before: Option<&Carry>, end: i64, profiles: &[DeviceProfile], heading_m: f64) -> Seen {
     let (Some(p), Some(b)) = (e.pos(), before) else {
         return *e;
     };
+    if heading_m <= 0.0 {
+        return *e;
+    }
     let Some(q) = b.spot.get() else {
         return *e;
     };
@@ -1264,7 +1283,11 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64, profiles: &[DeviceProfile])
     if !is_walk(p.lat_e6, dlat, dlng, dt) {
         return *e;
     }
-    let f = lag / dt as f64;
+    let mut f = lag / dt as f64;
+    let walked = walk_m(p.lat_e6, dlat, dlng) * f;
+    if walked > 0.0 {
+        f *= heading_m * (1.0 - (-walked / heading_m).exp()) / walked;
+    }
     let mut out = *e;
     // The projected position stands for where the walker is at that later time.
     out.ts = e.ts + lag as i64;
@@ -1275,6 +1298,18 @@ fn ahead(e: &Seen, before: Option<&Carry>, end: i64, profiles: &[DeviceProfile])
     }));
     out.place = NO_PLACE;
     out
+}
+
+/// Metres of a move of (`dlat`, `dlng`) micro-degrees at latitude `lat_e6` (near enough for the
+/// projection's length; `is_walk` has the exact path for the speed check).
+fn walk_m(lat_e6: i32, dlat: f64, dlng: f64) -> f64 {
+    let lat = (lat_e6 as f64 * 1e-6).to_radians();
+    let c = if lat.abs() < 1.35 {
+        cos_near(lat)
+    } else {
+        lat.cos()
+    };
+    ((dlat * 0.111_32).powi(2) + (dlng * 0.111_32 * c).powi(2)).sqrt()
 }
 
 /// Whether a move of (`dlat`, `dlng`) micro-degrees at latitude `lat_e6` in `dt_ms` is a walk (at
@@ -1406,12 +1441,14 @@ const FIXED: f64 = 1e9;
 
 /// The power a segment's prior density is raised to for a ping with per-axis error `sigma`:
 /// σ² / (σ² + L²), from ~0 (the geometry alone decides) to ~1 (the density prior in full). L
-/// (`lbs.prior_scale_m`, 4 m) is the distance over which a crowd's density can change. The prior
+/// (`lbs.prior_scale_m`, 6 m) is the distance over which a crowd's density can change. The prior
 /// is each segment's mean density, constant up to its edges; a real crowd's is not: at a
 /// bottleneck the queue on the square presses on the steps' edge as densely as the steps hold. So
 /// a ping whose error is small against L is decided by the side of the edge it fell on, and one
 /// whose error is large by the crowds of the segments it may have come from. 4 m was the best of
-/// 2–8 m on the Bund's nights (docs/ACCURACY.md, "A prior tempered by the ping's error"); 0 gives
+/// 2–8 m on the Bund's nights (docs/ACCURACY.md, "A prior tempered by the ping's error") while
+/// walkers were projected in straight lines, whose loss on the steps it partly offset; with the
+/// projection shortened (`ahead`) 6 m is ("The projection keeps a heading only so far"); 0 gives
 /// the density prior in full at every error.
 fn prior_exponent(sigma: f64, scale_m: f64) -> f64 {
     let s2 = sigma * sigma;
@@ -2547,6 +2584,38 @@ mod tests {
             );
             assert!(held.iter().all(|(age, h)| !h || *age <= 180_000), "{held:?}");
             assert!(e.carry.contains_key(&DeviceId(2)), "the witness stays");
+        }
+
+        #[test]
+        fn a_walk_is_carried_only_as_far_as_a_walker_keeps_its_heading() {
+            let profiles = vec![DeviceProfile {
+                accuracy_m: 10.0,
+                ping_interval_ms: 60_000,
+            }];
+            let m_per_ue6 = 0.111_32 * 31.24f64.to_radians().cos();
+            let east = |m: f64| Position {
+                lat_e6: 31_240_000,
+                lng_e6: 121_490_000 + (m / m_per_ue6).round() as i32,
+                accuracy_dm: Some(30),
+            };
+            // East at 1.2 m/s: 36 m between sightings 30 s apart, the latest 30 s before the end.
+            let before = Carry {
+                ts: 0,
+                spot: Spot::pack(Some(east(0.0))),
+                source: SourceId(0),
+                interval_ds: 300,
+                last_gap_ds: 300,
+            };
+            let latest = Seen::new(30_000, CellId::default(), SourceId(0), Some(east(36.0)));
+            let carried = |heading_m: f64| {
+                let out = ahead(&latest, Some(&before), 60_001, &profiles, heading_m);
+                let p = out.pos().unwrap();
+                (p.lng_e6 - east(36.0).lng_e6) as f64 * m_per_ue6
+            };
+            assert!((carried(1e9) - 36.0).abs() < 0.2, "straight on: {}", carried(1e9));
+            // 10 · (1 − e^(−3.6)) = 9.73 m.
+            assert!((carried(10.0) - 9.73).abs() < 0.2, "{}", carried(10.0));
+            assert_eq!(carried(0.0), 0.0, "0 turns the projection off");
         }
 
         #[test]

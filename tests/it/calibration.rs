@@ -74,7 +74,9 @@ const SETTLED_S: f64 = 600.0;
 /// Since the prior is tempered by each ping's error (stop 47), the square (the one zone) keeps
 /// pings near its edge that the steps' density used to draw off, so its phones read ~2 % more and
 /// the factor learnt from it ~1.5 points less: −4.2 % and −6.3 % at the end, total −2.5 % and
-/// −5.5 % (without calibration −7.5 % and −9.0 %).
+/// −5.5 % (without calibration −7.5 % and −9.0 %). Stop 48 (a shorter projection, L 6 m): −5.7 %
+/// and −7.0 %, total −2.0 % and −5.1 % (without calibration −6.6 % and −8.6 %); L 8 m took the
+/// sparse night to −7.9 %, and 6 m was kept (docs/ACCURACY.md).
 const DRIFT_LAG: f64 = 0.075;
 const DRIFT_TOTAL: f64 = 0.07;
 
