@@ -306,20 +306,52 @@ struct PointPane {
 
 /// A pane's devices and their latest sightings. Filled in a hash table while the pane is the
 /// newest; once a newer pane starts (and pings for this one arrive only late or re-sent) it is
-/// sealed into a vector grouped by the device pseudonym's top bits (a keyed hash, so the groups
-/// are even, ~4 a group), found through one offset per group: ~41 bytes a sighting with no slack,
-/// where the table held ~59 at its loads (41 a bucket, 69 % full). The open panes were most of the
-/// window state, and all but the newest are sealed (issue 20). Grouped in one counting pass, not
-/// sorted: a sort of each pane was 5 % of a replay. A device is held in one of the two, never both.
+/// sealed into a vector of 32-byte sightings (`SealedSeen`): ~32 bytes a sighting with no slack,
+/// where the table held ~59 at its loads (41 a bucket, 69 % full). The open panes were most of
+/// the window state, and all but the newest are sealed (issue 20). The vector is grouped by the
+/// device pseudonym's top bits (a keyed hash, so ~4 a group, found through one offset per
+/// group) only when a late or re-sent ping first needs a look-up: a replay in time order never
+/// does, and grouping every pane cost 3–5 % of one. A device is held in one of the two, never both.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(from = "FxHashMap<DeviceId, Seen>", into = "FxHashMap<DeviceId, Seen>")]
 struct PaneDevices {
     open: FxHashMap<DeviceId, Seen>,
     /// Grouped by the top `bits` of the device.
-    sealed: Vec<(DeviceId, Seen)>,
+    sealed: Vec<SealedSeen>,
     /// Where each group starts in `sealed` (one more than the groups: the last is its length).
     starts: Vec<u32>,
     bits: u32,
+    /// The sealed sightings' cells (a pane's devices stand in far fewer cells than they are).
+    cells: Vec<CellId>,
+    /// The sealed sightings' times are milliseconds from this one.
+    base: i64,
+}
+
+/// A sealed pane's sighting: `Seen` in 32 bytes, its time from the pane's base and its cell an
+/// index into the pane's cells.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
+struct SealedSeen {
+    dev: u64,
+    dt: i32,
+    cell: u32,
+    spot: Spot,
+    source: SourceId,
+    place: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<SealedSeen>() == 32);
+
+impl SealedSeen {
+    fn unpack(&self, base: i64, cells: &[CellId]) -> Seen {
+        Seen {
+            ts: base + self.dt as i64,
+            cell: cells[self.cell as usize],
+            spot: self.spot,
+            source: self.source,
+            place: self.place,
+        }
+    }
 }
 
 impl From<FxHashMap<DeviceId, Seen>> for PaneDevices {
@@ -333,63 +365,81 @@ impl From<FxHashMap<DeviceId, Seen>> for PaneDevices {
 
 impl From<PaneDevices> for FxHashMap<DeviceId, Seen> {
     fn from(d: PaneDevices) -> FxHashMap<DeviceId, Seen> {
-        let mut all = d.open;
-        all.extend(d.sealed);
-        all
+        d.into_sightings().collect()
     }
 }
 
 impl PaneDevices {
     #[inline]
-    fn group(dev: DeviceId, bits: u32) -> usize {
+    fn group(dev: u64, bits: u32) -> usize {
         if bits == 0 {
             0
         } else {
-            (dev.0 >> (64 - bits)) as usize
+            (dev >> (64 - bits)) as usize
         }
     }
 
     /// The device's index in `sealed`, if it is there.
-    #[inline]
-    fn sealed_at(&self, dev: DeviceId) -> Option<usize> {
+    #[inline(always)]
+    fn sealed_at(&mut self, dev: DeviceId) -> Option<usize> {
         if self.sealed.is_empty() {
             return None;
         }
-        let g = Self::group(dev, self.bits);
+        self.sealed_at_slow(dev)
+    }
+
+    #[inline(never)]
+    fn sealed_at_slow(&mut self, dev: DeviceId) -> Option<usize> {
+        self.group_sealed();
+        let g = Self::group(dev.0, self.bits);
         let (a, b) = (self.starts[g] as usize, self.starts[g + 1] as usize);
         self.sealed[a..b]
             .iter()
-            .position(|(d, _)| *d == dev)
+            .position(|x| { x.dev } == dev.0)
             .map(|i| a + i)
     }
 
-    fn get(&self, dev: &DeviceId) -> Option<&Seen> {
+    fn get(&mut self, dev: &DeviceId) -> Option<Seen> {
         match self.sealed_at(*dev) {
-            Some(i) => Some(&self.sealed[i].1),
-            None => self.open.get(dev),
+            Some(i) => Some(self.sealed[i].unpack(self.base, &self.cells)),
+            None => self.open.get(dev).copied(),
         }
     }
 
     /// Keeps `seen` as the device's sighting when it is at least as new as the one held: the
     /// key of the ping that is not kept whole (the one replaced, or `seen` itself), if any.
     fn keep_latest(&mut self, dev: DeviceId, seen: Seen, key: impl Fn() -> u64) -> Option<u64> {
-        let held = match self.sealed_at(dev) {
-            Some(i) => Some(&mut self.sealed[i].1),
-            None => match self.open.entry(dev) {
-                Entry::Occupied(o) => Some(o.into_mut()),
-                Entry::Vacant(v) => {
-                    v.insert(seen);
-                    None
+        if let Some(i) = self.sealed_at(dev) {
+            let held = self.sealed[i].unpack(self.base, &self.cells);
+            if seen.ts < held.ts {
+                return Some(key());
+            }
+            let Ok(dt) = i32::try_from(seen.ts - self.base) else {
+                // A pane longer than 24 days: held in the table again.
+                self.unseal();
+                return self.keep_latest(dev, seen, key);
+            };
+            let cell = match self.cells.iter().position(|&c| c == seen.cell) {
+                Some(c) => c as u32,
+                None => {
+                    self.cells.push(seen.cell);
+                    (self.cells.len() - 1) as u32
                 }
-            },
-        };
-        match held {
-            Some(h) if seen.ts >= h.ts => {
-                let old = std::mem::replace(h, seen);
+            };
+            let x = &mut self.sealed[i];
+            (x.dt, x.cell, x.spot, x.source, x.place) = (dt, cell, seen.spot, seen.source, seen.place);
+            return held.record(dev).map(|r| key_of(&r));
+        }
+        match self.open.entry(dev) {
+            Entry::Occupied(mut o) if seen.ts >= o.get().ts => {
+                let old = std::mem::replace(o.get_mut(), seen);
                 old.record(dev).map(|r| key_of(&r))
             }
-            Some(_) => Some(key()),
-            None => None,
+            Entry::Occupied(_) => Some(key()),
+            Entry::Vacant(v) => {
+                v.insert(seen);
+                None
+            }
         }
     }
 
@@ -397,15 +447,42 @@ impl PaneDevices {
         self.open.len() + self.sealed.len()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&DeviceId, &Seen)> {
-        self.open.iter().chain(self.sealed.iter().map(|(d, s)| (d, s)))
+    /// Every device with its sighting.
+    fn iter(&self) -> impl Iterator<Item = (DeviceId, Seen)> + '_ {
+        let (base, cells) = (self.base, &self.cells);
+        (self.open.iter().map(|(d, s)| (*d, *s))).chain(
+            self.sealed
+                .iter()
+                .map(move |x| (DeviceId(x.dev), x.unpack(base, cells))),
+        )
     }
 
-    fn iter_mut(&mut self) -> impl ExactSizeIterator<Item = (&DeviceId, &mut Seen)> {
-        Chain2 {
-            a: self.open.iter_mut(),
-            b: self.sealed.iter_mut(),
-        }
+    /// Every device with its sighting and where its place handle is kept.
+    fn iter_places(&mut self) -> impl Iterator<Item = (DeviceId, Seen, &mut u32)> + '_ {
+        let (base, cells) = (self.base, &self.cells);
+        (self.open.iter_mut().map(|(d, s)| {
+            let seen = *s;
+            (*d, seen, &mut s.place)
+        }))
+        .chain(self.sealed.iter_mut().map(move |x| {
+            let seen = x.unpack(base, cells);
+            (DeviceId(x.dev), seen, &mut x.place)
+        }))
+    }
+
+    fn into_sightings(self) -> impl Iterator<Item = (DeviceId, Seen)> {
+        let (base, cells) = (self.base, self.cells);
+        (self.open.into_iter()).chain(
+            self.sealed
+                .into_iter()
+                .map(move |x| (DeviceId(x.dev), x.unpack(base, &cells))),
+        )
+    }
+
+    /// Everything back into the table.
+    fn unseal(&mut self) {
+        let sealed = std::mem::take(self);
+        *self = PaneDevices::from(sealed.into_sightings().collect::<FxHashMap<_, _>>());
     }
 
     /// Moves the table into the grouped vector (see the type's doc), with any sealed before.
@@ -413,24 +490,82 @@ impl PaneDevices {
         if self.open.is_empty() {
             return;
         }
-        let mut all = std::mem::take(&mut self.sealed);
-        all.reserve_exact(self.open.len());
-        all.extend(std::mem::take(&mut self.open));
-        let n = all.len();
+        if !self.sealed.is_empty() {
+            // Late pings for a sealed pane stay in the table beside it until they are an eighth
+            // of it (a feed's stragglers arrive for every pane: sealing each again at every close
+            // cost more than the table holds), then everything is sealed again.
+            if self.open.len() * 8 < self.sealed.len() {
+                return;
+            }
+            self.unseal();
+        }
+        let all = std::mem::take(&mut self.open);
+        let (lo, hi) = all
+            .values()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.ts), hi.max(s.ts)));
+        let base = lo;
+        if i32::try_from(hi - base).is_err() {
+            self.open = all;
+            return;
+        }
+        let mut cells: Vec<CellId> = Vec::new();
+        let mut index: FxHashMap<CellId, u32> = FxHashMap::default();
+        // A pane's devices stand in a few thousand cells: most find theirs in this small cache.
+        let mut recent = vec![(CellId(u64::MAX), 0u32); 4096];
+        let mut sealed = Vec::with_capacity(all.len());
+        for (d, s) in all {
+            let slot = &mut recent[(s.cell.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize];
+            let cell = if slot.0 == s.cell {
+                slot.1
+            } else {
+                let c = *index.entry(s.cell).or_insert_with(|| {
+                    cells.push(s.cell);
+                    (cells.len() - 1) as u32
+                });
+                *slot = (s.cell, c);
+                c
+            };
+            sealed.push(SealedSeen {
+                dev: d.0,
+                dt: (s.ts - base) as i32,
+                cell,
+                spot: s.spot,
+                source: s.source,
+                place: s.place,
+            });
+        }
+        cells.shrink_to_fit();
+        *self = PaneDevices {
+            open: FxHashMap::default(),
+            sealed,
+            starts: Vec::new(),
+            bits: 0,
+            cells,
+            base,
+        };
+    }
+
+    /// Groups the sealed sightings by device (see the type's doc) the first time one is looked
+    /// up: in a replay in time order no pane ever is, so sealing is one sequential copy.
+    fn group_sealed(&mut self) {
+        if !self.starts.is_empty() || self.sealed.is_empty() {
+            return;
+        }
+        let n = self.sealed.len();
         // ~4 a group: a look-up scans a few neighbours in one or two cache lines.
         let bits = (n / 4).max(1).ilog2().min(30);
         let mut starts = vec![0u32; (1usize << bits) + 1];
-        for (d, _) in &all {
-            starts[Self::group(*d, bits) + 1] += 1;
+        for x in &self.sealed {
+            starts[Self::group(x.dev, bits) + 1] += 1;
         }
         for g in 1..starts.len() {
             starts[g] += starts[g - 1];
         }
         let mut next: Vec<u32> = starts[..starts.len() - 1].to_vec();
-        let mut grouped = vec![all[0]; n];
-        for e in all {
-            let g = Self::group(e.0, bits);
-            grouped[next[g] as usize] = e;
+        let mut grouped = self.sealed.clone();
+        for x in &self.sealed {
+            let g = Self::group(x.dev, bits);
+            grouped[next[g] as usize] = *x;
             next[g] += 1;
         }
         self.sealed = grouped;
@@ -441,44 +576,11 @@ impl PaneDevices {
     /// Heap bytes, as `Engine::state_bytes` counts them.
     fn bytes(&self) -> usize {
         hash_table_bytes::<DeviceId, Seen>(self.open.capacity())
-            + self.sealed.capacity() * std::mem::size_of::<(DeviceId, Seen)>()
+            + self.sealed.capacity() * std::mem::size_of::<SealedSeen>()
             + self.starts.capacity() * 4
+            + self.cells.capacity() * 8
     }
 }
-
-impl IntoIterator for PaneDevices {
-    type Item = (DeviceId, Seen);
-    type IntoIter = std::iter::Chain<
-        std::collections::hash_map::IntoIter<DeviceId, Seen>,
-        std::vec::IntoIter<(DeviceId, Seen)>,
-    >;
-    fn into_iter(self) -> Self::IntoIter {
-        self.open.into_iter().chain(self.sealed)
-    }
-}
-
-/// The open table's entries, then the sealed ones, with an exact length (`build` asks it).
-struct Chain2<'a> {
-    a: std::collections::hash_map::IterMut<'a, DeviceId, Seen>,
-    b: std::slice::IterMut<'a, (DeviceId, Seen)>,
-}
-
-impl<'a> Iterator for Chain2<'a> {
-    type Item = (&'a DeviceId, &'a mut Seen);
-    #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
-        match self.a.next() {
-            Some(x) => Some(x),
-            None => self.b.next().map(|(d, s)| (&*d, s)),
-        }
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.a.len() + self.b.len();
-        (n, Some(n))
-    }
-}
-
-impl ExactSizeIterator for Chain2<'_> {}
 
 /// Heap bytes of a hashbrown table of that capacity: buckets = the next power of two ≥ capacity
 /// × 8/7, one control byte each.
@@ -504,7 +606,7 @@ struct Pane {
 
 impl Pane {
     /// Whether a record identical to `rec` (its key given by `key`) is already held.
-    fn holds(&self, rec: &Record, key: impl Fn() -> u64) -> bool {
+    fn holds(&mut self, rec: &Record, key: impl Fn() -> u64) -> bool {
         let in_keys = || !self.keys.is_empty() && self.keys.contains(&key());
         let Body::Ping { device, .. } = &rec.body else {
             return in_keys();
@@ -522,7 +624,7 @@ impl Pane {
     fn all_keys(&self) -> Vec<u64> {
         let mut keys: Vec<u64> = Vec::with_capacity(self.keys.len() + self.devices.len());
         keys.extend(self.keys.iter().copied());
-        keys.extend((self.devices.iter()).filter_map(|(dev, s)| s.record(*dev).map(|r| key_of(&r))));
+        keys.extend((self.devices.iter()).filter_map(|(dev, s)| s.record(dev).map(|r| key_of(&r))));
         keys
     }
 }
@@ -854,7 +956,7 @@ impl Engine {
         let key_cell = std::cell::OnceCell::new();
         let key = || *key_cell.get_or_init(|| key_of(rec));
         let pane = at.div_euclid(self.slide);
-        if self.panes.get(&pane).is_some_and(|p| p.holds(rec, key))
+        if self.panes.get_mut(&pane).is_some_and(|p| p.holds(rec, key))
             || self.closed_keys.get(&pane).is_some_and(|k| k.contains(key()))
         {
             self.stats.duplicates += 1;
@@ -1045,7 +1147,8 @@ impl Engine {
                     self.next_close = (fp - self.n + 1).min(first_open);
                 }
                 Some(_) => {
-                    // Late pings a sealed pane took since it was sealed join it (no-op otherwise).
+                    // Panes a newer one overtook out of order are sealed, and a sealed pane's late
+                    // pings join it once they are many (`PaneDevices::seal`).
                     if let Some(newest) = self.panes.keys().next_back().copied() {
                         for p in self.panes.range_mut(..newest).map(|(_, p)| p) {
                             p.devices.seal();
@@ -1059,7 +1162,7 @@ impl Engine {
                         self.closed_keys.insert(s, ClosedKeys::from_keys(p.all_keys()));
                         // Presence only places devices on segments: without them it is not kept.
                         if self.segments.is_some() {
-                            for (dev, seen) in p.devices {
+                            for (dev, seen) in p.devices.into_sightings() {
                                 remember(&mut self.carry, dev, seen);
                             }
                         }
@@ -1195,26 +1298,26 @@ impl Engine {
         // Devices are taken a chunk at a time: first each one's look-ups in the set of counted
         // devices and the presence table (independent cache misses the core overlaps), then the
         // work that needs them. One at a time, each miss waited behind the last device's work.
-        let mut chunk: Vec<(&mut Seen, Option<&Carry>)> = Vec::with_capacity(CHUNK);
+        let mut chunk: Vec<(Seen, &mut u32, Option<&Carry>)> = Vec::with_capacity(CHUNK);
         // Newest pane first: a device's first sighting is its latest ping in the window.
         for (_, pane) in self.panes.range_mut(s..s + self.n).rev() {
-            let mut devices = pane.devices.iter_mut();
-            loop {
+            let mut devices = pane.devices.iter_places();
+            let mut more = true;
+            while more {
                 chunk.clear();
-                for (dev, e) in devices.by_ref().take(CHUNK) {
-                    if seen.insert(*dev) {
+                let mut taken = 0;
+                for (dev, e, slot) in devices.by_ref().take(CHUNK) {
+                    taken += 1;
+                    if seen.insert(dev) {
                         // A ping from the window's last seconds needs no projection (nor a look-up).
                         let before = (attr.is_some() && end - e.ts > 5_000)
-                            .then(|| self.carry.get(dev))
+                            .then(|| self.carry.get(&dev))
                             .flatten();
-                        chunk.push((e, before));
+                        chunk.push((e, slot, before));
                     }
                 }
-                if chunk.is_empty() && devices.len() == 0 {
-                    break;
-                }
-                for (e, before) in chunk.iter_mut() {
-                    let e: &mut Seen = e;
+                more = taken == CHUNK;
+                for (e, slot, before) in chunk.iter_mut() {
                     let (row, people) = cells.entry(e.cell).or_insert_with(|| empty_row(e.cell));
                     let scale = self.scales.get(e.source.0 as usize).copied().unwrap_or(1.0);
                     row.lbs_devices += 1;
@@ -1233,7 +1336,7 @@ impl Engine {
                             row.lbs_off_network += 1;
                         }
                         if own && places.generation() == gen {
-                            e.place = place;
+                            **slot = place;
                         }
                     }
                 }
@@ -1391,7 +1494,7 @@ impl Engine {
     pub fn distinct_devices(&self) -> usize {
         let mut seen: rustc_hash::FxHashSet<DeviceId> = rustc_hash::FxHashSet::default();
         for p in self.panes.values() {
-            seen.extend(p.devices.iter().map(|(d, _)| *d));
+            seen.extend(p.devices.iter().map(|(d, _)| d));
         }
         seen.len()
     }
@@ -1400,8 +1503,8 @@ impl Engine {
 /// Drops every sighting's place handle (they belong to a cache generation that has passed).
 fn forget_places(panes: &mut BTreeMap<i64, Pane>) {
     for pane in panes.values_mut() {
-        for e in pane.devices.iter_mut().map(|(_, e)| e) {
-            e.place = NO_PLACE;
+        for (_, _, place) in pane.devices.iter_places() {
+            *place = NO_PLACE;
         }
     }
 }
@@ -2270,7 +2373,7 @@ mod tests {
         }
         // A newer pane starts: the first is sealed.
         assert!(e.ingest(&ping(T0 + 12_000, dev(5_000), 8, 0), 0));
-        let first = &e.panes[&T0.div_euclid(10_000)];
+        let first = e.panes.get_mut(&T0.div_euclid(10_000)).expect("the first pane");
         assert!(first.devices.open.is_empty() && first.devices.sealed.len() == 3_000);
         assert!((0..3_000).all(|i| first.devices.get(&DeviceId(dev(i))).is_some()));
         assert!(first.devices.get(&DeviceId(dev(4_000))).is_none());
@@ -2284,12 +2387,15 @@ mod tests {
         assert!(e.ingest(&ping(T0 + 9_000, dev(1), 9, 0), 0));
         assert!(!e.ingest(&ping(T0 + 1_001, dev(1), 7, 0), 0));
         assert!(e.ingest(&ping(T0 + 9_500, dev(4_000), 9, 0), 0));
-        let first = &e.panes[&T0.div_euclid(10_000)];
+        let first = e.panes.get_mut(&T0.div_euclid(10_000)).expect("the first pane");
         assert_eq!(
             first.devices.get(&DeviceId(dev(1))).map(|s| s.cell),
             Some(CellId(9))
         );
         assert_eq!(first.devices.len(), 3_001);
+        // The stragglers wait in the table beside the sealed vector (one of 3,000 is too few to
+        // seal again).
+        assert_eq!((first.devices.open.len(), first.devices.sealed.len()), (1, 3_000));
         // Through a checkpoint, and closed: each device counted once, at its latest sighting.
         let mut e: Engine = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert!(e.ingest(&ping(T0 + 45_000, dev(6_000), 8, 0), 0));
@@ -2301,6 +2407,28 @@ mod tests {
         assert_eq!(row(held, 7).map(|r| r.lbs_devices), Some(2_999));
         assert_eq!(row(held, 9).map(|r| r.lbs_devices), Some(2));
         assert_eq!(row(held, 8).map(|r| r.lbs_devices), Some(1));
+    }
+
+    #[test]
+    fn a_pane_spanning_more_than_24_days_is_held_in_its_table_not_packed() {
+        let seen = |ts: i64| Seen::new(ts, CellId(7), SourceId(0), None);
+        let day = 86_400_000;
+        let mut d = PaneDevices::default();
+        d.keep_latest(DeviceId(1), seen(T0), || 0);
+        d.keep_latest(DeviceId(2), seen(T0 + 30 * day), || 0);
+        d.seal();
+        assert_eq!((d.open.len(), d.sealed.len()), (2, 0));
+        let mut d = PaneDevices::default();
+        d.keep_latest(DeviceId(1), seen(T0), || 0);
+        d.seal();
+        assert_eq!(d.sealed.len(), 1);
+        // A later ping of the sealed device beyond what the packing holds: back in the table.
+        assert_eq!(
+            d.keep_latest(DeviceId(1), seen(T0 + 30 * day), || 0),
+            Some(key_of(&ping(T0, 1, 7, 0)))
+        );
+        assert_eq!((d.open.len(), d.sealed.len()), (1, 0));
+        assert_eq!(d.get(&DeviceId(1)).map(|s| s.ts), Some(T0 + 30 * day));
     }
 
     #[test]
