@@ -2410,6 +2410,49 @@ mod tests {
     }
 
     #[test]
+    fn a_pane_sealed_and_fed_stragglers_in_any_order_holds_what_a_plain_table_would() {
+        // A plain table with the same rule (a device keeps its latest sighting) is the model.
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20 {
+            let mut d = PaneDevices::default();
+            let mut model: FxHashMap<DeviceId, Seen> = FxHashMap::default();
+            let devices = 50 + round * 40;
+            for step in 0..4_000 {
+                let dev = DeviceId((next() % devices).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let ts = T0 + (next() % 10_000) as i64;
+                let seen = Seen::new(ts, CellId(next() % 30), SourceId((next() % 3) as u16), None);
+                let kept = d.keep_latest(dev, seen, || 1).is_none();
+                let fresh = !model.contains_key(&dev);
+                let m = model.entry(dev).or_insert(seen);
+                if seen.ts >= m.ts {
+                    *m = seen;
+                }
+                assert_eq!(kept, fresh, "only a device new to the pane displaces nothing");
+                // Sealed now and then, as newer panes start and windows close.
+                if next() % 500 == 0 || step == 1_000 {
+                    d.seal();
+                }
+            }
+            assert_eq!(d.len(), model.len());
+            for (dev, m) in &model {
+                let got = d.get(dev).expect("every device is found");
+                assert_eq!((got.ts, got.cell, got.source), (m.ts, m.cell, m.source));
+            }
+            let mut all: Vec<(u64, i64)> = d.iter().map(|(dev, s)| (dev.0, s.ts)).collect();
+            all.sort_unstable();
+            let mut want: Vec<(u64, i64)> = model.iter().map(|(dev, s)| (dev.0, s.ts)).collect();
+            want.sort_unstable();
+            assert_eq!(all, want, "each device once, at its latest sighting");
+        }
+    }
+
+    #[test]
     fn a_pane_spanning_more_than_24_days_is_held_in_its_table_not_packed() {
         let seen = |ts: i64| Seen::new(ts, CellId(7), SourceId(0), None);
         let day = 86_400_000;
