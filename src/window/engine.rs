@@ -419,13 +419,16 @@ impl PaneDevices {
                 self.unseal();
                 return self.keep_latest(dev, seen, key);
             };
-            let cell = match self.cells.iter().position(|&c| c == seen.cell) {
-                Some(c) => c as u32,
-                None => {
-                    self.cells.push(seen.cell);
-                    (self.cells.len() - 1) as u32
-                }
-            };
+            // Mostly the cell it was in; otherwise a scan of the pane's cells (stragglers only).
+            let same = (held.cell == seen.cell).then(|| self.sealed[i].cell);
+            let cell =
+                match same.or_else(|| self.cells.iter().position(|&c| c == seen.cell).map(|c| c as u32)) {
+                    Some(c) => c,
+                    None => {
+                        self.cells.push(seen.cell);
+                        (self.cells.len() - 1) as u32
+                    }
+                };
             let x = &mut self.sealed[i];
             (x.dt, x.cell, x.spot, x.source, x.place) = (dt, cell, seen.spot, seen.source, seen.place);
             return held.record(dev).map(|r| key_of(&r));
