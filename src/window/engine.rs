@@ -229,6 +229,197 @@ impl From<Carry> for CarryForm {
     }
 }
 
+/// The presence table's key: the pseudonym in two halves, so that a bucket aligns to 4 bytes
+/// (28 with its record, where a `u64` key made it 32). Hashed as the `u64` it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DevKey([u32; 2]);
+
+impl DevKey {
+    fn of(d: DeviceId) -> DevKey {
+        DevKey([(d.0 >> 32) as u32, d.0 as u32])
+    }
+
+    fn get(self) -> DeviceId {
+        DeviceId(((self.0[0] as u64) << 32) | self.0[1] as u64)
+    }
+}
+
+impl std::hash::Hash for DevKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.get().hash(h)
+    }
+}
+
+/// `Carry` as the table holds it: 20 bytes, its time in milliseconds from the table's base.
+#[derive(Debug, Clone, Copy)]
+struct PackedCarry {
+    dt: i32,
+    spot: Spot,
+    source: SourceId,
+    interval_ds: u16,
+    last_gap_ds: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<(DevKey, PackedCarry)>() == 28);
+
+/// Each device's presence record (see `Carry`), 29 bytes a bucket where `Carry` under a `u64`
+/// key took 33: the table is held for every device seen in the last minutes, the window state's
+/// largest after the panes (issue 20). Checkpointed as the map of `Carry` it stands for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "FxHashMap<DeviceId, Carry>", into = "FxHashMap<DeviceId, Carry>")]
+struct Carried {
+    map: FxHashMap<DevKey, PackedCarry>,
+    /// Records' times are milliseconds from this one.
+    base: i64,
+}
+
+impl From<FxHashMap<DeviceId, Carry>> for Carried {
+    fn from(m: FxHashMap<DeviceId, Carry>) -> Carried {
+        let mut c = Carried::default();
+        for (d, r) in m {
+            c.insert(d, r);
+        }
+        c
+    }
+}
+
+impl From<Carried> for FxHashMap<DeviceId, Carry> {
+    fn from(c: Carried) -> FxHashMap<DeviceId, Carry> {
+        c.iter().collect()
+    }
+}
+
+/// A table's times reach this far either side of its base; a rebase puts the newest this far
+/// after it.
+const CARRY_REACH_MS: i64 = 1 << 30;
+
+impl Carried {
+    fn unpack(&self, p: &PackedCarry) -> Carry {
+        Carry {
+            ts: self.base + p.dt as i64,
+            spot: p.spot,
+            source: p.source,
+            interval_ds: p.interval_ds,
+            last_gap_ds: p.last_gap_ds,
+        }
+    }
+
+    fn get(&self, dev: &DeviceId) -> Option<Carry> {
+        self.map.get(&DevKey::of(*dev)).map(|p| self.unpack(p))
+    }
+
+    #[cfg(test)]
+    fn contains_key(&self, dev: &DeviceId) -> bool {
+        self.map.contains_key(&DevKey::of(*dev))
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (DeviceId, Carry)> + '_ {
+        self.map.iter().map(|(k, p)| (k.get(), self.unpack(p)))
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Carry) -> bool) {
+        let base = self.base;
+        self.map.retain(|_, p| {
+            keep(&Carry {
+                ts: base + p.dt as i64,
+                spot: p.spot,
+                source: p.source,
+                interval_ds: p.interval_ds,
+                last_gap_ds: p.last_gap_ds,
+            })
+        });
+    }
+
+    /// `ts` from the base, rebasing the table when it is beyond reach (every ~12 days of a
+    /// run). `None` for a time over 37 days older than the newest record: presence that old has
+    /// long been forgotten (`Engine::forget_absent`).
+    fn offset(&mut self, ts: i64) -> Option<i32> {
+        if self.map.is_empty() {
+            self.base = ts;
+        }
+        if let Ok(d) = i32::try_from(ts - self.base) {
+            return Some(d);
+        }
+        let hi = (self.map.values())
+            .map(|p| self.base + p.dt as i64)
+            .fold(ts, i64::max);
+        let (old, new) = (self.base, hi - CARRY_REACH_MS);
+        self.map
+            .retain(|_, p| match i32::try_from(old + p.dt as i64 - new) {
+                Ok(d) => {
+                    p.dt = d;
+                    true
+                }
+                Err(_) => false,
+            });
+        self.base = new;
+        i32::try_from(ts - new).ok()
+    }
+
+    fn insert(&mut self, dev: DeviceId, c: Carry) {
+        if let Some(dt) = self.offset(c.ts) {
+            let p = PackedCarry {
+                dt,
+                spot: c.spot,
+                source: c.source,
+                interval_ds: c.interval_ds,
+                last_gap_ds: c.last_gap_ds,
+            };
+            self.map.insert(DevKey::of(dev), p);
+        }
+    }
+
+    /// Folds a sighting at `pos` into the device's record (newer sightings only).
+    fn fold(&mut self, dev: DeviceId, seen: &Seen, pos: Position) {
+        let key = DevKey::of(dev);
+        if let Some(p) = self.map.get(&key) {
+            if seen.ts <= self.base + p.dt as i64 {
+                return;
+            }
+        }
+        let Some(dt) = self.offset(seen.ts) else {
+            return;
+        };
+        let base = self.base;
+        match self.map.get_mut(&key) {
+            Some(c) => {
+                // Never 0 once there are two sightings (0 means one so far).
+                let gap = ds(seen.ts - (base + c.dt as i64)).max(1);
+                c.interval_ds = if c.interval_ds == 0 {
+                    gap
+                } else {
+                    ((c.interval_ds as u32 + gap as u32) / 2) as u16
+                };
+                c.last_gap_ds = gap;
+                c.dt = dt;
+                c.spot = Spot::pack(Some(pos));
+                c.source = seen.source;
+            }
+            None => {
+                self.map.insert(
+                    key,
+                    PackedCarry {
+                        dt,
+                        spot: Spot::pack(Some(pos)),
+                        source: seen.source,
+                        interval_ds: 0,
+                        last_gap_ds: 0,
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// How long a device that has not pinged stays where it was last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
@@ -306,12 +497,14 @@ struct PointPane {
 
 /// A pane's devices and their latest sightings. Filled in a hash table while the pane is the
 /// newest; once a newer pane starts (and pings for this one arrive only late or re-sent) it is
-/// sealed into a vector of 32-byte sightings (`SealedSeen`): ~32 bytes a sighting with no slack,
+/// sealed into a vector of 28-byte sightings (`SealedSeen`): 28 bytes a sighting with no slack,
 /// where the table held ~59 at its loads (41 a bucket, 69 % full). The open panes were most of
 /// the window state, and all but the newest are sealed (issue 20). The vector is grouped by the
 /// device pseudonym's top bits (a keyed hash, so ~4 a group, found through one offset per
 /// group) only when a late or re-sent ping first needs a look-up: a replay in time order never
 /// does, and grouping every pane cost 3–5 % of one. A device is held in one of the two, never both.
+/// A pane whose times span more than a sealed sighting's 65.5 s (only with a slide that long)
+/// stays a table.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(from = "FxHashMap<DeviceId, Seen>", into = "FxHashMap<DeviceId, Seen>")]
 struct PaneDevices {
@@ -321,34 +514,36 @@ struct PaneDevices {
     /// Where each group starts in `sealed` (one more than the groups: the last is its length).
     starts: Vec<u32>,
     bits: u32,
-    /// The sealed sightings' cells (a pane's devices stand in far fewer cells than they are).
-    cells: Vec<CellId>,
+    /// The sealed sightings' cells with their sources (a pane's devices stand in far fewer
+    /// cells than they are).
+    at: Vec<(CellId, SourceId)>,
     /// The sealed sightings' times are milliseconds from this one.
     base: i64,
 }
 
-/// A sealed pane's sighting: `Seen` in 32 bytes, its time from the pane's base and its cell an
-/// index into the pane's cells.
+/// A sealed pane's sighting: `Seen` in 28 bytes, its time in milliseconds from the pane's base
+/// (a pane spans at most a slide: panes of a slide over 65.5 s stay tables) and its cell and
+/// source one index into the pane's pairs of them.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, packed(4))]
 struct SealedSeen {
     dev: u64,
-    dt: i32,
-    cell: u32,
-    spot: Spot,
-    source: SourceId,
+    at: u32,
     place: u32,
+    spot: Spot,
+    dt: u16,
 }
 
-const _: () = assert!(std::mem::size_of::<SealedSeen>() == 32);
+const _: () = assert!(std::mem::size_of::<SealedSeen>() == 28);
 
 impl SealedSeen {
-    fn unpack(&self, base: i64, cells: &[CellId]) -> Seen {
+    fn unpack(&self, base: i64, at: &[(CellId, SourceId)]) -> Seen {
+        let (cell, source) = at[self.at as usize];
         Seen {
             ts: base + self.dt as i64,
-            cell: cells[self.cell as usize],
+            cell,
             spot: self.spot,
-            source: self.source,
+            source,
             place: self.place,
         }
     }
@@ -401,7 +596,7 @@ impl PaneDevices {
 
     fn get(&mut self, dev: &DeviceId) -> Option<Seen> {
         match self.sealed_at(*dev) {
-            Some(i) => Some(self.sealed[i].unpack(self.base, &self.cells)),
+            Some(i) => Some(self.sealed[i].unpack(self.base, &self.at)),
             None => self.open.get(dev).copied(),
         }
     }
@@ -410,27 +605,29 @@ impl PaneDevices {
     /// key of the ping that is not kept whole (the one replaced, or `seen` itself), if any.
     fn keep_latest(&mut self, dev: DeviceId, seen: Seen, key: impl Fn() -> u64) -> Option<u64> {
         if let Some(i) = self.sealed_at(dev) {
-            let held = self.sealed[i].unpack(self.base, &self.cells);
+            let held = self.sealed[i].unpack(self.base, &self.at);
             if seen.ts < held.ts {
                 return Some(key());
             }
-            let Ok(dt) = i32::try_from(seen.ts - self.base) else {
-                // A pane longer than 24 days: held in the table again.
+            let Ok(dt) = u16::try_from(seen.ts - self.base) else {
+                // Beyond what a sealed sighting's time holds (a ping outside the pane's times):
+                // held in the table again.
                 self.unseal();
                 return self.keep_latest(dev, seen, key);
             };
-            // Mostly the cell it was in; otherwise a scan of the pane's cells (stragglers only).
-            let same = (held.cell == seen.cell).then(|| self.sealed[i].cell);
-            let cell =
-                match same.or_else(|| self.cells.iter().position(|&c| c == seen.cell).map(|c| c as u32)) {
-                    Some(c) => c,
-                    None => {
-                        self.cells.push(seen.cell);
-                        (self.cells.len() - 1) as u32
-                    }
-                };
+            // Mostly the cell and source it had; otherwise a scan of the pane's pairs
+            // (stragglers only).
+            let pair = (seen.cell, seen.source);
+            let same = (held.cell == seen.cell && held.source == seen.source).then(|| self.sealed[i].at);
+            let at = match same.or_else(|| self.at.iter().position(|&c| c == pair).map(|c| c as u32)) {
+                Some(c) => c,
+                None => {
+                    self.at.push(pair);
+                    (self.at.len() - 1) as u32
+                }
+            };
             let x = &mut self.sealed[i];
-            (x.dt, x.cell, x.spot, x.source, x.place) = (dt, cell, seen.spot, seen.source, seen.place);
+            (x.dt, x.at, x.spot, x.place) = (dt, at, seen.spot, seen.place);
             return held.record(dev).map(|r| key_of(&r));
         }
         match self.open.entry(dev) {
@@ -452,33 +649,33 @@ impl PaneDevices {
 
     /// Every device with its sighting.
     fn iter(&self) -> impl Iterator<Item = (DeviceId, Seen)> + '_ {
-        let (base, cells) = (self.base, &self.cells);
+        let (base, at) = (self.base, &self.at);
         (self.open.iter().map(|(d, s)| (*d, *s))).chain(
             self.sealed
                 .iter()
-                .map(move |x| (DeviceId(x.dev), x.unpack(base, cells))),
+                .map(move |x| (DeviceId(x.dev), x.unpack(base, at))),
         )
     }
 
     /// Every device with its sighting and where its place handle is kept.
     fn iter_places(&mut self) -> impl Iterator<Item = (DeviceId, Seen, &mut u32)> + '_ {
-        let (base, cells) = (self.base, &self.cells);
+        let (base, at) = (self.base, &self.at);
         (self.open.iter_mut().map(|(d, s)| {
             let seen = *s;
             (*d, seen, &mut s.place)
         }))
         .chain(self.sealed.iter_mut().map(move |x| {
-            let seen = x.unpack(base, cells);
+            let seen = x.unpack(base, at);
             (DeviceId(x.dev), seen, &mut x.place)
         }))
     }
 
     fn into_sightings(self) -> impl Iterator<Item = (DeviceId, Seen)> {
-        let (base, cells) = (self.base, self.cells);
+        let (base, at) = (self.base, self.at);
         (self.open.into_iter()).chain(
             self.sealed
                 .into_iter()
-                .map(move |x| (DeviceId(x.dev), x.unpack(base, &cells))),
+                .map(move |x| (DeviceId(x.dev), x.unpack(base, &at))),
         )
     }
 
@@ -507,43 +704,44 @@ impl PaneDevices {
             .values()
             .fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.ts), hi.max(s.ts)));
         let base = lo;
-        if i32::try_from(hi - base).is_err() {
+        if u16::try_from(hi - base).is_err() {
+            // Times wider than a sealed sighting holds (a slide over 65.5 s): kept as a table.
             self.open = all;
             return;
         }
-        let mut cells: Vec<CellId> = Vec::new();
-        let mut index: FxHashMap<CellId, u32> = FxHashMap::default();
+        let mut at: Vec<(CellId, SourceId)> = Vec::new();
+        let mut index: FxHashMap<(CellId, SourceId), u32> = FxHashMap::default();
         // A pane's devices stand in a few thousand cells: most find theirs in this small cache.
-        let mut recent = vec![(CellId(u64::MAX), 0u32); 4096];
+        let mut recent = vec![(CellId(u64::MAX), SourceId(0), 0u32); 4096];
         let mut sealed = Vec::with_capacity(all.len());
         for (d, s) in all {
-            let slot = &mut recent[(s.cell.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize];
-            let cell = if slot.0 == s.cell {
-                slot.1
+            let h = (s.cell.0 ^ s.source.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52;
+            let slot = &mut recent[h as usize];
+            let i = if slot.0 == s.cell && slot.1 == s.source {
+                slot.2
             } else {
-                let c = *index.entry(s.cell).or_insert_with(|| {
-                    cells.push(s.cell);
-                    (cells.len() - 1) as u32
+                let i = *index.entry((s.cell, s.source)).or_insert_with(|| {
+                    at.push((s.cell, s.source));
+                    (at.len() - 1) as u32
                 });
-                *slot = (s.cell, c);
-                c
+                *slot = (s.cell, s.source, i);
+                i
             };
             sealed.push(SealedSeen {
                 dev: d.0,
-                dt: (s.ts - base) as i32,
-                cell,
-                spot: s.spot,
-                source: s.source,
+                at: i,
                 place: s.place,
+                spot: s.spot,
+                dt: (s.ts - base) as u16,
             });
         }
-        cells.shrink_to_fit();
+        at.shrink_to_fit();
         *self = PaneDevices {
             open: FxHashMap::default(),
             sealed,
             starts: Vec::new(),
             bits: 0,
-            cells,
+            at,
             base,
         };
     }
@@ -581,7 +779,7 @@ impl PaneDevices {
         hash_table_bytes::<DeviceId, Seen>(self.open.capacity())
             + self.sealed.capacity() * std::mem::size_of::<SealedSeen>()
             + self.starts.capacity() * 4
-            + self.cells.capacity() * 8
+            + self.at.capacity() * std::mem::size_of::<(CellId, SourceId)>()
     }
 }
 
@@ -755,7 +953,7 @@ pub struct Engine {
     /// the wider table earlier versions checkpointed as `carry`, which a restart skips (presence
     /// then refills within a ping interval).
     #[serde(default, rename = "carried")]
-    carry: FxHashMap<DeviceId, Carry>,
+    carry: Carried,
     #[serde(default)]
     presence: Presence,
     /// Per segment, the crowd density (p/m²) of the last closed window: the prior that splits an
@@ -840,7 +1038,7 @@ impl Engine {
             scales,
             late: Vec::new(),
             stats: EngineStats::default(),
-            carry: FxHashMap::default(),
+            carry: Carried::default(),
             presence: Presence::default(),
             prior_scale_m: default_prior_scale(),
             heading_m: default_heading(),
@@ -1256,7 +1454,7 @@ impl Engine {
     fn forget_absent(&mut self, end: i64) {
         let p = self.presence;
         let profiles = &self.profiles;
-        self.carry.retain(|_, c| {
+        self.carry.retain(|c| {
             let age = end - c.ts;
             age <= AHEAD_REACH_MS || age <= (2 * presence_limit(c, profiles, p)).min(p.max_ms)
         });
@@ -1301,7 +1499,7 @@ impl Engine {
         // Devices are taken a chunk at a time: first each one's look-ups in the set of counted
         // devices and the presence table (independent cache misses the core overlaps), then the
         // work that needs them. One at a time, each miss waited behind the last device's work.
-        let mut chunk: Vec<(Seen, &mut u32, Option<&Carry>)> = Vec::with_capacity(CHUNK);
+        let mut chunk: Vec<(Seen, &mut u32, Option<Carry>)> = Vec::with_capacity(CHUNK);
         // Newest pane first: a device's first sighting is its latest ping in the window.
         for (_, pane) in self.panes.range_mut(s..s + self.n).rev() {
             let mut devices = pane.devices.iter_places();
@@ -1327,7 +1525,7 @@ impl Engine {
                     *people += round_i64(scale * FIXED);
                     if let Some(a) = &mut attr {
                         // With no sighting before (none looked up for a recent ping), the ping as it is.
-                        let at = ahead(e, *before, end, profiles, heading_m);
+                        let at = ahead(e, before.as_ref(), end, profiles, heading_m);
                         // Its own position (not projected): the handle from an earlier window serves.
                         let own = at.spot == e.spot;
                         let mut place = if own && places.generation() == gen {
@@ -1361,10 +1559,10 @@ impl Engine {
         if let Some(a) = &mut attr {
             // Devices not seen in the window stay where they were until overdue by their own rhythm.
             let p = self.presence;
-            for (dev, c) in &self.carry {
+            for (dev, c) in self.carry.iter() {
                 // The record at hand decides first; the set of counted devices is a probe into
                 // memory, and a table kept for the projection's reach holds many overdue devices.
-                if end - c.ts <= presence_limit(c, profiles, p) && !seen.contains(dev) {
+                if end - c.ts <= presence_limit(&c, profiles, p) && !seen.contains(&dev) {
                     let scale = self.scales.get(c.source.0 as usize).copied().unwrap_or(1.0);
                     let mut place = NO_PLACE;
                     a.add(places, profiles, &c.seen(), scale, true, &mut place);
@@ -1489,7 +1687,7 @@ impl Engine {
         let closed: usize = self.closed_keys.values().map(|k| k.bytes()).sum();
         panes
             + closed
-            + hash_table_bytes::<DeviceId, Carry>(self.carry.capacity())
+            + hash_table_bytes::<DevKey, PackedCarry>(self.carry.capacity())
             + self.registers.state_bytes()
     }
 
@@ -1659,7 +1857,7 @@ fn cos_near(x: f64) -> f64 {
 }
 
 /// Folds a sighting into a device's presence record (newer sightings only).
-fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
+fn remember(carry: &mut Carried, dev: DeviceId, seen: Seen) {
     let pos = match seen.pos() {
         Some(p) => p,
         None => match seen.cell.index() {
@@ -1670,34 +1868,7 @@ fn remember(carry: &mut FxHashMap<DeviceId, Carry>, dev: DeviceId, seen: Seen) {
             None => return,
         },
     };
-    match carry.get_mut(&dev) {
-        Some(c) if seen.ts > c.ts => {
-            // Never 0 once there are two sightings (0 means one so far).
-            let gap = ds(seen.ts - c.ts).max(1);
-            c.interval_ds = if c.interval_ds == 0 {
-                gap
-            } else {
-                ((c.interval_ds as u32 + gap as u32) / 2) as u16
-            };
-            c.last_gap_ds = gap;
-            c.ts = seen.ts;
-            c.spot = Spot::pack(Some(pos));
-            c.source = seen.source;
-        }
-        Some(_) => {}
-        None => {
-            carry.insert(
-                dev,
-                Carry {
-                    ts: seen.ts,
-                    spot: Spot::pack(Some(pos)),
-                    source: seen.source,
-                    interval_ds: 0,
-                    last_gap_ds: 0,
-                },
-            );
-        }
-    }
+    carry.fold(dev, &seen, pos);
 }
 
 /// A cell's row before anything is added, with its people (in `FIXED` units) beside it.
@@ -2456,12 +2627,11 @@ mod tests {
     }
 
     #[test]
-    fn a_pane_spanning_more_than_24_days_is_held_in_its_table_not_packed() {
+    fn a_pane_spanning_more_than_65_seconds_is_held_in_its_table_not_packed() {
         let seen = |ts: i64| Seen::new(ts, CellId(7), SourceId(0), None);
-        let day = 86_400_000;
         let mut d = PaneDevices::default();
         d.keep_latest(DeviceId(1), seen(T0), || 0);
-        d.keep_latest(DeviceId(2), seen(T0 + 30 * day), || 0);
+        d.keep_latest(DeviceId(2), seen(T0 + 70_000), || 0);
         d.seal();
         assert_eq!((d.open.len(), d.sealed.len()), (2, 0));
         let mut d = PaneDevices::default();
@@ -2470,11 +2640,11 @@ mod tests {
         assert_eq!(d.sealed.len(), 1);
         // A later ping of the sealed device beyond what the packing holds: back in the table.
         assert_eq!(
-            d.keep_latest(DeviceId(1), seen(T0 + 30 * day), || 0),
+            d.keep_latest(DeviceId(1), seen(T0 + 70_000), || 0),
             Some(key_of(&ping(T0, 1, 7, 0)))
         );
         assert_eq!((d.open.len(), d.sealed.len()), (1, 0));
-        assert_eq!(d.get(&DeviceId(1)).map(|s| s.ts), Some(T0 + 30 * day));
+        assert_eq!(d.get(&DeviceId(1)).map(|s| s.ts), Some(T0 + 70_000));
     }
 
     #[test]
@@ -2911,8 +3081,9 @@ mod tests {
         }
 
         #[test]
-        fn a_presence_record_is_24_bytes_a_sighting_32_and_an_older_checkpoints_table_is_skipped() {
-            assert_eq!(std::mem::size_of::<Carry>(), 24);
+        fn a_presence_record_is_28_bytes_with_its_key_a_sighting_32_and_an_older_checkpoints_table_is_skipped(
+        ) {
+            assert_eq!(std::mem::size_of::<(DevKey, PackedCarry)>(), 28);
             assert_eq!(std::mem::size_of::<Seen>(), 32);
             let e = engine(60, 10);
             let mut v = serde_json::to_value(&e).unwrap();
@@ -2995,6 +3166,41 @@ mod tests {
             );
             assert!(held.iter().all(|(age, h)| !h || *age <= 180_000), "{held:?}");
             assert!(e.carry.contains_key(&DeviceId(2)), "the witness stays");
+        }
+
+        #[test]
+        fn presence_records_keep_their_times_across_a_rebase_and_a_checkpoint() {
+            let day = 86_400_000i64;
+            let pos = Position::new(31.24, 121.49, Some(5.0));
+            let seen = |ts: i64| Seen::new(ts, CellId::default(), SourceId(1), Some(pos));
+            let mut c = Carried::default();
+            c.fold(DeviceId(u64::MAX - 3), &seen(T0), pos);
+            c.fold(DeviceId(u64::MAX - 3), &seen(T0 + 30_000), pos);
+            c.fold(DeviceId(2), &seen(T0 + 60_000), pos);
+            // 30 days on: beyond an i32 of milliseconds from the first, so the table is rebased.
+            c.fold(DeviceId(3), &seen(T0 + 30 * day), pos);
+            assert_ne!(c.base, T0, "rebased");
+            let first = c.get(&DeviceId(u64::MAX - 3)).unwrap();
+            assert_eq!(
+                (first.ts, first.interval_ms(), first.source),
+                (T0 + 30_000, 30_000, SourceId(1))
+            );
+            assert_eq!(c.get(&DeviceId(2)).map(|c| c.ts), Some(T0 + 60_000));
+            assert_eq!(c.get(&DeviceId(3)).map(|c| c.ts), Some(T0 + 30 * day));
+            // An older sighting changes nothing.
+            c.fold(DeviceId(3), &seen(T0 + 29 * day), pos);
+            assert_eq!(c.get(&DeviceId(3)).map(|c| c.ts), Some(T0 + 30 * day));
+            let back: Carried = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            let mut a: Vec<_> = c.iter().map(|(d, r)| (d.0, r.ts, r.interval_ms())).collect();
+            let mut b: Vec<_> = back.iter().map(|(d, r)| (d.0, r.ts, r.interval_ms())).collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b);
+            assert_eq!(a.len(), 3);
+            // 40 days on, what is over 37 days older than the newest is dropped, not wrapped.
+            c.fold(DeviceId(4), &seen(T0 + 70 * day), pos);
+            let held: Vec<_> = c.iter().map(|(d, r)| (d.0, r.ts)).collect();
+            assert_eq!(held, vec![(4, T0 + 70 * day)]);
         }
 
         #[test]
