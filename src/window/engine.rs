@@ -521,6 +521,9 @@ struct PaneDevices {
     base: i64,
 }
 
+/// Late pings for a sealed pane join its vector once they are this fraction of it.
+const STRAGGLER_SHARE: usize = 32;
+
 /// A sealed pane's sighting: `Seen` in 28 bytes, its time in milliseconds from the pane's base
 /// (a pane spans at most a slide: panes of a slide over 65.5 s stay tables) and its cell and
 /// source one index into the pane's pairs of them.
@@ -685,36 +688,41 @@ impl PaneDevices {
         *self = PaneDevices::from(sealed.into_sightings().collect::<FxHashMap<_, _>>());
     }
 
-    /// Moves the table into the grouped vector (see the type's doc), with any sealed before.
+    /// Moves the table into the vector (see the type's doc), after any sealed before.
     fn seal(&mut self) {
         if self.open.is_empty() {
             return;
         }
-        if !self.sealed.is_empty() {
-            // Late pings for a sealed pane stay in the table beside it until they are an eighth
-            // of it (a feed's stragglers arrive for every pane: sealing each again at every close
-            // cost more than the table holds), then everything is sealed again.
-            if self.open.len() * 8 < self.sealed.len() {
+        let (lo, hi) = (self.open.values())
+            .fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.ts), hi.max(s.ts)));
+        if self.sealed.is_empty() {
+            if u16::try_from(hi - lo).is_err() {
+                // Times wider than a sealed sighting holds (a slide over 65.5 s): kept as a table.
                 return;
             }
-            self.unseal();
+            self.base = lo;
+        } else {
+            // Late pings for a sealed pane wait in the table beside it until they are a
+            // thirty-second of it (a feed's stragglers arrive for every pane: appending each
+            // costs a regrouping at the next look-up), then join the vector.
+            if self.open.len() * STRAGGLER_SHARE < self.sealed.len() {
+                return;
+            }
+            if lo < self.base || u16::try_from(hi - self.base).is_err() {
+                // Before the pane's earliest sealed sighting: all sealed again from a new base.
+                self.unseal();
+                return self.seal();
+            }
         }
-        let all = std::mem::take(&mut self.open);
-        let (lo, hi) = all
-            .values()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.ts), hi.max(s.ts)));
-        let base = lo;
-        if u16::try_from(hi - base).is_err() {
-            // Times wider than a sealed sighting holds (a slide over 65.5 s): kept as a table.
-            self.open = all;
-            return;
-        }
-        let mut at: Vec<(CellId, SourceId)> = Vec::new();
-        let mut index: FxHashMap<(CellId, SourceId), u32> = FxHashMap::default();
+        let base = self.base;
+        let mut at = std::mem::take(&mut self.at);
+        let mut index: FxHashMap<(CellId, SourceId), u32> =
+            at.iter().enumerate().map(|(i, &p)| (p, i as u32)).collect();
         // A pane's devices stand in a few thousand cells: most find theirs in this small cache.
         let mut recent = vec![(CellId(u64::MAX), SourceId(0), 0u32); 4096];
-        let mut sealed = Vec::with_capacity(all.len());
-        for (d, s) in all {
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.reserve_exact(self.open.len());
+        for (d, s) in std::mem::take(&mut self.open) {
             let h = (s.cell.0 ^ s.source.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52;
             let slot = &mut recent[h as usize];
             let i = if slot.0 == s.cell && slot.1 == s.source {
@@ -736,14 +744,11 @@ impl PaneDevices {
             });
         }
         at.shrink_to_fit();
-        *self = PaneDevices {
-            open: FxHashMap::default(),
-            sealed,
-            starts: Vec::new(),
-            bits: 0,
-            at,
-            base,
-        };
+        self.sealed = sealed;
+        self.at = at;
+        // Grouped again at the next look-up.
+        self.starts = Vec::new();
+        self.bits = 0;
     }
 
     /// Groups the sealed sightings by device (see the type's doc) the first time one is looked
@@ -2581,6 +2586,38 @@ mod tests {
         assert_eq!(row(held, 7).map(|r| r.lbs_devices), Some(2_999));
         assert_eq!(row(held, 9).map(|r| r.lbs_devices), Some(2));
         assert_eq!(row(held, 8).map(|r| r.lbs_devices), Some(1));
+    }
+
+    #[test]
+    fn stragglers_join_the_sealed_vector_and_one_before_its_base_reseals_it_from_there() {
+        let seen = |ts: i64, cell: u64| Seen::new(ts, CellId(cell), SourceId(0), None);
+        let mut d = PaneDevices::default();
+        for i in 0..64 {
+            d.keep_latest(DeviceId(i * 0x9E37_79B9), seen(T0 + 100 + i as i64, 7), || 0);
+        }
+        d.seal();
+        assert_eq!((d.open.len(), d.sealed.len(), d.base), (0, 64, T0 + 100));
+        // Two late newcomers wait beside the vector, then join it where they are.
+        d.keep_latest(DeviceId(1), seen(T0 + 5_000, 8), || 0);
+        d.keep_latest(DeviceId(2), seen(T0 + 6_000, 7), || 0);
+        d.seal();
+        assert_eq!((d.open.len(), d.sealed.len(), d.base), (0, 66, T0 + 100));
+        assert_eq!(d.get(&DeviceId(1)).map(|s| (s.ts, s.cell)), Some((T0 + 5_000, CellId(8))));
+        assert_eq!(d.get(&DeviceId(2)).map(|s| (s.ts, s.cell)), Some((T0 + 6_000, CellId(7))));
+        assert_eq!(d.at.len(), 2, "a pair is held once");
+        // A newcomer from before the earliest sealed sighting: all sealed again from it.
+        d.keep_latest(DeviceId(3), seen(T0, 9), || 0);
+        d.keep_latest(DeviceId(4), seen(T0 + 1, 9), || 0);
+        d.seal();
+        assert_eq!(d.open.len(), 2, "two of 66 wait");
+        d.keep_latest(DeviceId(5), seen(T0 + 2, 9), || 0);
+        d.seal();
+        assert_eq!((d.open.len(), d.sealed.len(), d.base), (0, 69, T0));
+        for i in 0..64 {
+            let got = d.get(&DeviceId(i * 0x9E37_79B9)).map(|s| (s.ts, s.cell));
+            assert_eq!(got, Some((T0 + 100 + i as i64, CellId(7))));
+        }
+        assert_eq!(d.get(&DeviceId(3)).map(|s| s.ts), Some(T0));
     }
 
     #[test]
