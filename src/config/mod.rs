@@ -726,6 +726,10 @@ impl Config {
                 "must be a positive whole number of milliseconds".into(),
             );
         }
+        // The engine holds a pane's times in 32 bits of milliseconds from within it.
+        if w.slide > std::time::Duration::from_secs(86_400) {
+            return bad("window.slide", format!("must be at most 24h, got {:?}", w.slide));
+        }
         if w.size < w.slide || !w.size.as_millis().is_multiple_of(w.slide.as_millis()) {
             return bad(
                 "window.size",
@@ -1134,6 +1138,15 @@ token = "abcdefghij"
             .unwrap_err()
             .to_string();
         assert!(e.contains("window.slide"), "{e}");
+    }
+
+    #[test]
+    fn a_slide_longer_than_a_day_is_refused_by_name() {
+        let e = Config::parse("[window]\nslide = \"25h\"\nsize = \"25h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("window.slide") && e.contains("24h"), "{e}");
+        assert!(Config::parse("[window]\nslide = \"24h\"\nsize = \"24h\"\n").is_ok());
     }
 
     #[test]

@@ -508,7 +508,8 @@ struct PointPane {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(from = "FxHashMap<DeviceId, Seen>", into = "FxHashMap<DeviceId, Seen>")]
 struct PaneDevices {
-    open: FxHashMap<DeviceId, Seen>,
+    /// Times from `base`.
+    open: FxHashMap<DevKey, OpenSeen>,
     /// Grouped by the top `bits` of the device.
     sealed: Vec<SealedSeen>,
     /// Where each group starts in `sealed` (one more than the groups: the last is its length).
@@ -517,7 +518,8 @@ struct PaneDevices {
     /// The sealed sightings' cells with their sources (a pane's devices stand in far fewer
     /// cells than they are).
     at: Vec<(CellId, SourceId)>,
-    /// The sealed sightings' times are milliseconds from this one.
+    /// The sightings' times are milliseconds from this one: the first held, then the earliest
+    /// sealed.
     base: i64,
 }
 
@@ -552,10 +554,56 @@ impl SealedSeen {
     }
 }
 
+/// A pane table's sighting: `Seen` with its time in milliseconds from the pane's base, 28 bytes
+/// aligned to 4 so that a bucket with its key takes 37 bytes, not 41 (the newest pane's table is
+/// the window state's largest after the sealed panes and presence).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
+struct OpenSeen {
+    dt: i32,
+    cell: CellId,
+    spot: Spot,
+    source: SourceId,
+    place: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<(DevKey, OpenSeen)>() == 36);
+
+impl OpenSeen {
+    /// `seen` from `base`; a pane spans at most a slide, at most a day (`Config::validate`).
+    fn pack(seen: &Seen, base: i64) -> OpenSeen {
+        OpenSeen {
+            dt: (seen.ts - base).clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+            cell: seen.cell,
+            spot: seen.spot,
+            source: seen.source,
+            place: seen.place,
+        }
+    }
+
+    fn unpack(&self, base: i64) -> Seen {
+        Seen {
+            ts: base + self.dt as i64,
+            cell: self.cell,
+            spot: self.spot,
+            source: self.source,
+            place: self.place,
+        }
+    }
+}
+
 impl From<FxHashMap<DeviceId, Seen>> for PaneDevices {
-    fn from(open: FxHashMap<DeviceId, Seen>) -> PaneDevices {
+    fn from(m: FxHashMap<DeviceId, Seen>) -> PaneDevices {
+        let base = m.values().map(|s| s.ts).min().unwrap_or(0);
+        let mut open = FxHashMap::default();
+        open.reserve(m.len());
+        open.extend(
+            m.into_iter()
+                .map(|(d, s)| (DevKey::of(d), OpenSeen::pack(&s, base))),
+        );
         PaneDevices {
             open,
+            base,
             ..PaneDevices::default()
         }
     }
@@ -600,7 +648,7 @@ impl PaneDevices {
     fn get(&mut self, dev: &DeviceId) -> Option<Seen> {
         match self.sealed_at(*dev) {
             Some(i) => Some(self.sealed[i].unpack(self.base, &self.at)),
-            None => self.open.get(dev).copied(),
+            None => self.open.get(&DevKey::of(*dev)).map(|o| o.unpack(self.base)),
         }
     }
 
@@ -633,14 +681,18 @@ impl PaneDevices {
             (x.dt, x.at, x.spot, x.place) = (dt, at, seen.spot, seen.place);
             return held.record(dev).map(|r| key_of(&r));
         }
-        match self.open.entry(dev) {
-            Entry::Occupied(mut o) if seen.ts >= o.get().ts => {
-                let old = std::mem::replace(o.get_mut(), seen);
-                old.record(dev).map(|r| key_of(&r))
+        if self.open.is_empty() && self.sealed.is_empty() {
+            self.base = seen.ts;
+        }
+        let base = self.base;
+        match self.open.entry(DevKey::of(dev)) {
+            Entry::Occupied(mut o) if seen.ts >= o.get().unpack(base).ts => {
+                let old = std::mem::replace(o.get_mut(), OpenSeen::pack(&seen, base));
+                old.unpack(base).record(dev).map(|r| key_of(&r))
             }
             Entry::Occupied(_) => Some(key()),
             Entry::Vacant(v) => {
-                v.insert(seen);
+                v.insert(OpenSeen::pack(&seen, base));
                 None
             }
         }
@@ -653,7 +705,7 @@ impl PaneDevices {
     /// Every device with its sighting.
     fn iter(&self) -> impl Iterator<Item = (DeviceId, Seen)> + '_ {
         let (base, at) = (self.base, &self.at);
-        (self.open.iter().map(|(d, s)| (*d, *s))).chain(
+        (self.open.iter().map(move |(d, s)| (d.get(), s.unpack(base)))).chain(
             self.sealed
                 .iter()
                 .map(move |x| (DeviceId(x.dev), x.unpack(base, at))),
@@ -663,9 +715,9 @@ impl PaneDevices {
     /// Every device with its sighting and where its place handle is kept.
     fn iter_places(&mut self) -> impl Iterator<Item = (DeviceId, Seen, &mut u32)> + '_ {
         let (base, at) = (self.base, &self.at);
-        (self.open.iter_mut().map(|(d, s)| {
-            let seen = *s;
-            (*d, seen, &mut s.place)
+        (self.open.iter_mut().map(move |(d, s)| {
+            let seen = s.unpack(base);
+            (d.get(), seen, &mut s.place)
         }))
         .chain(self.sealed.iter_mut().map(move |x| {
             let seen = x.unpack(base, at);
@@ -675,7 +727,7 @@ impl PaneDevices {
 
     fn into_sightings(self) -> impl Iterator<Item = (DeviceId, Seen)> {
         let (base, at) = (self.base, self.at);
-        (self.open.into_iter()).chain(
+        (self.open.into_iter().map(move |(d, s)| (d.get(), s.unpack(base)))).chain(
             self.sealed
                 .into_iter()
                 .map(move |x| (DeviceId(x.dev), x.unpack(base, &at))),
@@ -693,8 +745,10 @@ impl PaneDevices {
         if self.open.is_empty() {
             return;
         }
+        let old = self.base;
         let (lo, hi) = (self.open.values())
-            .fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.ts), hi.max(s.ts)));
+            .map(|s| s.unpack(old).ts)
+            .fold((i64::MAX, i64::MIN), |(lo, hi), ts| (lo.min(ts), hi.max(ts)));
         if self.sealed.is_empty() {
             if u16::try_from(hi - lo).is_err() {
                 // Times wider than a sealed sighting holds (a slide over 65.5 s): kept as a table.
@@ -723,6 +777,7 @@ impl PaneDevices {
         let mut sealed = std::mem::take(&mut self.sealed);
         sealed.reserve_exact(self.open.len());
         for (d, s) in std::mem::take(&mut self.open) {
+            let (d, s) = (d.get(), s.unpack(old));
             let h = (s.cell.0 ^ s.source.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52;
             let slot = &mut recent[h as usize];
             let i = if slot.0 == s.cell && slot.1 == s.source {
@@ -781,7 +836,7 @@ impl PaneDevices {
 
     /// Heap bytes, as `Engine::state_bytes` counts them.
     fn bytes(&self) -> usize {
-        hash_table_bytes::<DeviceId, Seen>(self.open.capacity())
+        hash_table_bytes::<DevKey, OpenSeen>(self.open.capacity())
             + self.sealed.capacity() * std::mem::size_of::<SealedSeen>()
             + self.starts.capacity() * 4
             + self.at.capacity() * std::mem::size_of::<(CellId, SourceId)>()
@@ -2602,8 +2657,14 @@ mod tests {
         d.keep_latest(DeviceId(2), seen(T0 + 6_000, 7), || 0);
         d.seal();
         assert_eq!((d.open.len(), d.sealed.len(), d.base), (0, 66, T0 + 100));
-        assert_eq!(d.get(&DeviceId(1)).map(|s| (s.ts, s.cell)), Some((T0 + 5_000, CellId(8))));
-        assert_eq!(d.get(&DeviceId(2)).map(|s| (s.ts, s.cell)), Some((T0 + 6_000, CellId(7))));
+        assert_eq!(
+            d.get(&DeviceId(1)).map(|s| (s.ts, s.cell)),
+            Some((T0 + 5_000, CellId(8)))
+        );
+        assert_eq!(
+            d.get(&DeviceId(2)).map(|s| (s.ts, s.cell)),
+            Some((T0 + 6_000, CellId(7)))
+        );
         assert_eq!(d.at.len(), 2, "a pair is held once");
         // A newcomer from before the earliest sealed sighting: all sealed again from it.
         d.keep_latest(DeviceId(3), seen(T0, 9), || 0);
