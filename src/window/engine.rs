@@ -293,15 +293,21 @@ impl From<Carried> for FxHashMap<DeviceId, Carry> {
 /// after it.
 const CARRY_REACH_MS: i64 = 1 << 30;
 
+impl PackedCarry {
+    fn unpack(&self, base: i64) -> Carry {
+        Carry {
+            ts: base + self.dt as i64,
+            spot: self.spot,
+            source: self.source,
+            interval_ds: self.interval_ds,
+            last_gap_ds: self.last_gap_ds,
+        }
+    }
+}
+
 impl Carried {
     fn unpack(&self, p: &PackedCarry) -> Carry {
-        Carry {
-            ts: self.base + p.dt as i64,
-            spot: p.spot,
-            source: p.source,
-            interval_ds: p.interval_ds,
-            last_gap_ds: p.last_gap_ds,
-        }
+        p.unpack(self.base)
     }
 
     fn get(&self, dev: &DeviceId) -> Option<Carry> {
@@ -328,15 +334,7 @@ impl Carried {
 
     fn retain(&mut self, mut keep: impl FnMut(&Carry) -> bool) {
         let base = self.base;
-        self.map.retain(|_, p| {
-            keep(&Carry {
-                ts: base + p.dt as i64,
-                spot: p.spot,
-                source: p.source,
-                interval_ds: p.interval_ds,
-                last_gap_ds: p.last_gap_ds,
-            })
-        });
+        self.map.retain(|_, p| keep(&p.unpack(base)));
     }
 
     /// `ts` from the base, rebasing the table when it is beyond reach (every ~12 days of a
