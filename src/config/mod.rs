@@ -280,6 +280,31 @@ pub struct RiskConfig {
     pub trend_windows: usize,
     /// People per device learnt from zone headcounts (`[risk.calibration]`).
     pub calibration: CalibrationConfig,
+    /// The segment's count moved to the window's end along its own trend (`[risk.nowcast]`).
+    pub nowcast: NowcastConfig,
+}
+
+/// A segment's phones were placed where they last spoke, on average `device_age_s` before the
+/// window's end; on a filling or emptying segment that lags the crowd. The count is moved forward
+/// along the slope of the segment's own recent counts by that age, at most `max_age`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NowcastConfig {
+    /// How far ahead a trend is trusted ("0s" turns the nowcast off): the positions' mean age is
+    /// capped at this.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Windows of the segment's position counts in the slope's least-squares fit.
+    pub trend_windows: usize,
+}
+
+impl Default for NowcastConfig {
+    fn default() -> Self {
+        NowcastConfig {
+            max_age: Duration::from_secs(30),
+            trend_windows: 12,
+        }
+    }
 }
 
 /// Self-calibrating fusion: each LBS source's people per device estimated online from the zone
@@ -341,6 +366,7 @@ impl Default for RiskConfig {
             stale_factor: 3.0,
             trend_windows: 6,
             calibration: CalibrationConfig::default(),
+            nowcast: NowcastConfig::default(),
         }
     }
 }
@@ -830,6 +856,13 @@ impl Config {
         if !(self.risk.stale_factor.is_finite() && self.risk.stale_factor > 0.0) {
             return bad("risk.stale_factor", "must be positive".into());
         }
+        if self.risk.nowcast.trend_windows < 2 {
+            return bad(
+                "risk.nowcast.trend_windows",
+                "must be at least 2 (a slope needs two counts; turn the nowcast off with max_age = \"0s\")"
+                    .into(),
+            );
+        }
         for (i, m) in self.mqtt.iter().enumerate() {
             if let Err(e) = m.host_port() {
                 return bad(&format!("mqtt[{i}].url"), e);
@@ -1098,6 +1131,19 @@ token = "abcdefghij"
         for b in blocks {
             Config::parse(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
         }
+    }
+
+    #[test]
+    fn a_nowcast_fitted_on_fewer_than_two_counts_is_refused_by_name() {
+        let e = Config::parse("[risk.nowcast]\ntrend_windows = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("risk.nowcast.trend_windows") && e.contains("max_age"),
+            "{e}"
+        );
+        let c = Config::parse("[risk.nowcast]\nmax_age = \"0s\"\n").unwrap();
+        assert!(c.risk.nowcast.max_age.is_zero());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::calibrate::{CalibrationState, Calibrator, Evidence};
 use super::thresholds::{ThresholdStore, Thresholds};
 use super::tiers::{Measures, Shown, Tier, TierMachine, TierRules};
-use crate::config::RiskConfig;
+use crate::config::{NowcastConfig, RiskConfig};
 use crate::scenario::registry::FeedPoint;
 use crate::scenario::{SegmentId, SegmentMap};
 use crate::window::HexWindow;
@@ -75,6 +75,9 @@ pub struct Contributions {
     pub gate_in: u64,
     /// Metro gates: from the segment into the station.
     pub gate_out: u64,
+    /// People the segment's trend adds to the phones' count for the age of their positions
+    /// (negative on an emptying segment; `[risk.nowcast]`); included in `lbs_people`.
+    pub trend_people: f64,
 }
 
 /// A tier change.
@@ -102,6 +105,9 @@ pub struct Alert {
 struct SegState {
     machine: TierMachine,
     history: VecDeque<(i64, f64)>,
+    /// The phones' counts as placed (before the nowcast), for the nowcast's slope.
+    #[serde(default)]
+    placed: VecDeque<(i64, f64)>,
     /// None before the first evaluation.
     shown: Option<Shown>,
 }
@@ -302,17 +308,25 @@ impl Risk {
                     all_silent = false;
                 }
             }
+            let st = self.states.entry(seg.id.clone()).or_default();
+            let age_s = w.segments.device_age_s.get(i).copied().unwrap_or(0.0);
             // Fusion at segment level: LBS estimate, or a zone headcount when larger.
-            let people = match occupancy[i] {
-                Some(o) => lbs[i].max(o),
-                None => lbs[i],
+            let fuse = |lbs: f64| match occupancy[i] {
+                Some(o) => lbs.max(o),
+                None => lbs,
             };
+            // The trend and the time to the next tier follow the counts as placed: a slope of
+            // nowcast counts would carry each window's correction into the next.
+            let placed = fuse(lbs[i]);
+            let added = nowcast(&mut st.placed, &self.cfg.nowcast, w.end.0, lbs[i], age_s);
+            lbs[i] += added;
+            parts[i].trend_people = added;
+            let people = fuse(lbs[i]);
             let density = people / seg.area_m2;
             let has_counter = self.point_segment.contains(&Some(i));
             let flow = has_counter
                 .then(|| (inflow[i] + outflow[i]) as f64 / self.window_minutes / seg.effective_width_m);
-            let st = self.states.entry(seg.id.clone()).or_default();
-            st.history.push_back((w.end.0, people));
+            st.history.push_back((w.end.0, placed));
             while st.history.len() > self.cfg.trend_windows.max(2) {
                 st.history.pop_front();
             }
@@ -448,6 +462,26 @@ pub fn thresholds_for(map: &SegmentMap, cfg: &RiskConfig, store: &ThresholdStore
     }
 }
 
+/// People to add to a segment's phone count `placed` at window end `end` so that it stands for the
+/// crowd at the end rather than where the phones last spoke (on average `age_s` earlier): the
+/// slope of the segment's recent placed counts × that age, capped at `max_age`. A count taken at
+/// a random moment of a steady crowd is unbiased, so a steady segment gets nothing; a filling one
+/// is a slope × age behind, which is what made the Bund's rises into `high` one to two slides
+/// late (docs/ACCURACY.md, "The count moved along its trend"). The slope is fitted on the placed
+/// counts, not the nowcast ones, so a correction never feeds on itself.
+fn nowcast(placed: &mut VecDeque<(i64, f64)>, cfg: &NowcastConfig, end: i64, count: f64, age_s: f64) -> f64 {
+    placed.push_back((end, count));
+    while placed.len() > cfg.trend_windows.max(2) {
+        placed.pop_front();
+    }
+    let lag_min = age_s.clamp(0.0, cfg.max_age.as_secs_f64()) / 60.0;
+    if lag_min == 0.0 {
+        return 0.0;
+    }
+    // Never below nobody: an emptying segment's correction at most empties it.
+    (slope_per_min(placed) * lag_min).max(-count)
+}
+
 /// Least-squares slope of people over time, in people per minute.
 fn slope_per_min(h: &VecDeque<(i64, f64)>) -> f64 {
     if h.len() < 2 {
@@ -567,6 +601,75 @@ mod tests {
             "{}",
             alerts[0].reason
         );
+    }
+
+    /// A window whose phones on the segment count `people`, placed on average `age_s` ago.
+    fn aged(end: i64, cells: &[CellId], people: f64, age_s: f64) -> HexWindow {
+        let mut w = window(end, cells, people / cells.len() as f64, None);
+        w.segments.device_age_s = vec![age_s];
+        w
+    }
+
+    #[test]
+    fn a_filling_segment_is_counted_forward_by_its_positions_age_and_a_steady_one_is_not() {
+        let (mut r, cells) = setup();
+        // Steady at 300 people: whatever the positions' age, nothing is added.
+        for k in 1..=12 {
+            let (s, _) = r.evaluate(&aged(k * 10_000, &cells, 300.0, 20.0));
+            assert!((s[0].people - 300.0).abs() < 1e-6, "window {k}: {}", s[0].people);
+            assert!(s[0].sources.trend_people.abs() < 1e-6);
+        }
+        // Filling by 10 people a slide (60 a minute): once the fit sees the rise, positions 20 s
+        // old stand for a crowd 20 people larger at the window's end.
+        let mut last = None;
+        for k in 13..=30 {
+            let placed = 300.0 + 10.0 * (k - 12) as f64;
+            let (s, _) = r.evaluate(&aged(k * 10_000, &cells, placed, 20.0));
+            last = Some((
+                placed,
+                s[0].people,
+                s[0].sources.trend_people,
+                s[0].sources.lbs_people,
+            ));
+        }
+        let (placed, people, added, lbs) = last.unwrap();
+        assert!((added - 20.0).abs() < 1e-6, "added {added}");
+        assert!((people - (placed + 20.0)).abs() < 1e-6 && (lbs - people).abs() < 1e-9);
+        // The displayed trend is the placed counts' slope (60 people a minute), not the nowcast's.
+        let (s, _) = r.evaluate(&aged(310_000, &cells, placed + 10.0, 20.0));
+        assert!((s[0].trend - 60.0).abs() < 1e-6, "trend {}", s[0].trend);
+        // Positions two minutes old are trusted forward only `max_age` (30 s): +30, not +120.
+        let (s, _) = r.evaluate(&aged(320_000, &cells, placed + 20.0, 120.0));
+        assert!(
+            (s[0].sources.trend_people - 30.0).abs() < 1e-6,
+            "{}",
+            s[0].sources.trend_people
+        );
+        // Emptying fast with old positions: the correction empties the segment at most.
+        let (mut r, cells) = setup();
+        for k in 1..=12 {
+            r.evaluate(&aged(k * 10_000, &cells, (1200 - 100 * k) as f64, 30.0));
+        }
+        let (s, _) = r.evaluate(&aged(130_000, &cells, 10.0, 30.0));
+        assert!(
+            s[0].people >= 0.0 && s[0].sources.trend_people >= -10.0 - 1e-9,
+            "{:?}",
+            s[0].sources
+        );
+    }
+
+    #[test]
+    fn the_nowcast_is_off_with_a_max_age_of_zero() {
+        let (r, cells) = setup();
+        let mut cfg = RiskConfig::default();
+        cfg.nowcast.max_age = std::time::Duration::ZERO;
+        let store = ThresholdStore::open(None).unwrap();
+        let mut r = Risk::new(r.map().clone(), r.points.clone(), cfg, store, 60_000);
+        for k in 1..=12 {
+            let placed = 100.0 * k as f64;
+            let (s, _) = r.evaluate(&aged(k * 10_000, &cells, placed, 30.0));
+            assert!((s[0].people - placed).abs() < 1e-6 && s[0].sources.trend_people == 0.0);
+        }
     }
 
     #[test]

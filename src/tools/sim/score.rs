@@ -146,6 +146,9 @@ impl Outputs for Collect {
         self.ground.insert(w.end.0, w.segments.ground.iter().sum());
         let n = c.statuses.len();
         let mut t = w.clone();
+        t.segments.device_age_s = vec![0.0; n];
+        // The truth is where people are at the window's end: nothing to move forward.
+        t.segments.device_age_s = vec![0.0; n];
         t.segments.people = (0..n)
             .map(|i| self.truth.get(&(w.end.0, i)).copied().unwrap_or(0) as f64)
             .collect();
