@@ -383,6 +383,7 @@ async function openDrill(id) {
     (flows.length ? `<h3 class="muted">flow, last hour (people per metre per minute)</h3>${svgChart(flows, th.flow, "p/m/min", null)}` : "") +
     `<h3 class="muted">where the number comes from (latest window; counters and gates: last hour)</h3><table id="drill-sources">` +
     `<tr><td>phones (LBS) 手机信令</td><td data-k="lbs">${Math.round(src.lbs_people || 0).toLocaleString()} people</td></tr>` +
+    `<tr><td class="muted">of which the trend over the positions' age 趋势修正</td><td data-k="trend">${src.trend_people == null ? "—" : (src.trend_people >= 0 ? "+" : "−") + Math.abs(Math.round(src.trend_people)).toLocaleString() + " people"}</td></tr>` +
     `<tr><td>zone headcount 摄像头计数</td><td data-k="counted">${src.counted_people == null ? "—" : Math.round(src.counted_people).toLocaleString() + " people"}</td></tr>` +
     `<tr><td>people counters in / out 计数器</td><td>${src.counter_in || 0} / ${src.counter_out || 0} (hour: ${sum("inflow")} / ${sum("outflow")} incl. gates)</td></tr>` +
     `<tr><td>metro gates out of / into the station 闸机</td><td>${src.gate_in || 0} / ${src.gate_out || 0}</td></tr>` +

@@ -462,9 +462,10 @@ pub fn thresholds_for(map: &SegmentMap, cfg: &RiskConfig, store: &ThresholdStore
     }
 }
 
-/// People to add to a segment's phone count `placed` at window end `end` so that it stands for the
+/// People to add to a segment's phone count `count` at window end `end` so that it stands for the
 /// crowd at the end rather than where the phones last spoke (on average `age_s` earlier): the
-/// slope of the segment's recent placed counts × that age, capped at `max_age`. A count taken at
+/// slope of its recent counts as placed (`placed`, which this extends) × that age, capped at
+/// `max_age`. A count taken at
 /// a random moment of a steady crowd is unbiased, so a steady segment gets nothing; a filling one
 /// is a slope × age behind, which is what made the Bund's rises into `high` one to two slides
 /// late (docs/ACCURACY.md, "The count moved along its trend"). The slope is fitted on the placed

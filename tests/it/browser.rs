@@ -223,6 +223,16 @@ fn dashboard_draws_hexagons_segments_and_a_live_clock() {
         "density chart with thresholds: {panel}"
     );
     assert!(panel.contains("id=\"drill-sources\"") && panel.contains("phones (LBS)"));
+    // What the segment's trend added to the phones' count is shown, signed, as part of it.
+    let trend = panel
+        .split("data-k=\"trend\">")
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .unwrap_or_default();
+    assert!(
+        (trend.starts_with('+') || trend.starts_with('−')) && trend.ends_with(" people"),
+        "the trend's share of the count: {trend:?}"
+    );
     assert!(panel.contains("id=\"drill-alerts\""));
     let png = shots.join("dashboard-drill-down.png");
     chromium(
