@@ -270,5 +270,43 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
             }
         }
     }
+    // Per ground feature: where the pings a segment lost or gained went (a ground read low has
+    // handed its walkers to the small segments beside it).
+    if let Some(first) = scores.first().filter(|s| !s.ground.is_empty()) {
+        writeln!(
+            out,
+            "\nper ground feature (people at the window's end, mean over the scored windows; estimate / truth, lowest…highest night; bias):"
+        )?;
+        for (i, g) in first.ground.iter().enumerate() {
+            let nights: Vec<(f64, f64)> = scores
+                .iter()
+                .filter_map(|s| s.ground.get(i))
+                .map(|x| (x.estimate, x.truth))
+                .collect();
+            let range = |v: Vec<f64>| {
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (lo, hi)
+            };
+            let (e0, e1) = range(nights.iter().map(|n| n.0).collect());
+            let (t0, t1) = range(nights.iter().map(|n| n.1).collect());
+            let biased: Vec<f64> = nights
+                .iter()
+                .filter(|n| n.1 > 0.0)
+                .map(|n| (n.0 / n.1 - 1.0) * 100.0)
+                .collect();
+            let bias = if biased.is_empty() {
+                "(no truth)".to_string()
+            } else {
+                let (b0, b1) = range(biased);
+                format!("{b0:+.0}…{b1:+.0} %")
+            };
+            writeln!(
+                out,
+                "  {:<34} {:>6.0}…{:<6.0} / {:>6.0}…{:<6.0}  {bias}",
+                g.ground_id, e0, e1, t0, t1
+            )?;
+        }
+    }
     Ok(())
 }

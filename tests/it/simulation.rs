@@ -202,6 +202,33 @@ fn with_perfect_data_the_method_counts_every_segment_within_a_few_percent() {
         assert!(m < 0.05, "{id}: MAPE {:.1} % with perfect data", m * 100.0);
     }
     assert!(scored >= 12, "too few segments scored: {s}");
+    // Ground is reported per feature (seed 4: Henan Road junction 135 / 138, Zhongshan Road at
+    // Jiujiang Road 117 / 121 a window), the features summing to the night's ground total. With
+    // perfect data the wide ones read their walkers; the narrow kerbs (7 people) are noise.
+    let ground = s["ground"].as_array().unwrap();
+    assert_eq!(
+        ground.len(),
+        9,
+        "one score per feature of fixtures/bund/ground.geojson: {s}"
+    );
+    let sum: f64 = ground.iter().map(|g| g["estimate"].as_f64().unwrap()).sum();
+    assert!(
+        (sum - s["ground_people"][0].as_f64().unwrap()).abs() < 1e-6,
+        "{s}"
+    );
+    let mut wide = 0;
+    for g in ground {
+        let (e, t) = (g["estimate"].as_f64().unwrap(), g["truth"].as_f64().unwrap());
+        if t >= 100.0 {
+            wide += 1;
+            assert!(
+                (e / t - 1.0).abs() < 0.1,
+                "{}: {e:.0} of {t:.0} people",
+                g["ground_id"]
+            );
+        }
+    }
+    assert!(wide >= 2, "{s}");
 }
 
 #[test]

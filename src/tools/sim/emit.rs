@@ -429,16 +429,22 @@ impl<'w> Emitter<'w> {
         })
     }
 
-    /// True people on the scenario's ground (walkable, no segment) per window: (window end, people).
-    pub fn truth_on_ground(&self, size_ms: i64, slide_ms: i64) -> Vec<(i64, u64)> {
-        let segments = self.world.scenario.map.segments().len();
+    /// True people on the scenario's ground (walkable, no segment) per window: (window end, people
+    /// per ground feature, in `ground.geojson`'s order).
+    pub fn truth_on_ground(&self, size_ms: i64, slide_ms: i64) -> Vec<(i64, Vec<u64>)> {
+        let map = &self.world.scenario.map;
+        let segments = map.segments().len();
+        // Matcher places after the segments are ground pieces; a feature may have several.
+        let owner: Vec<usize> = map.ground_places().collect();
         self.window_starts(size_ms, slide_ms)
             .map(|ws| {
-                let n = self
-                    .places_at_end(ws, size_ms)
-                    .filter(|p| p.is_some_and(|p| p >= segments))
-                    .count();
-                (ws + size_ms, n as u64)
+                let mut people = vec![0u64; map.ground().len()];
+                for p in self.places_at_end(ws, size_ms).flatten() {
+                    if let Some(&g) = p.checked_sub(segments).and_then(|i| owner.get(i)) {
+                        people[g] += 1;
+                    }
+                }
+                (ws + size_ms, people)
             })
             .collect()
     }

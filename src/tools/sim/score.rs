@@ -106,6 +106,19 @@ pub struct Score {
     /// People on the scenario's ground (walkable, no segment) per scored window, on average:
     /// (estimate, truth).
     pub ground_people: (f64, f64),
+    /// The same per ground feature (`ground.geojson` order).
+    pub ground: Vec<GroundScore>,
+}
+
+/// One ground feature's people over a night: where the pings the segments lose or gain went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroundScore {
+    /// The ground's id.
+    pub ground_id: String,
+    /// The engine's people there per scored window, on average.
+    pub estimate: f64,
+    /// The simulator's.
+    pub truth: f64,
 }
 
 /// What the flow's outputs keep: per (window end, segment index) the estimate and both tiers.
@@ -115,8 +128,10 @@ struct Collect {
     /// (window end, segment) → (people, tier, truth tier).
     rows: HashMap<(i64, usize), (f64, Shown, Shown)>,
     off_network: u64,
-    /// Per window end: the engine's people on ground no segment covers.
-    ground: HashMap<i64, f64>,
+    /// Per window end: the engine's people on ground no segment covers, per ground feature.
+    ground: HashMap<i64, Vec<f64>>,
+    /// Per ground place (matcher places after the segments): its feature.
+    ground_owner: Vec<usize>,
     /// The newest window's people per device.
     factors: Vec<(String, f64, f64)>,
     /// Each provider's share of the people (by source name).
@@ -143,7 +158,13 @@ impl Outputs for Collect {
             .sum();
         self.factor_track.push((w.end.0, people));
         self.off_network += w.segments.off_network_devices;
-        self.ground.insert(w.end.0, w.segments.ground.iter().sum());
+        let mut ground = vec![0.0; self.ground_owner.iter().max().map_or(0, |m| m + 1)];
+        for (place, people) in w.segments.ground.iter().enumerate() {
+            if let Some(g) = self.ground_owner.get(place).and_then(|&g| ground.get_mut(g)) {
+                *g += people;
+            }
+        }
+        self.ground.insert(w.end.0, ground);
         let n = c.statuses.len();
         let mut t = w.clone();
         t.segments.device_age_s = vec![0.0; n];
@@ -271,6 +292,7 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         rows: HashMap::new(),
         off_network: 0,
         ground: HashMap::new(),
+        ground_owner: map.ground_places().collect(),
         factors: Vec::new(),
         mix: trial
             .panel
@@ -385,6 +407,31 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         None => factor_errors.first().map(|(t, _)| *t),
         Some(i) => factor_errors.get(i + 1).map(|(t, _)| *t),
     };
+    // Ground per feature, averaged over the scored windows.
+    let ground: Vec<GroundScore> = {
+        let scored: Vec<&(i64, Vec<u64>)> = ground_truth
+            .iter()
+            .filter(|(end, _)| (first_end..=last_end).contains(end))
+            .collect();
+        let k = scored.len().max(1) as f64;
+        map.ground()
+            .iter()
+            .enumerate()
+            .map(|(g, feature)| GroundScore {
+                ground_id: feature.id.clone(),
+                estimate: scored
+                    .iter()
+                    .map(|(end, _)| out.ground.get(end).and_then(|v| v.get(g)).copied().unwrap_or(0.0))
+                    .sum::<f64>()
+                    / k,
+                truth: scored
+                    .iter()
+                    .map(|(_, t)| t.get(g).copied().unwrap_or(0) as f64)
+                    .sum::<f64>()
+                    / k,
+            })
+            .collect()
+    };
     Ok(Score {
         seed: trial.seed,
         panel: trial.panel_name.clone(),
@@ -423,20 +470,12 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         segment_windows: n,
         off_network_devices: out.off_network,
         ground_people: {
-            let scored: Vec<&(i64, u64)> = ground_truth
+            let (e, t) = ground
                 .iter()
-                .filter(|(end, _)| (first_end..=last_end).contains(end))
-                .collect();
-            let k = scored.len().max(1) as f64;
-            (
-                scored
-                    .iter()
-                    .map(|(end, _)| out.ground.get(end).copied().unwrap_or(0.0))
-                    .sum::<f64>()
-                    / k,
-                scored.iter().map(|(_, t)| *t as f64).sum::<f64>() / k,
-            )
+                .fold((0.0, 0.0), |(e, t), g| (e + g.estimate, t + g.truth));
+            (e, t)
         },
+        ground,
     })
 }
 
