@@ -250,12 +250,11 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
                 .map(|x| x.mean_true)
                 .sum::<f64>()
                 / scores.len() as f64;
-            let biases: Vec<f64> = scores
-                .iter()
-                .filter_map(|s| s.segments.get(i).and_then(|x| x.bias))
-                .collect();
-            let lo = biases.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = biases.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = span(
+                scores
+                    .iter()
+                    .filter_map(|s| s.segments.get(i).and_then(|x| x.bias)),
+            );
             match worst {
                 Some(w) => writeln!(
                     out,
@@ -283,22 +282,17 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
                 .filter_map(|s| s.ground.get(i))
                 .map(|x| (x.estimate, x.truth))
                 .collect();
-            let range = |v: Vec<f64>| {
-                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                (lo, hi)
-            };
-            let (e0, e1) = range(nights.iter().map(|n| n.0).collect());
-            let (t0, t1) = range(nights.iter().map(|n| n.1).collect());
-            let biased: Vec<f64> = nights
-                .iter()
-                .filter(|n| n.1 > 0.0)
-                .map(|n| (n.0 / n.1 - 1.0) * 100.0)
-                .collect();
-            let bias = if biased.is_empty() {
+            let (e0, e1) = span(nights.iter().map(|n| n.0));
+            let (t0, t1) = span(nights.iter().map(|n| n.1));
+            let bias = if nights.iter().all(|n| n.1 <= 0.0) {
                 "(no truth)".to_string()
             } else {
-                let (b0, b1) = range(biased);
+                let (b0, b1) = span(
+                    nights
+                        .iter()
+                        .filter(|n| n.1 > 0.0)
+                        .map(|n| (n.0 / n.1 - 1.0) * 100.0),
+                );
                 format!("{b0:+.0}…{b1:+.0} %")
             };
             writeln!(
@@ -309,4 +303,11 @@ fn print_table(out: &mut impl Write, scores: &[Score]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The lowest and highest of the nights' values.
+fn span(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    })
 }

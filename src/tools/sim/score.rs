@@ -469,12 +469,9 @@ pub fn score(base: &Config, dir: &Path, trial: &Trial) -> Result<Score, String> 
         late_crossings,
         segment_windows: n,
         off_network_devices: out.off_network,
-        ground_people: {
-            let (e, t) = ground
-                .iter()
-                .fold((0.0, 0.0), |(e, t), g| (e + g.estimate, t + g.truth));
-            (e, t)
-        },
+        ground_people: ground
+            .iter()
+            .fold((0.0, 0.0), |(e, t), g| (e + g.estimate, t + g.truth)),
         ground,
     })
 }
